@@ -1,0 +1,70 @@
+"""pyfp8gemm: DeepGEMM-class FP8 GEMMs for NVIDIA Hopper, written in Python.
+
+Public API:
+    quantize(x, granularity) -> FP8Tensor        E4M3 with "1x128" or "128x128" FP32 scales
+    FP8Tensor                                     data + scale (+ layouts), .dequantize(), .t()
+    to_mn_major_tma_aligned(scale)                the kernel's layout for 1x128 scales
+    fp8_gemm_nt(a, b, out), matmul(a, b, ...)     the GEMMs (pyfp8gemm/host/gemm.py)
+    set_num_sms(n), get_num_sms()                 SM budget (pyfp8gemm/host/device_info.py)
+    pyfp8gemm.testing                             calc_diff, reference_gemm
+
+The GEMM and device-info modules import numba-cuda and cuda-bindings, which take a while to load,
+so they are imported on first use (module __getattr__, PEP 562): `import pyfp8gemm` stays quick
+and works on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from importlib.metadata import PackageNotFoundError, version as _distribution_version
+
+from pyfp8gemm import testing
+from pyfp8gemm.host.fp8tensor import FP8Tensor, quantize, to_mn_major_tma_aligned
+
+try:
+    __version__ = _distribution_version("pyfp8gemm")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+# Public name -> the module that defines it, imported on first access.
+_LAZY_EXPORTS = {
+    "fp8_gemm_nt": "pyfp8gemm.host.gemm",
+    "matmul": "pyfp8gemm.host.gemm",
+    "set_num_sms": "pyfp8gemm.host.device_info",
+    "get_num_sms": "pyfp8gemm.host.device_info",
+}
+
+
+def _module_exists(module_name: str) -> bool:
+    """Whether the module's file is there (found without importing it)."""
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def __getattr__(name: str):
+    module_name = _LAZY_EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'pyfp8gemm' has no attribute {name!r}")
+    if not _module_exists(module_name):
+        raise AttributeError(
+            f"pyfp8gemm.{name} is not available in this version ({module_name} is missing)"
+        )
+    # A real import error inside an existing module propagates unchanged.
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+__all__ = [
+    "FP8Tensor",
+    "quantize",
+    "to_mn_major_tma_aligned",
+    "testing",
+] + [name for name, module in _LAZY_EXPORTS.items() if _module_exists(module)]
