@@ -1,0 +1,423 @@
+"""The public GEMM functions: `fp8_gemm_nt` (DeepGEMM's convention) and `matmul` (torch's).
+
+Both compute ``D = (A * scale_a) @ (B * scale_b)^T`` in bf16 with the dense 1D2D kernel:
+
+* A, the activations: E4M3 (M, K) with FP32 scales per row per 128 K ("1x128");
+* B, the weights: E4M3 (N, K) with FP32 scales per 128x128 block ("128x128");
+* D: bf16 (M, N).
+
+What the kernel needs, and why (the rules every input is checked against):
+
+* K % 16 == 0: A and B rows are TMA-loaded, and TMA needs 16-byte aligned global row strides
+  (K bytes of E4M3). K need not be a multiple of 128: the last K block is zero-filled by TMA.
+* N % 8 == 0: D is TMA-stored, so its row stride (2N bytes of bf16) must be 16-byte aligned.
+  N need not be a multiple of the tile: TMA clips the last tile.
+* M >= 1 is anything (M == 0 returns at once, like torch).
+* A's data, B's data and D are contiguous (K-major A and B, row-major D), start at 16-byte
+  aligned addresses, and everything lives on one Hopper GPU (compute capability 9.0).
+* A's scales are read in the MN-major, TMA-aligned layout (strides (1, align(M, 4))), what
+  `FP8Tensor.scale` and DeepGEMM's get_mn_major_tma_aligned_tensor give. Scales in any other
+  layout (e.g. row-major (M, ceil(K/128)), as a naive quantizer returns them) are converted with
+  `to_mn_major_tma_aligned`: one small copy of M * ceil(K/128) floats, i.e. 1/32 of the bytes
+  of A itself, one extra tiny kernel. Pass the aligned layout to avoid it.
+* B's scales are read as a contiguous (ceil(N/128), ceil(K/128)) array; any other strides cost
+  a copy of those few floats.
+
+Bad input raises before anything runs: TypeError for the wrong kind of object or dtype,
+ValueError for a wrong shape, layout, alignment or device (e.g. a CPU tensor), RuntimeError for
+a GPU that is not a Hopper. The messages name the argument and the rule. The checks read only
+tensor metadata (no device synchronization, no .item()), so a call stays cheap and can be
+captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pyfp8gemm.host import checks, device_info
+from pyfp8gemm.host.fp8tensor import (
+    BLOCK,
+    QUANTIZABLE_DTYPES,
+    FP8Tensor,
+    quantize,
+    to_mn_major_tma_aligned,
+)
+
+__all__ = ["fp8_gemm_nt", "matmul", "K_ALIGNMENT", "N_ALIGNMENT"]
+
+#: K must be a multiple of this: TMA needs 16-byte rows of E4M3 for A and B.
+K_ALIGNMENT = 16
+#: N must be a multiple of this: TMA needs 16-byte rows of bf16 for the output.
+N_ALIGNMENT = 8
+
+_E4M3 = torch.float8_e4m3fn
+_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+_K_RULE = "K % 16 == 0: TMA loads A and B rows of K E4M3 bytes and needs 16-byte aligned rows"
+_N_RULE = "N % 8 == 0: TMA stores bf16 output rows of 2*N bytes and needs 16-byte aligned rows"
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel launcher, imported on first use
+# ---------------------------------------------------------------------------------------------
+
+_fp8_gemm_nt_launch = None
+
+
+def _kernel_launcher():
+    """`pyfp8gemm.host.launch.fp8_gemm_nt_launch`, imported the first time a GEMM runs.
+
+    Importing it loads numba-cuda and cuda-bindings (slow, and pointless on a machine that only
+    validates inputs). The CPU tests replace this function with one returning a fake launcher.
+    """
+    global _fp8_gemm_nt_launch
+    if _fp8_gemm_nt_launch is None:
+        from pyfp8gemm.host.launch import fp8_gemm_nt_launch
+
+        _fp8_gemm_nt_launch = fp8_gemm_nt_launch
+    return _fp8_gemm_nt_launch
+
+
+def _launch(a_data, a_scale, b_data, b_scale, out) -> None:
+    """Run the kernel on validated, kernel-ready tensors, with their GPU as the current device
+    (the launcher uses the current device's stream)."""
+    launch = _kernel_launcher()
+    device = out.device
+    if device.type == "cuda" and device.index != torch.cuda.current_device():
+        with torch.cuda.device(device):
+            launch(a_data, a_scale, b_data, b_scale, out)
+    else:
+        launch(a_data, a_scale, b_data, b_scale, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks shared by both entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_alignment_rules(k: int, n: int, k_name: str, n_name: str) -> None:
+    checks.check_multiple_of(k_name, k, K_ALIGNMENT, why=_K_RULE)
+    checks.check_multiple_of(n_name, n, N_ALIGNMENT, why=_N_RULE)
+
+
+def _tma_ready(name: str, t: torch.Tensor, hint: str = "") -> torch.Tensor:
+    """Check that a 2-D tensor can be TMA-loaded or stored as a row-major array; return it with
+    canonical row-major strides.
+
+    torch calls a tensor contiguous even if a size-1 dimension carries an odd stride (e.g. a
+    (1, K) view of a column), but a tensor map is built from every stride, so such a view is
+    re-strided to (cols, 1): same memory, same elements, no copy.
+    """
+    if not t.is_contiguous():
+        raise ValueError(
+            f"{name}: expected a contiguous (row-major) tensor, got shape {tuple(t.shape)} with "
+            f"strides {tuple(t.stride())}{hint}"
+        )
+    rows, cols = t.shape
+    if t.stride() != (cols, 1):
+        t = t.as_strided((rows, cols), (cols, 1))
+    checks.check_16_byte_aligned(name, t)
+    return t
+
+
+def _check_devices(first_name: str, first: torch.Tensor, **others: torch.Tensor) -> None:
+    """`first` is on a Hopper GPU and every other tensor on the same device."""
+    device_info.require_hopper(first.device, first_name)
+    checks.check_same_device(**{first_name: first}, **others)
+
+
+def _kernel_ready_scales(a_scale: torch.Tensor, b_scale: torch.Tensor):
+    """The scale layouts the kernel reads; a copy only if the given layout differs (see the
+    module docstring for the cost)."""
+    a_scale = to_mn_major_tma_aligned(a_scale)  # returns a_scale itself if already aligned
+    if not b_scale.is_contiguous():
+        b_scale = b_scale.contiguous()
+    return a_scale, b_scale
+
+
+# ---------------------------------------------------------------------------------------------
+# fp8_gemm_nt: DeepGEMM's calling convention
+# ---------------------------------------------------------------------------------------------
+
+
+def _unpack_operand(name: str, operand, granularity: str):
+    """(data, scale, data_name, scale_name) of an FP8Tensor or a (data, scale) pair.
+
+    Checks the kind of object, dtypes and ranks; the granularity of an FP8Tensor. The scale
+    shape of a pair is checked later, once M, N and K are known.
+    """
+    if isinstance(operand, FP8Tensor):
+        if operand.granularity != granularity:
+            role = "activations, one scale per row per 128 K" if granularity == "1x128" else (
+                "weights, one scale per 128x128 block"
+            )
+            raise ValueError(
+                f"{name}: expected an FP8Tensor with granularity {granularity!r} ({role}), got "
+                f"{operand.granularity!r}; quantize it with quantize(x, {granularity!r})"
+            )
+        return operand.data, operand.scale, f"{name}.data", f"{name}.scale"
+    if not (isinstance(operand, (tuple, list)) and len(operand) == 2):
+        raise TypeError(
+            f"{name}: expected a (data, scale) pair of tensors or a pyfp8gemm.FP8Tensor, got "
+            f"{type(operand).__name__}"
+        )
+    data, scale = operand
+    data_name, scale_name = f"{name}[0] (data)", f"{name}[1] (scale)"
+    checks.check_tensor(data_name, data, dtypes=(_E4M3,), ndim=2)
+    checks.check_tensor(scale_name, scale, dtypes=(torch.float32,), ndim=2)
+    return data, scale, data_name, scale_name
+
+
+def _check_pair_scale_shape(scale_name, scale, rows, cols, granularity, data_name) -> None:
+    """The scale of a (data, scale) pair has the shape its granularity implies; say so if it
+    has the shape of the other granularity (the common mix-up)."""
+    kb = _ceil_div(cols, BLOCK)
+    per_row = (rows, kb)
+    per_block = (_ceil_div(rows, BLOCK), kb)
+    expected, other, other_name = (
+        (per_row, per_block, "128x128") if granularity == "1x128" else (per_block, per_row, "1x128")
+    )
+    shape = tuple(scale.shape)
+    if shape == expected:
+        return
+    why = f"{granularity} scales of {data_name} with shape {(rows, cols)}"
+    if shape == other:
+        why += (
+            f"; this is the shape of {other_name} scales: "
+            + ("activations (a) take 1x128 scales, weights (b) 128x128")
+        )
+    checks.check_shape(scale_name, scale, expected, why=why)
+
+
+def fp8_gemm_nt(a, b, out: torch.Tensor) -> torch.Tensor:
+    """``out = (a_data * a_scale) @ (b_data * b_scale)^T`` in bf16: DeepGEMM's fp8_gemm_nt.
+
+    Args:
+        a: the activations, either a pair ``(data, scale)`` with data E4M3 (M, K) and scale
+            float32 (M, ceil(K/128)) (one scale per row per 128 K), or a ``"1x128"`` FP8Tensor.
+        b: the weights, either a pair ``(data, scale)`` with data E4M3 (N, K) and scale float32
+            (ceil(N/128), ceil(K/128)) (one scale per 128x128 block), or a ``"128x128"``
+            FP8Tensor of shape (N, K). "nt": both operands are K-major, B is used transposed.
+        out: bf16 (M, N), contiguous; written in place.
+
+    Rules: K % 16 == 0, N % 8 == 0 (TMA's 16-byte row alignment), any M; every tensor on one
+    Hopper GPU; data and out contiguous and 16-byte aligned.
+
+    Scale layouts: a's scale is used as is when it has the MN-major TMA-aligned strides
+    (1, align(M, 4)) (an FP8Tensor always has them); any other layout, e.g. row-major, is
+    converted first at the cost of one copy of M * ceil(K/128) floats. A non-contiguous b scale
+    is made contiguous (ceil(N/128) * ceil(K/128) floats). Scales are never misread.
+
+    Returns:
+        out.
+    """
+    a_data, a_scale, a_data_name, a_scale_name = _unpack_operand("a", a, "1x128")
+    b_data, b_scale, b_data_name, b_scale_name = _unpack_operand("b", b, "128x128")
+    checks.check_tensor("out", out, dtypes=(torch.bfloat16,), ndim=2)
+
+    # Shapes: (M, K) x (N, K) -> (M, N).
+    m, k = a_data.shape
+    n, k_of_b = b_data.shape
+    checks.check_same_size("K", f"{a_data_name}.shape[1]", k, f"{b_data_name}.shape[1]", k_of_b)
+    if not isinstance(a, FP8Tensor):
+        _check_pair_scale_shape(a_scale_name, a_scale, m, k, "1x128", a_data_name)
+    if not isinstance(b, FP8Tensor):
+        _check_pair_scale_shape(b_scale_name, b_scale, n, k, "128x128", b_data_name)
+    checks.check_shape("out", out, (m, n), why=f"(M, N) from {a_data_name} (M, K) and "
+                                                 f"{b_data_name} (N, K)")
+    _check_alignment_rules(k, n, f"K (= {a_data_name}.shape[1])", f"N (= {b_data_name}.shape[0])")
+
+    # Device: one Hopper GPU for everything.
+    _check_devices(
+        a_data_name, a_data,
+        **{a_scale_name: a_scale, b_data_name: b_data, b_scale_name: b_scale, "out": out},
+    )
+
+    # Memory layouts TMA can use.
+    a_data = _tma_ready(a_data_name, a_data, " (a is (M, K), K-major)")
+    b_data = _tma_ready(
+        b_data_name, b_data,
+        " (b is the (N, K) weight, K-major; matmul() takes the transposed (K, N) view)",
+    )
+    out_2d = _tma_ready("out", out)
+    if m == 0:
+        return out
+
+    a_scale, b_scale = _kernel_ready_scales(a_scale, b_scale)
+    _launch(a_data, a_scale, b_data, b_scale, out_2d)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# matmul: torch's calling convention
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_out_dtype(out_dtype) -> None:
+    if not isinstance(out_dtype, torch.dtype):
+        raise TypeError(f"out_dtype: expected a torch.dtype, got {type(out_dtype).__name__}")
+    if out_dtype != torch.bfloat16:
+        raise NotImplementedError(
+            f"out_dtype: only torch.bfloat16 output is implemented for now, got {out_dtype}"
+        )
+
+
+def _check_float_input(name: str, x: torch.Tensor) -> None:
+    """A plain tensor that matmul quantizes: bf16, fp16 or fp32 (an FP8 tensor without its
+    scales cannot be used: its values mean nothing without them)."""
+    if x.dtype in _FP8_DTYPES:
+        raise TypeError(
+            f"{name}: a bare {x.dtype} tensor has no scales; pass a pyfp8gemm.FP8Tensor, or a "
+            f"bf16/fp16/fp32 tensor to quantize on the fly, or use fp8_gemm_nt((data, scale), ...)"
+        )
+    checks.check_tensor(name, x, dtypes=QUANTIZABLE_DTYPES)
+
+
+def _weight_as_nk(b):
+    """The (K, N) right operand as the kernel's (N, K) K-major E4M3 weight: (data, scale).
+
+    * FP8Tensor that is the transposed view of an (N, K) weight (w.t()): its .t() is the
+      original weight, contiguous: no copy.
+    * FP8Tensor stored (K, N) row-major: 128x128 blocks transpose into 128x128 blocks, so the
+      data and scales are transposed exactly, no requantization: one copy of K*N bytes.
+    * plain tensor that is the transposed view of a contiguous (N, K) tensor: quantized as
+      (N, K) straight away, no transpose copy.
+    * any other plain (K, N) tensor, e.g. a contiguous one: quantized as it is (128x128 blocks
+      of (K, N)), then the E4M3 result is transposed: the transpose copy costs K*N bytes, half
+      of what transposing bf16 first would (and the result is the same, bit for bit: a block's
+      amax and each element's rounding do not depend on the layout).
+    """
+    if isinstance(b, FP8Tensor):
+        b_nk = b.t()
+        if b_nk.data.is_contiguous():
+            return b_nk.data, b_nk.scale
+        return b_nk.data.contiguous(), b_nk.scale.contiguous()
+    if b.t().is_contiguous():
+        quantized = quantize(b.t(), "128x128")
+        return quantized.data, quantized.scale
+    quantized = quantize(b, "128x128").t()
+    return quantized.data.contiguous(), quantized.scale.contiguous()
+
+
+def matmul(
+    a,
+    b,
+    *,
+    out: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """``a @ b`` with FP8 tensor cores, torch-style: (..., M, K) @ (K, N) -> (..., M, N).
+
+    Args:
+        a: the activations: a bf16/fp16/fp32 tensor of shape (K,), (M, K) or (..., M, K)
+            (leading dimensions are folded into M), quantized on the fly to E4M3 with 1x128
+            scales; or a ``"1x128"`` FP8Tensor of shape (M, K).
+        b: the (K, N) weight: a bf16/fp16/fp32 tensor, quantized on the fly with 128x128
+            scales, or a ``"128x128"`` FP8Tensor. Weights are usually stored (N, K) (as in
+            torch.nn.Linear); pass ``w.t()`` (or ``FP8Tensor.t()``): that transposed view is what
+            the kernel reads, so it costs no copy, as with torch._scaled_mm. A contiguous
+            (K, N) b works too, at the cost of one transpose copy of K*N bytes (after
+            quantization, for a plain tensor).
+        out: optional bf16 output of the result's shape, contiguous; written in place.
+        out_dtype: torch.bfloat16 (the only output type implemented so far).
+
+    Rules: K % 16 == 0 and N % 8 == 0 (TMA's 16-byte row alignment); a and b (and out) on one
+    Hopper GPU. Quantizing on the fly adds a few small elementwise kernels per call; quantize
+    weights once with ``pyfp8gemm.quantize(w, "128x128")`` to skip that for b.
+
+    Returns:
+        A bf16 tensor of shape (..., M, N) (or (N,) for a 1-D a): `out` if given.
+    """
+    _check_out_dtype(out_dtype)
+
+    # --- a: (..., M, K), remembered as its leading shape and a 2-D (M, K) operand ----------
+    if isinstance(a, FP8Tensor):
+        if a.granularity != "1x128":
+            raise ValueError(
+                f"a: expected an FP8Tensor with granularity '1x128' (activations, one scale per "
+                f"row per 128 K), got {a.granularity!r} (128x128 block scales are for the "
+                f"weight b); quantize it with quantize(x, '1x128')"
+            )
+        leading_shape = tuple(a.shape[:-1])
+        m, k = a.shape
+        a_device = a.device
+    elif isinstance(a, torch.Tensor):
+        _check_float_input("a", a)
+        if a.dim() == 0:
+            raise ValueError("a: expected a tensor of shape (K,), (M, K) or (..., M, K), got a 0-D tensor")
+        # (K,) @ (K, N) -> (N,), as in torch: no M dimension in the result.
+        leading_shape = tuple(a.shape[:-1])
+        k = a.shape[-1]
+        m = 1
+        for size in leading_shape:
+            m *= size
+        a_device = a.device
+    else:
+        raise TypeError(
+            f"a: expected a torch.Tensor or a pyfp8gemm.FP8Tensor, got {type(a).__name__}"
+        )
+
+    # --- b: (K, N) ----------------------------------------------------------------------------
+    if isinstance(b, FP8Tensor):
+        if b.granularity != "128x128":
+            raise ValueError(
+                f"b: expected an FP8Tensor with granularity '128x128' (weights, one scale per "
+                f"128x128 block), got {b.granularity!r} (1x128 scales are for the activations "
+                f"a); quantize the weight with quantize(w, '128x128')"
+            )
+        b_device = b.device
+    elif isinstance(b, torch.Tensor):
+        _check_float_input("b", b)
+        if b.dim() != 2:
+            raise ValueError(
+                f"b: expected a 2-D (K, N) tensor, got shape {tuple(b.shape)} (batched or "
+                f"1-D b is not supported)"
+            )
+        b_device = b.device
+    else:
+        raise TypeError(
+            f"b: expected a torch.Tensor or a pyfp8gemm.FP8Tensor, got {type(b).__name__}"
+        )
+    k_of_b, n = b.shape
+    checks.check_same_size("K", "a.shape[-1]", k, "b.shape[0]", k_of_b)
+    _check_alignment_rules(k, n, "K (= a.shape[-1] = b.shape[0])", "N (= b.shape[1])")
+
+    # --- devices and out ----------------------------------------------------------------------
+    device_info.require_hopper(a_device, "a")
+    if b_device != a_device:
+        raise ValueError(f"b: expected the same device as a ({a_device}), got {b_device}")
+    out_shape = leading_shape + (n,)
+    if out is None:
+        out = torch.empty(out_shape, dtype=torch.bfloat16, device=a_device)
+    else:
+        checks.check_tensor("out", out, dtypes=(torch.bfloat16,))
+        checks.check_shape("out", out, out_shape, why="a.shape[:-1] + (N,)")
+        if out.device != a_device:
+            raise ValueError(f"out: expected the same device as a ({a_device}), got {out.device}")
+        if not out.is_contiguous():
+            raise ValueError(
+                f"out: expected a contiguous tensor, got strides {tuple(out.stride())}"
+            )
+    if m == 0:
+        return out
+    out_2d = _tma_ready("out", out.view(m, n))
+
+    # --- operands in the kernel's form ------------------------------------------------------
+    if isinstance(a, FP8Tensor):
+        a_data = _tma_ready("a.data", a.data, " (a is (M, K), K-major)")
+        a_scale = a.scale
+    else:
+        # reshape folds the leading dimensions (a view when a is contiguous); quantize writes
+        # fresh contiguous E4M3 data and MN-major TMA-aligned scales.
+        a_fp8 = quantize(a.reshape(m, k), "1x128")
+        a_data, a_scale = a_fp8.data, a_fp8.scale
+    b_data, b_scale = _weight_as_nk(b)
+    b_data = _tma_ready("b", b_data)
+
+    a_scale, b_scale = _kernel_ready_scales(a_scale, b_scale)
+    _launch(a_data, a_scale, b_data, b_scale, out_2d)
+    return out
