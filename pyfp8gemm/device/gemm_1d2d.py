@@ -1,0 +1,317 @@
+"""The dense FP8 GEMM kernel (1D2D scaling): D[M, N] (bf16) = (A * sa) @ (B * sb)^T.
+
+A (M, K) e4m3 with one FP32 scale per row per 128 K ("1x128"); B (N, K) e4m3 with one scale
+per 128x128 block. Both K-major. The kernel is persistent and warp-specialized:
+
+  producer warpgroup   one elected thread streams A, B and A's scales through a ring of
+                       `stages` shared-memory buffers with TMA; `full[s]` says buffer s landed,
+                       `empty[s]` says every math warp (of every CTA it was sent to) is done.
+  math warpgroups      per 128-wide K block: 4 wgmma m64nNk32 into a fresh FP32 fragment, then
+                       "promotion" on CUDA cores: final += fragment * sa[row] * sb[block] (the
+                       tensor core's FP8 accumulator keeps ~14 bits; this is DeepSeek-V3's fix).
+  epilogue             final -> bf16 -> stmatrix into swizzled smem -> TMA store, which drains
+                       while the next tile's main loop runs.
+
+With a 2-CTA cluster, one operand tile is loaded once and multicast to both CTAs: A when the
+two CTAs take neighbouring N tiles (multicast="a"), B when they take neighbouring M tiles.
+
+Everything BLOCK_M/BLOCK_N/stages-dependent is a closure constant of `make_fp8_gemm_1d2d`, so
+numba folds it and each config compiles to its own specialized kernel.
+"""
+
+from dataclasses import dataclass
+
+from numba import cuda
+from numba.cuda import types
+
+from .ptx import (
+    cluster_ctarank, cluster_sync, elect_one, fence_mbarrier_init, fence_proxy_async_smem,
+    ld_global_nc_f32, ld_shared_f32, mbarrier_arrive, mbarrier_arrive_cluster,
+    mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_sync,
+    prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base, smem_descriptor,
+    tma_load_2d, tma_load_2d_multicast, tma_store_2d, tma_store_commit, tma_store_wait,
+    tma_store_wait_read, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
+)
+from .scheduler import make_tile_scheduler
+from .tile import fragment_fence, fragment_promote, fragment_store_bf16, fragment_zeros
+
+BLOCK_K = 128                   # one K block = one scale block = 4 wgmma k32 steps
+SMEM_LIMIT = 232448             # dynamic shared memory per CTA on sm_90 (227 KB)
+PRODUCER_REGISTERS = 40         # setmaxnreg budgets (DeepGEMM's): the TMA warpgroup needs few,
+MATH_REGISTERS = {1: 248, 2: 232}  # the math warpgroups hold two fragments each
+
+
+def _align(x, a):
+    return (x + a - 1) // a * a
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """One kernel specialization. Everything derived from it is a compile-time constant."""
+    block_m: int                # 64 (one math warpgroup) or 128 (two)
+    block_n: int                # multiple of 16, 16..256 (register budget permitting)
+    stages: int                 # depth of the TMA ring
+    multicast: str = "none"     # "none", "a" (2 CTAs along N share A), "b" (along M share B)
+    group_m: int = 8            # rasterization group height, in cluster units
+
+    def __post_init__(self):
+        if self.block_m not in (64, 128):
+            raise ValueError(f"block_m must be 64 or 128, got {self.block_m}")
+        if self.block_n % 16 or not 16 <= self.block_n <= 256:
+            raise ValueError(f"block_n must be a multiple of 16 in [16, 256], got {self.block_n}")
+        if self.multicast not in ("none", "a", "b"):
+            raise ValueError(f"multicast must be 'none', 'a' or 'b', got {self.multicast!r}")
+        if self.stages < 1 or self.smem_bytes > SMEM_LIMIT:
+            raise ValueError(f"{self}: {self.smem_bytes} B of shared memory > {SMEM_LIMIT}")
+
+    # --- shape of the CTA ---
+    @property
+    def math_warpgroups(self):
+        return self.block_m // 64
+
+    @property
+    def math_threads(self):
+        return 128 * self.math_warpgroups
+
+    @property
+    def threads(self):
+        return self.math_threads + 128          # + the producer warpgroup
+
+    @property
+    def cluster_size(self):
+        return 1 if self.multicast == "none" else 2
+
+    # --- the output tile in shared memory ---
+    @property
+    def swizzle_d(self):
+        """Widest TMA swizzle (bytes) whose panels tile a BLOCK_N row of bf16 exactly."""
+        return next(s for s in (128, 64, 32) if (self.block_n * 2) % s == 0)
+
+    # --- shared-memory layout (byte offsets from the 1024-aligned base) ---
+    @property
+    def a_stage_bytes(self):
+        return self.block_m * BLOCK_K
+
+    @property
+    def b_stage_bytes(self):
+        return self.block_n * BLOCK_K
+
+    @property
+    def sfa_stage_bytes(self):
+        return _align(self.block_m * 4, 128)
+
+    @property
+    def smem_offsets(self):
+        d = 0
+        a = d + self.block_m * self.block_n * 2
+        b = a + self.stages * self.a_stage_bytes
+        sfa = b + self.stages * self.b_stage_bytes
+        full = sfa + self.stages * self.sfa_stage_bytes
+        empty = full + 8 * self.stages
+        end = empty + 8 * self.stages
+        return dict(d=d, a=a, b=b, sfa=sfa, full=full, empty=empty, end=end)
+
+    @property
+    def smem_bytes(self):
+        return self.smem_offsets["end"]
+
+    @property
+    def name(self):
+        mc = "" if self.multicast == "none" else f"_mc{self.multicast}2"
+        return (f"fp8_gemm_1d2d_m{self.block_m}_n{self.block_n}_k{BLOCK_K}"
+                f"_s{self.stages}{mc}_g{self.group_m}")
+
+    @staticmethod
+    def max_stages(block_m, block_n):
+        per_stage = block_m * BLOCK_K + block_n * BLOCK_K + _align(block_m * 4, 128) + 16
+        return (SMEM_LIMIT - block_m * block_n * 2) // per_stage
+
+
+# Kernel parameters: four tensor maps (by value after the PTX post-edit), B's scales, M, N, K.
+KERNEL_SIGNATURE = (types.int64,) * 5 + (types.int32,) * 3
+TENSORMAP_PARAMS = (0, 1, 2, 3)
+
+
+def make_fp8_gemm_1d2d(cfg: GemmConfig):
+    """Return the kernel's Python function, specialized for `cfg` (compile with numba-cuda)."""
+    BM, BN, STAGES = cfg.block_m, cfg.block_n, cfg.stages
+    MATH_THREADS, CLUSTER = cfg.math_threads, cfg.cluster_size
+    MULTICAST_A, MULTICAST_B = cfg.multicast == "a", cfg.multicast == "b"
+    CLUSTER_M, CLUSTER_N = (2 if MULTICAST_B else 1), (2 if MULTICAST_A else 1)
+    CTA_MASK = (1 << CLUSTER) - 1
+    off = cfg.smem_offsets
+    SMEM_D, SMEM_A, SMEM_B, SMEM_SFA = off["d"], off["a"], off["b"], off["sfa"]
+    FULL_BARS, EMPTY_BARS = off["full"], off["empty"]
+    A_BYTES, B_BYTES, SFA_BYTES = cfg.a_stage_bytes, cfg.b_stage_bytes, cfg.sfa_stage_bytes
+    STAGE_TX_BYTES = A_BYTES + B_BYTES + BM * 4      # what TMA delivers per stage
+    EMPTY_ARRIVALS = CLUSTER * MATH_THREADS // 32    # one per math warp of each reading CTA
+    STRADDLE = 128 % BN != 0          # a BLOCK_N tile may cross two 128-column B-scale blocks
+    SWIZZLE_D = cfg.swizzle_d
+    D_PANELS = BN * 2 // SWIZZLE_D    # TMA stores per output tile (one per swizzle panel)
+    N_ACC = BN // 2                   # fragment floats per thread
+
+    mma = wgmma_fp8(BN)
+    desc = smem_descriptor(128)
+    wait_mma = wgmma_wait(0)
+    zeros = fragment_zeros(N_ACC)
+    fence = fragment_fence(N_ACC)
+    promote = fragment_promote(N_ACC, STRADDLE)
+    store_fragment = fragment_store_bf16(N_ACC, BM, SWIZZLE_D)
+    producer_registers = setmaxnreg_dec(PRODUCER_REGISTERS)
+    math_registers = setmaxnreg_inc(MATH_REGISTERS[cfg.math_warpgroups])
+    tile_of = make_tile_scheduler(CLUSTER_M, CLUSTER_N, cfg.group_m)
+    inline = cuda.jit(device=True, inline="always")
+
+    @inline
+    def producer_loop(base, tmap_a, tmap_b, tmap_sfa, num_kb, rank, first_unit, unit_step,
+                      num_m_units, num_n_units):
+        stage = 0
+        phase = 0
+        unit = first_unit
+        while unit < num_m_units * num_n_units:
+            m_block, n_block = tile_of(unit, rank, num_m_units, num_n_units)
+            for kb in range(num_kb):
+                full = base + FULL_BARS + 8 * stage
+                mbarrier_wait(base + EMPTY_BARS + 8 * stage, phase ^ 1)  # slot free?
+                mbarrier_arrive_expect_tx(full, STAGE_TX_BYTES)
+                a_dst = base + SMEM_A + A_BYTES * stage
+                b_dst = base + SMEM_B + B_BYTES * stage
+                sfa_dst = base + SMEM_SFA + SFA_BYTES * stage
+                if MULTICAST_A:           # rank 0 loads A (and its scales) for both CTAs
+                    if rank == 0:
+                        tma_load_2d_multicast(a_dst, tmap_a, full, kb * BLOCK_K, m_block * BM,
+                                              CTA_MASK)
+                        tma_load_2d_multicast(sfa_dst, tmap_sfa, full, m_block * BM, kb,
+                                              CTA_MASK)
+                else:
+                    tma_load_2d(a_dst, tmap_a, full, kb * BLOCK_K, m_block * BM)
+                    tma_load_2d(sfa_dst, tmap_sfa, full, m_block * BM, kb)
+                if MULTICAST_B:           # rank 0 loads B for both CTAs
+                    if rank == 0:
+                        tma_load_2d_multicast(b_dst, tmap_b, full, kb * BLOCK_K, n_block * BN,
+                                              CTA_MASK)
+                else:
+                    tma_load_2d(b_dst, tmap_b, full, kb * BLOCK_K, n_block * BN)
+                stage += 1
+                if stage == STAGES:
+                    stage = 0
+                    phase ^= 1
+            unit += unit_step
+
+    @inline
+    def epilogue(base, tmap_d, final, m_block, n_block, tid):
+        # The previous tile's TMA store must have finished reading the smem tile.
+        if tid < D_PANELS:
+            tma_store_wait_read()
+        named_barrier_sync(1, MATH_THREADS)
+        store_fragment(base + SMEM_D, final, 16 * (tid // 32), tid % 32)
+        fence_proxy_async_smem()                  # stmatrix writes -> visible to TMA
+        named_barrier_sync(1, MATH_THREADS)
+        if tid < D_PANELS:                        # one thread per swizzle panel
+            tma_store_2d(tmap_d, base + SMEM_D + tid * BM * SWIZZLE_D,
+                         n_block * BN + tid * (SWIZZLE_D // 2), m_block * BM)
+            tma_store_commit()
+
+    @inline
+    def math_loop(base, tmap_d, sfb, n, num_kb, rank, first_unit, unit_step,
+                  num_m_units, num_n_units, tid):
+        lane = tid % 32
+        row = 16 * (tid // 32) + lane // 4        # this thread's first fragment row in the tile
+        a_rows = (tid // 128) * 64 * BLOCK_K      # this warpgroup's 64-row slice of the A tile
+        num_sfb_rows = (n + 127) // 128
+        acc = zeros()
+        stage = 0
+        phase = 0
+        unit = first_unit
+        while unit < num_m_units * num_n_units:
+            m_block, n_block = tile_of(unit, rank, num_m_units, num_n_units)
+            n0 = n_block * BN
+            sfb_first = sfb + 4 * num_kb * (n0 // 128)
+            sfb_second = sfb + 4 * num_kb * min((n0 + BN - 1) // 128, num_sfb_rows - 1)
+            n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
+            final = zeros()
+            for kb in range(num_kb):
+                sb = ld_global_nc_f32(sfb_first + 4 * kb)
+                sb_second = ld_global_nc_f32(sfb_second + 4 * kb) if STRADDLE else sb
+                mbarrier_wait(base + FULL_BARS + 8 * stage, phase)  # tiles landed?
+                sfa = base + SMEM_SFA + SFA_BYTES * stage
+                sa_row0 = ld_shared_f32(sfa + 4 * row)
+                sa_row8 = ld_shared_f32(sfa + 4 * (row + 8))
+                a_tile = base + SMEM_A + A_BYTES * stage + a_rows
+                b_tile = base + SMEM_B + B_BYTES * stage
+
+                acc = fence(acc)
+                wgmma_fence()
+                acc = mma(desc(a_tile), desc(b_tile), acc, 0)          # fresh fragment
+                acc = mma(desc(a_tile + 32), desc(b_tile + 32), acc, 1)
+                acc = mma(desc(a_tile + 64), desc(b_tile + 64), acc, 1)
+                acc = mma(desc(a_tile + 96), desc(b_tile + 96), acc, 1)
+                wgmma_commit()
+                wait_mma()
+                acc = fence(acc)
+
+                # Release the slot: one arrival per warp at each CTA that loaded into it.
+                empty = base + EMPTY_BARS + 8 * stage
+                if CLUSTER > 1:
+                    if lane < CLUSTER:
+                        mbarrier_arrive_cluster(empty, lane)
+                elif lane == 0:
+                    mbarrier_arrive(empty)
+
+                # Promotion: the FP32 accumulation on CUDA cores, scaled per row and block.
+                if STRADDLE:
+                    final = promote(final, acc, sa_row0 * sb, sa_row8 * sb,
+                                    sa_row0 * sb_second, sa_row8 * sb_second, n_first)
+                else:
+                    final = promote(final, acc, sa_row0 * sb, sa_row8 * sb)
+                stage += 1
+                if stage == STAGES:
+                    stage = 0
+                    phase ^= 1
+            epilogue(base, tmap_d, final, m_block, n_block, tid)
+            unit += unit_step
+        if tid < D_PANELS:
+            tma_store_wait()          # the last stores must drain before the CTA exits
+
+    def fp8_gemm_1d2d(tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, m, n, k):
+        smem = cuda.shared.array(0, types.uint8, alignment=1024)
+        base = smem_base(smem)
+        tid = cuda.threadIdx.x
+        num_kb = (k + BLOCK_K - 1) // BLOCK_K
+        num_m_units = (m + BM * CLUSTER_M - 1) // (BM * CLUSTER_M)
+        num_n_units = (n + BN * CLUSTER_N - 1) // (BN * CLUSTER_N)
+        rank = cluster_ctarank() if CLUSTER > 1 else 0
+        first_unit = cuda.blockIdx.x // CLUSTER
+        unit_step = cuda.gridDim.x // CLUSTER
+
+        if tid == MATH_THREADS:                   # producer's first thread: set up barriers
+            prefetch_tensormap(tmap_a)
+            prefetch_tensormap(tmap_b)
+            prefetch_tensormap(tmap_sfa)
+            prefetch_tensormap(tmap_d)
+            for s in range(STAGES):
+                mbarrier_init(base + FULL_BARS + 8 * s, 1)
+                mbarrier_init(base + EMPTY_BARS + 8 * s, EMPTY_ARRIVALS)
+            fence_mbarrier_init()
+        if CLUSTER > 1:
+            cluster_sync()
+        else:
+            cuda.syncthreads()
+
+        if tid >= MATH_THREADS:
+            producer_registers()
+            if tid < MATH_THREADS + 32:
+                if elect_one():
+                    producer_loop(base, tmap_a, tmap_b, tmap_sfa, num_kb, rank, first_unit,
+                                  unit_step, num_m_units, num_n_units)
+                cuda.syncwarp()
+        else:
+            math_registers()
+            math_loop(base, tmap_d, sfb, n, num_kb, rank, first_unit, unit_step,
+                      num_m_units, num_n_units, tid)
+
+        if CLUSTER > 1:           # no CTA may leave while its peer can still signal its smem
+            cluster_sync()
+
+    fp8_gemm_1d2d.__name__ = fp8_gemm_1d2d.__qualname__ = cfg.name
+    return fp8_gemm_1d2d

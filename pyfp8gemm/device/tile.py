@@ -1,0 +1,136 @@
+"""Register-tile operations on wgmma accumulator fragments (UniTuples of float32).
+
+A fragment of wgmma m64nNk32 holds N/2 floats per thread. Looping over it in Python with a
+run-time index would make numba emit a switch (or spill the tuple to local memory), so each
+operation here is an intrinsic that unrolls its loop in the IR builder: straight-line code,
+every element in a register. Each factory is specialized (and memoized) by the fragment size.
+
+Fragment layout (PTX ISA, wgmma D fragments): element 4i+j of thread t (warp w = t/32 inside
+the warpgroup, lane l) sits at row 16*(w%4) + l/4 + 8*(j >= 2), column 8i + 2*(l%4) + j%2.
+"""
+
+import functools
+
+from llvmlite import ir
+from numba.cuda import types
+from numba.cuda.extending import intrinsic
+
+from .ptx import _typer, emit_asm
+
+F32 = ir.FloatType()
+I32 = ir.IntType(32)
+
+
+def _fragment(n_acc):
+    return types.UniTuple(types.float32, n_acc)
+
+
+@functools.cache
+def fragment_zeros(n_acc):
+    """Make `zeros() -> fragment`: n_acc float32 zeros."""
+    frag = _fragment(n_acc)
+
+    def codegen(context, builder, sig, args):
+        return context.make_tuple(builder, frag, [ir.Constant(F32, 0.0)] * n_acc)
+
+    return intrinsic(_typer(0, frag(), codegen, f"fragment_zeros_{n_acc}"))
+
+
+@functools.cache
+def fragment_fence(n_acc):
+    """Make `fence(fragment) -> fragment`: pin every register in place (CUTLASS's
+    warpgroup_fence_operand). The empty volatile asm keeps LLVM from moving reads of wgmma
+    results above wgmma_wait, or writes of its inputs below the wgmma that reads them."""
+    frag = _fragment(n_acc)
+
+    def codegen(context, builder, sig, args):
+        values = [builder.extract_value(args[0], i) for i in range(n_acc)]
+        fenced = [emit_asm(builder, "", (types.float32,), (types.float32,), [v],
+                           tied_outputs=True) for v in values]
+        return context.make_tuple(builder, frag, fenced)
+
+    return intrinsic(_typer(1, frag(frag), codegen, f"fragment_fence_{n_acc}"))
+
+
+@functools.cache
+def fragment_promote(n_acc, two_scale_blocks):
+    """Make the two-level-accumulation step: `final += acc * scale`, per row half.
+
+    Uniform B scale (BLOCK_N never straddles a 128-column scale block):
+        promote(final, acc, scale_row0, scale_row8) -> final
+    Straddling B scale (the first `n_first` 8-column groups use the first B block's scale):
+        promote(final, acc, scale_row0, scale_row8, scale_row0_second, scale_row8_second,
+                n_first) -> final
+    Each scale is scale_a[row] * scale_b[block], computed once per K block by the caller.
+    """
+    frag = _fragment(n_acc)
+    f32 = types.float32
+
+    def codegen(context, builder, sig, args):
+        final, acc = args[0], args[1]
+        s_row0, s_row8 = args[2], args[3]
+        out = []
+        for i in range(n_acc // 4):
+            if two_scale_blocks:
+                first = builder.icmp_signed("<", ir.Constant(I32, i), args[6])
+                row0 = builder.select(first, s_row0, args[4])
+                row8 = builder.select(first, s_row8, args[5])
+            else:
+                row0, row8 = s_row0, s_row8
+            for j, scale in enumerate((row0, row0, row8, row8)):
+                e = 4 * i + j
+                out.append(builder.fma(builder.extract_value(acc, e), scale,
+                                       builder.extract_value(final, e)))
+        return context.make_tuple(builder, frag, out)
+
+    if two_scale_blocks:
+        sig = frag(frag, frag, f32, f32, f32, f32, types.int32)
+        arity = 7
+    else:
+        sig = frag(frag, frag, f32, f32)
+        arity = 4
+    name = f"fragment_promote_{n_acc}_{'straddle' if two_scale_blocks else 'uniform'}"
+    return intrinsic(_typer(arity, sig, codegen, name))
+
+
+@functools.cache
+def fragment_store_bf16(n_acc, block_m, swizzle_bytes):
+    """Make `store(smem_d, fragment, row0, lane)`: the epilogue's register -> smem step.
+
+    Converts the fragment to bf16 and writes it with stmatrix x2 into the output tile in shared
+    memory, laid out as TMA's `swizzle_bytes` swizzle expects it: the BLOCK_N columns are cut
+    into atoms `swizzle_bytes` wide (each a BLOCK_M x swizzle_bytes panel, stored one after
+    another); inside a panel, the 16-byte chunk c of row r sits at chunk c ^ (r % (swizzle/16))
+    of that row's 8x128-byte line group. `row0` is the fragment's first row in the tile
+    (16 * warp + 64 * wave), `lane` the lane id; lanes 0-15 supply the 16 row addresses.
+    """
+    chunks_per_atom = swizzle_bytes // 16      # 16-byte chunks (8 bf16 columns) per atom row
+    atom_bytes = block_m * swizzle_bytes
+    pack_asm = "cvt.rn.bf16x2.f32 $0, $2, $1;"
+    stsm_asm = "stmatrix.sync.aligned.x2.m8n8.shared.b16 [$0], {$1, $2};"
+    u32, f32 = types.uint32, types.float32
+
+    def codegen(context, builder, sig, args):
+        smem_d, acc, row0, lane = args
+        const = lambda v: ir.Constant(I32, v)  # noqa: E731
+        row = builder.and_(lane, const(15))            # lanes 0-7: rows 0-7, 8-15: rows 8-15
+        row_in_tile = builder.add(row0, row)
+        for i in range(n_acc // 4):
+            atom, chunk = divmod(i, chunks_per_atom)
+            # Swizzle as DeepGEMM's epilogue: view the panel as rows of 128 bytes.
+            bank_group = builder.add(builder.mul(row_in_tile, const(chunks_per_atom)),
+                                     const(chunk))
+            line = builder.lshr(bank_group, const(3))
+            col = builder.xor(builder.and_(bank_group, const(7)),
+                              builder.and_(line, const(chunks_per_atom - 1)))
+            offset = builder.add(builder.mul(line, const(128)), builder.mul(col, const(16)))
+            addr = builder.add(smem_d, builder.add(offset, const(atom * atom_bytes)))
+            v = [builder.extract_value(acc, 4 * i + j) for j in range(4)]
+            lo = emit_asm(builder, pack_asm, (u32,), (f32, f32), [v[0], v[1]])
+            hi = emit_asm(builder, pack_asm, (u32,), (f32, f32), [v[2], v[3]])
+            emit_asm(builder, stsm_asm, (), (u32, u32, u32), [addr, lo, hi])
+        return context.get_dummy_value()
+
+    sig = types.void(types.uint32, _fragment(n_acc), types.uint32, types.uint32)
+    return intrinsic(_typer(4, sig, codegen,
+                            f"fragment_store_bf16_{n_acc}_m{block_m}_sw{swizzle_bytes}"))
