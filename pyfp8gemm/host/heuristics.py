@@ -1,0 +1,67 @@
+"""Choosing a kernel configuration for a GEMM shape.
+
+The kernel is persistent: `num_sms` CTAs walk over ceil(M/BLOCK_M) * ceil(N/BLOCK_N) tiles. A
+tile's time grows with BLOCK_N (its wgmma work) plus a fixed part (loading A's rows, B's scales,
+the epilogue), and the GEMM takes as many rounds ("waves") as the busiest SM has tiles. So we
+pick BLOCK_N minimizing  waves * (BLOCK_N + TILE_OVERHEAD_COLUMNS), which prefers sizes that
+fill the SMs in whole waves (e.g. 112, 144, 160 next to 128), ties going to the larger tile.
+
+- BLOCK_M: 64 (one math warpgroup) when M <= 64, else 128 (two math warpgroups).
+- stages: as many as shared memory holds (more in flight hides more latency), at most 8.
+- multicast: for M >= 512, a 2-CTA cluster loads A once for two N-neighbours ("a") when the
+  number of N tiles is even, else B once for two M-neighbours ("b") when that count is even.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ..device.gemm_1d2d import GemmConfig
+
+MAX_STAGES = 8
+TILE_OVERHEAD_COLUMNS = 32      # the fixed per-tile cost, in units of one column of BLOCK_N
+MULTICAST_MIN_M = 512
+# BLOCK_N candidates per BLOCK_M; capped where the two FP32 fragments (BLOCK_N regs/thread)
+# still fit the math warpgroups' register budget without spilling.
+BLOCK_N_CANDIDATES = {64: tuple(range(16, 193, 16)), 128: tuple(range(16, 161, 16))}
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def stages_for(block_m: int, block_n: int) -> int:
+    return min(MAX_STAGES, GemmConfig.max_stages(block_m, block_n))
+
+
+def make_config(block_m: int, block_n: int, multicast: str = "none") -> GemmConfig:
+    return GemmConfig(block_m, block_n, stages_for(block_m, block_n), multicast)
+
+
+@functools.lru_cache(maxsize=1024)
+def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
+    """The configuration pyfp8gemm launches for an (M, N, K) GEMM on `num_sms` SMs."""
+    block_m = 64 if m <= 64 else 128
+    m_blocks = _ceil_div(m, block_m)
+
+    def cost(block_n):
+        waves = _ceil_div(m_blocks * _ceil_div(n, block_n), num_sms)
+        return waves * (block_n + TILE_OVERHEAD_COLUMNS), -block_n
+
+    block_n = min(BLOCK_N_CANDIDATES[block_m], key=cost)
+    multicast = "none"
+    if m >= MULTICAST_MIN_M and num_sms % 2 == 0:
+        if _ceil_div(n, block_n) % 2 == 0:
+            multicast = "a"
+        elif m_blocks % 2 == 0:
+            multicast = "b"
+    return make_config(block_m, block_n, multicast)
+
+
+def all_configs() -> list[GemmConfig]:
+    """Every configuration choose_config can return (what `inspect` compiles and tests run)."""
+    return [make_config(block_m, block_n, multicast)
+            for block_m, candidates in BLOCK_N_CANDIDATES.items()
+            for block_n in candidates
+            for multicast in ("none", "a", "b")
+            if not (block_m == 64 and multicast != "none")]   # M <= 64: no multicast
