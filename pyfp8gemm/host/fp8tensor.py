@@ -293,7 +293,10 @@ class FP8Tensor:
         rows, cols = self.shape
         if self.granularity == "1x128":
             # Each scale covers 128 consecutive columns: repeat it along the columns.
-            per_element = self.scale.to(dtype).unsqueeze(2).expand(-1, -1, BLOCK).reshape(rows, -1)
+            kb = self.scale.shape[1]
+            per_element = (
+                self.scale.to(dtype).unsqueeze(2).expand(rows, kb, BLOCK).reshape(rows, kb * BLOCK)
+            )
         else:
             sr, sc = self.scale.shape
             per_element = (
