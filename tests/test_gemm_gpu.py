@@ -1,0 +1,283 @@
+"""The dense FP8 GEMM on a Hopper GPU: correct for every shape, every config, every way of calling.
+
+Marked `gpu`: skipped (with the reason) without a Hopper GPU, see conftest.py.
+
+What "correct" means here (DESIGN.md, "The numerics"):
+
+* calc_diff < 1e-5 against `reference_gemm`, the exact product of the dequantized FP8 inputs:
+  a correct kernel differs from it only by bf16 output rounding (~1e-6);
+* calc_diff < 1e-3 against the fp32 product of the unquantized bf16 inputs: that includes the
+  FP8 quantization error itself (~7e-4 on random data);
+* every output written: the output starts as NaN and no NaN may be left (finite inputs).
+
+Inputs are fresh torch.randn bf16 values for every check (never zeros, which would hide a kernel
+that writes nothing useful); the seed is printed by the `seed` fixture, so a failure replays.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from pyfp8gemm import quantize
+from pyfp8gemm.host.gemm import fp8_gemm_nt, matmul
+from pyfp8gemm.testing import calc_diff, reference_gemm
+
+pytestmark = pytest.mark.gpu
+
+BF16 = torch.bfloat16
+MAX_DIFF_VS_REFERENCE = 1e-5
+MAX_DIFF_VS_FP32 = 1e-3
+
+# ../shared/ANCHORS.md, first table: the shapes pyfp8gemm is measured on.
+ANCHOR_SHAPES = [
+    (m, n, k)
+    for m in (64, 128, 4096)
+    for n, k in ((2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168),
+                 (7168, 2048))
+] + [(8192, 8192, 8192)]
+
+# The shape grid of the dense GEMM issue: tiny to large M, N and K with and without tails
+# (7296 = 57 * 128, 576 = 4.5 * 128, 2112 = 16.5 * 128).
+GRID_M = (1, 7, 64, 129, 1000, 4097)
+GRID_N = (128, 576, 2112, 7168)
+GRID_K = (128, 576, 7168, 7296)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def seeded(seed):
+    """Every test draws its inputs from a fresh, printed seed."""
+    torch.manual_seed(seed)
+
+
+def random_bf16(*shape) -> torch.Tensor:
+    return torch.randn(*shape, dtype=BF16, device="cuda")
+
+
+def nan_filled(*shape) -> torch.Tensor:
+    """An output buffer poisoned with NaN: whatever the kernel does not write stays NaN."""
+    return torch.full(shape, float("nan"), dtype=BF16, device="cuda")
+
+
+def fp32_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w^T of the unquantized inputs in true fp32 (no TF32)."""
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return x.float() @ w.float().t()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+
+
+def assert_correct(out, x, w, a, b) -> None:
+    """All three correctness rules for out = x @ w^T computed from a = q(x), b = q(w)."""
+    unwritten = int(out.isnan().sum())
+    assert unwritten == 0, f"{unwritten} of {out.numel()} outputs left unwritten (still NaN)"
+    diff_reference = calc_diff(out, reference_gemm(a, b))
+    assert diff_reference < MAX_DIFF_VS_REFERENCE, f"calc_diff vs FP8 reference {diff_reference:.3e}"
+    diff_fp32 = calc_diff(out, fp32_product(x, w))
+    assert diff_fp32 < MAX_DIFF_VS_FP32, f"calc_diff vs fp32 product {diff_fp32:.3e}"
+
+
+def check_fp8_gemm_nt(m: int, n: int, k: int) -> None:
+    x, w = random_bf16(m, k), random_bf16(n, k)
+    a, b = quantize(x, "1x128"), quantize(w, "128x128")
+    out = nan_filled(m, n)
+    assert fp8_gemm_nt(a, b, out) is out
+    assert_correct(out, x, w, a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("m, n, k", ANCHOR_SHAPES)
+def test_anchor_shapes(m, n, k):
+    check_fp8_gemm_nt(m, n, k)
+
+
+@pytest.mark.parametrize("k", GRID_K, ids=lambda k: f"K{k}")
+@pytest.mark.parametrize("n", GRID_N, ids=lambda n: f"N{n}")
+@pytest.mark.parametrize("m", GRID_M, ids=lambda m: f"M{m}")
+def test_shape_grid(m, n, k):
+    check_fp8_gemm_nt(m, n, k)
+
+
+@pytest.mark.parametrize("m, n, k", [(333, 1000, 1040), (5, 8, 16), (130, 264, 144)])
+def test_odd_shapes(m, n, k):
+    """Smallest legal N and K, and tails everywhere (N, K not multiples of the blocks)."""
+    check_fp8_gemm_nt(m, n, k)
+
+
+def test_row_major_activation_scales():
+    """DeepGEMM-style (data, scale) pairs with row-major activation scales: converted, never
+    misread, same bits as the FP8Tensor call."""
+    m, n, k = 300, 576, 1040
+    x, w = random_bf16(m, k), random_bf16(n, k)
+    a, b = quantize(x, "1x128"), quantize(w, "128x128")
+    expected = fp8_gemm_nt(a, b, nan_filled(m, n))
+    out = fp8_gemm_nt((a.data, a.scale.contiguous()), (b.data, b.scale), nan_filled(m, n))
+    assert torch.equal(out, expected)
+    assert_correct(out, x, w, a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN propagation: each output depends on exactly the inputs it should
+# ---------------------------------------------------------------------------------------------
+
+NAN_SHAPE = (300, 520, 1040)  # partial tiles in M, N (520 = 4 * 128 + 8) and K
+
+
+@pytest.mark.parametrize("row, col", [(0, 0), (137, 700), (299, 1039)])
+def test_nan_in_one_activation_block_poisons_exactly_its_row(row, col):
+    m, n, k = NAN_SHAPE
+    x, w = random_bf16(m, k), random_bf16(n, k)
+    x[row, col] = float("nan")
+    out = fp8_gemm_nt(quantize(x, "1x128"), quantize(w, "128x128"), nan_filled(m, n))
+    expected = torch.zeros(m, n, dtype=torch.bool, device="cuda")
+    expected[row, :] = True
+    assert torch.equal(out.isnan(), expected)
+    assert out[~expected].isfinite().all()
+
+
+@pytest.mark.parametrize("row, col", [(0, 0), (300, 129), (519, 1039), (130, 640)])
+def test_nan_in_one_weight_block_poisons_exactly_its_columns(row, col):
+    """A NaN in w[row, col] makes its 128x128 block's scale NaN: the outputs of the block's
+    128 columns (fewer in the last, partial block), every row, and nothing else. Catches a
+    tile straddling two scale blocks that mixes their scales (NaN * 0 is NaN)."""
+    m, n, k = NAN_SHAPE
+    x, w = random_bf16(m, k), random_bf16(n, k)
+    w[row, col] = float("nan")
+    out = fp8_gemm_nt(quantize(x, "1x128"), quantize(w, "128x128"), nan_filled(m, n))
+    expected = torch.zeros(m, n, dtype=torch.bool, device="cuda")
+    first = row // 128 * 128
+    expected[:, first:first + 128] = True
+    assert torch.equal(out.isnan(), expected)
+    assert out[~expected].isfinite().all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism and streams
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bitwise_identical_run_to_run():
+    m, n, k = 4096, 2112, 7168
+    a = quantize(random_bf16(m, k), "1x128")
+    b = quantize(random_bf16(n, k), "128x128")
+    first = fp8_gemm_nt(a, b, nan_filled(m, n))
+    for _ in range(3):
+        again = fp8_gemm_nt(a, b, nan_filled(m, n))
+        assert torch.equal(again.view(torch.int16), first.view(torch.int16))
+
+
+def test_non_default_stream():
+    """The GEMM runs on torch's current stream, ordered after the work queued there before it.
+
+    On a side stream: spin the GPU ~20 ms, then fill `out` with NaN, then the GEMM. Launched on
+    the side stream, the GEMM waits for the fill. Launched on any other stream, it would run
+    first and the late NaN fill would wipe its result.
+    """
+    m, n, k = 1000, 2112, 7168
+    x, w = random_bf16(m, k), random_bf16(n, k)
+    a, b = quantize(x, "1x128"), quantize(w, "128x128")
+    out = torch.empty(m, n, dtype=BF16, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())  # inputs are ready on the side stream too
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(40_000_000)  # GPU clock cycles
+        out.fill_(float("nan"))
+        fp8_gemm_nt(a, b, out)
+        via_matmul = matmul(x, w.t())
+    side.synchronize()
+    assert_correct(out, x, w, a, b)
+    assert torch.equal(via_matmul, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# matmul
+# ---------------------------------------------------------------------------------------------
+
+
+def test_matmul_bf16_inputs_with_leading_dims():
+    x, w = random_bf16(4, 250, 7168), random_bf16(2112, 7168)
+    y = matmul(x, w.t())
+    assert y.shape == (4, 250, 2112) and y.dtype == BF16
+    a, b = quantize(x.reshape(1000, 7168), "1x128"), quantize(w, "128x128")
+    assert_correct(y.reshape(1000, 2112), x.reshape(1000, 7168), w, a, b)
+    # Same bits as the DeepGEMM-style call on the same quantized operands.
+    assert torch.equal(y.reshape(1000, 2112), fp8_gemm_nt(a, b, nan_filled(1000, 2112)))
+
+
+def test_matmul_fp8_weight_transposed_view():
+    x, w = random_bf16(129, 1536), random_bf16(24576 // 4, 1536)
+    b = quantize(w, "128x128")
+    out = nan_filled(129, w.shape[0])
+    assert matmul(x, b.t(), out=out) is out
+    assert_correct(out, x, w, quantize(x, "1x128"), b)
+
+
+def test_matmul_fp8_activations_and_contiguous_kn_weight():
+    x, w = random_bf16(64, 576), random_bf16(2112, 576)
+    a = quantize(x, "1x128")
+    y = matmul(a, w.t().contiguous())  # a (K, N) weight: one transpose copy
+    assert_correct(y, x, w, a, quantize(w, "128x128"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_matmul_other_input_dtypes(dtype):
+    x, w = random_bf16(7, 2048).to(dtype), random_bf16(576, 2048).to(dtype)
+    y = matmul(x, w.t())
+    assert_correct(y, x, w, quantize(x, "1x128"), quantize(w, "128x128"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Every configuration the heuristic can choose
+# ---------------------------------------------------------------------------------------------
+
+
+def _all_configs():
+    """heuristics.all_configs() if the heuristic exposes it and the launcher takes config=."""
+    try:
+        from pyfp8gemm.host import heuristics
+        from pyfp8gemm.host.launch import fp8_gemm_nt_launch
+    except Exception:  # e.g. numba-cuda missing: the test below says why it is skipped
+        return []
+    if not hasattr(heuristics, "all_configs"):
+        return []
+    if "config" not in inspect.signature(fp8_gemm_nt_launch).parameters:
+        return []
+    return list(heuristics.all_configs())
+
+
+CONFIGS = _all_configs()
+
+
+def config_shape(cfg) -> tuple[int, int, int]:
+    """The medium shape a config is tested on: M = 1000, K = 1600 (= 12.5 * 128) and N near
+    1000, always with partial tiles in M, N and K. N is 2t * BLOCK_N - 8 so that the number of N
+    tiles is even (and 1000 rows make 8 M tiles of 128): 2-CTA multicast clusters then pair
+    every tile, which the launcher requires of a forced multicast config."""
+    pairs = max(1, round(1024 / (2 * cfg.block_n)))
+    return 1000, 2 * pairs * cfg.block_n - 8, 1600
+
+
+@pytest.mark.skipif(not CONFIGS, reason="heuristics.all_configs() or launcher config= missing")
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda cfg: getattr(cfg, "name", str(cfg)))
+def test_every_config(cfg):
+    from pyfp8gemm.host.launch import fp8_gemm_nt_launch
+
+    m, n, k = config_shape(cfg)
+    x, w = random_bf16(m, k), random_bf16(n, k)
+    a, b = quantize(x, "1x128"), quantize(w, "128x128")
+    out = nan_filled(m, n)
+    fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out, config=cfg)
+    assert_correct(out, x, w, a, b)
