@@ -48,15 +48,17 @@ class Report:
 
     sections: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
     gpus: list[Gpu] = field(default_factory=list)
-    cuda_error: str | None = None  # why torch sees no GPU, when it says so
+    current_index: int | None = None  # torch's current CUDA device, the one the kernels use
+    cuda_error: str | None = None     # why torch sees no GPU, when it sees none
+
+    @property
+    def current_gpu(self) -> Gpu | None:
+        return next((g for g in self.gpus if g.index == self.current_index), None)
 
     @property
     def hopper(self) -> Gpu | None:
-        """The current CUDA device if it is a Hopper, else None (what the kernels will run on)."""
-        if not self.gpus:
-            return None
-        current = torch.cuda.current_device()
-        gpu = next((g for g in self.gpus if g.index == current), None)
+        """The current CUDA device if it is a Hopper, else None."""
+        gpu = self.current_gpu
         return gpu if gpu is not None and gpu.is_hopper else None
 
     def render(self) -> str:
@@ -106,16 +108,16 @@ def _driver_version() -> str:
     return f"CUDA {version // 1000}.{version % 1000 // 10} ({version})"
 
 
-def _gpus() -> tuple[list[Gpu], str | None]:
-    """The GPUs torch sees, or ([], why not)."""
+def _gpus() -> tuple[list[Gpu], int | None, str | None]:
+    """The GPUs torch sees and the current one's index, or ([], None, why none)."""
     if torch.version.cuda is None:
-        return [], "this torch is a CPU-only build"
+        return [], None, "this torch is a CPU-only build"
     try:
         available = torch.cuda.is_available()
     except Exception as error:
-        return [], f"torch.cuda.is_available() failed: {error}"
+        return [], None, f"torch.cuda.is_available() failed: {error}"
     if not available:
-        return [], "torch.cuda.is_available() is False (no GPU or no driver)"
+        return [], None, "torch.cuda.is_available() is False (no GPU or no driver)"
     gpus = []
     for index in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(index)
@@ -126,7 +128,7 @@ def _gpus() -> tuple[list[Gpu], str | None]:
             sm_count=props.multi_processor_count,
             memory_gib=props.total_memory / 2**30,
         ))
-    return gpus, None
+    return gpus, torch.cuda.current_device(), None
 
 
 def default_cache_dir() -> str:
@@ -176,15 +178,16 @@ def collect() -> Report:
     ]))
     report.sections.append(("Packages", [(name, _package_version(name)) for name in PACKAGES]))
 
-    report.gpus, report.cuda_error = _gpus()
+    report.gpus, report.current_index, report.cuda_error = _gpus()
     gpu_rows = [
         ("torch CUDA build", torch.version.cuda or "none (CPU-only build)"),
         ("driver", _driver_version()),
     ]
     if report.gpus:
         for gpu in report.gpus:
+            current = " (current)" if gpu.index == report.current_index and len(report.gpus) > 1 else ""
             gpu_rows.append((
-                f"GPU {gpu.index}",
+                f"GPU {gpu.index}{current}",
                 f"{gpu.name}, compute capability {gpu.capability[0]}.{gpu.capability[1]}, "
                 f"{gpu.sm_count} SMs, {gpu.memory_gib:.0f} GiB",
             ))
@@ -203,9 +206,8 @@ def collect() -> Report:
 
 def no_hopper_message(report: Report) -> str:
     """The plain sentence printed when there is nothing to self-check on."""
-    if report.gpus:
-        current = torch.cuda.current_device()
-        gpu = next(g for g in report.gpus if g.index == current)
+    gpu = report.current_gpu
+    if gpu is not None:
         found = (f"the current GPU is {gpu.name} with compute capability "
                  f"{gpu.capability[0]}.{gpu.capability[1]}")
     else:

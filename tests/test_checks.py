@@ -1,0 +1,129 @@
+"""The shared input checks: each rule passes good input and names the argument and rule on bad."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyfp8gemm import quantize
+from pyfp8gemm.host import checks
+
+
+def test_check_tensor_accepts_and_rejects():
+    x = torch.zeros(4, 8, dtype=torch.float16)
+    checks.check_tensor("a", x, dtypes=(torch.float16,), ndim=2)
+    with pytest.raises(TypeError, match=r"^a: expected a torch.Tensor, got list$"):
+        checks.check_tensor("a", [[1.0]])
+    with pytest.raises(TypeError, match=r"^a: expected dtype torch.float8_e4m3fn, got torch.float16$"):
+        checks.check_tensor("a", x, dtypes=(torch.float8_e4m3fn,))
+    with pytest.raises(TypeError, match="expected dtype torch.bfloat16 or torch.float32, got"):
+        checks.check_tensor("out", x, dtypes=(torch.bfloat16, torch.float32))
+    with pytest.raises(ValueError, match=r"^b: expected a 3-D tensor, got 2-D with shape \(4, 8\)$"):
+        checks.check_tensor("b", x, ndim=3)
+
+
+def test_check_granularity():
+    checks.check_granularity("granularity", "1x128")
+    checks.check_granularity("granularity", "128x128")
+    with pytest.raises(ValueError, match="granularity: expected one of"):
+        checks.check_granularity("granularity", "128x1")
+    with pytest.raises(TypeError, match="granularity: expected one of"):
+        checks.check_granularity("granularity", 128)
+
+
+def test_check_fp8_tensor():
+    a = quantize(torch.randn(4, 256), "1x128")
+    checks.check_fp8_tensor("a", a, "1x128")
+    checks.check_fp8_tensor("a", a)
+    with pytest.raises(ValueError, match="b: expected granularity '128x128', got '1x128'"):
+        checks.check_fp8_tensor("b", a, "128x128")
+    with pytest.raises(TypeError, match=r"a: expected a pyfp8gemm.FP8Tensor, got Tensor \(quantize"):
+        checks.check_fp8_tensor("a", torch.zeros(4, 256))
+    with pytest.raises(TypeError, match="a: expected a pyfp8gemm.FP8Tensor, got tuple"):
+        checks.check_fp8_tensor("a", (a.data, a.scale))
+
+
+def test_check_cuda():
+    meta = torch.empty(2, 2, device="meta")
+    with pytest.raises(ValueError, match=r"^a: expected a CUDA tensor, got device cpu$"):
+        checks.check_cuda("a", torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="out: expected a CUDA tensor, got device meta"):
+        checks.check_cuda("out", meta)
+
+
+@pytest.mark.gpu
+def test_check_cuda_passes_a_cuda_tensor():
+    checks.check_cuda("a", torch.zeros(2, 2, device="cuda"))
+
+
+def test_check_same_device():
+    cpu, meta = torch.zeros(2), torch.zeros(2, device="meta")
+    checks.check_same_device(a=cpu, b=torch.ones(3))
+    checks.check_same_device()
+    with pytest.raises(ValueError, match=r"^out: expected the same device as a \(cpu\), got meta$"):
+        checks.check_same_device(a=cpu, b=cpu, out=meta)
+
+
+def test_check_shape():
+    x = torch.zeros(4, 8)
+    checks.check_shape("out", x, (4, 8))
+    checks.check_shape("out", x, (None, 8))
+    with pytest.raises(ValueError, match=r"^out: expected shape \(4, 9\) \(\(M, N\)\), got \(4, 8\)$"):
+        checks.check_shape("out", x, (4, 9), why="(M, N)")
+    with pytest.raises(ValueError, match=r"out: expected shape \(\*, 9\), got \(4, 8\)"):
+        checks.check_shape("out", x, (None, 9))
+    with pytest.raises(ValueError, match=r"expected shape \(4,\), got \(4, 8\)"):
+        checks.check_shape("out", x, (4,))
+
+
+def test_check_same_size():
+    checks.check_same_size("K", "a.shape[1]", 256, "b.shape[1]", 256)
+    with pytest.raises(ValueError, match=r"^a.shape\[1\] and b.shape\[1\]: K must match, got 256 and 384$"):
+        checks.check_same_size("K", "a.shape[1]", 256, "b.shape[1]", 384)
+
+
+def test_check_multiple_of():
+    checks.check_multiple_of("K", 4096, 16)
+    with pytest.raises(ValueError, match=r"^K: expected a positive multiple of 16 \(TMA\), got 100$"):
+        checks.check_multiple_of("K", 100, 16, why="TMA")
+    with pytest.raises(ValueError, match="N: expected a positive multiple of 8, got 0"):
+        checks.check_multiple_of("N", 0, 8)
+
+
+def test_check_contiguous():
+    x = torch.zeros(4, 8)
+    checks.check_contiguous("a", x)
+    with pytest.raises(ValueError, match=r"a: expected a contiguous tensor, got shape \(8, 4\) with strides \(1, 8\)"):
+        checks.check_contiguous("a", x.t())
+
+
+def test_check_last_dim_contiguous():
+    x = torch.zeros(4, 16)
+    checks.check_last_dim_contiguous("a", x[:, :8])        # padded rows are fine
+    checks.check_last_dim_contiguous("a", x[:, :1])        # a single column has no stride to check
+    with pytest.raises(ValueError, match=r"a: expected stride 1 in the last dimension, got strides \(16, 2\)"):
+        checks.check_last_dim_contiguous("a", x[:, ::2])
+
+
+def test_check_16_byte_aligned():
+    fp8 = torch.zeros(4, 64, dtype=torch.float8_e4m3fn)
+    checks.check_16_byte_aligned("a", fp8)
+    checks.check_16_byte_aligned("a", fp8[:, :32])              # 64-byte row stride
+    with pytest.raises(ValueError, match="a: expected a 16-byte aligned start address"):
+        checks.check_16_byte_aligned("a", fp8[:, 1:])
+    odd_rows = torch.zeros(4, 40, dtype=torch.float8_e4m3fn)    # 40-byte rows
+    with pytest.raises(ValueError, match=r"b: expected dimension 0's stride to be a multiple of 16 bytes \(TMA\), got 40 elements = 40 bytes"):
+        checks.check_16_byte_aligned("b", odd_rows)
+    bf16 = torch.zeros(4, 12, dtype=torch.bfloat16)             # 24-byte rows
+    with pytest.raises(ValueError, match="out: expected dimension 0's stride .* 24 bytes"):
+        checks.check_16_byte_aligned("out", bf16)
+    checks.check_16_byte_aligned("out", torch.zeros(4, 16, dtype=torch.bfloat16))
+
+
+def test_checks_read_no_tensor_data():
+    # Meta tensors have no data: every metadata check must still work on them.
+    meta = torch.empty(4, 64, dtype=torch.float8_e4m3fn, device="meta")
+    checks.check_tensor("a", meta, dtypes=(torch.float8_e4m3fn,), ndim=2)
+    checks.check_contiguous("a", meta)
+    checks.check_last_dim_contiguous("a", meta)
+    checks.check_shape("a", meta, (4, 64))
