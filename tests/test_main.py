@@ -171,3 +171,12 @@ def test_inspect_missing_module(monkeypatch, capsys):
                         lambda name: None if name == "pyfp8gemm.cache.inspect" else real_import(name))
     assert cli.main(["inspect", "--json"]) == 1
     assert "not available" in capsys.readouterr().err
+
+
+def test_ci_runs_the_readme_test_command():
+    # README.md promises `python -m pytest -q` as the test command; .ci/run must run exactly it.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md")) as readme, open(os.path.join(root, ".ci", "run")) as ci:
+        readme_text, ci_lines = readme.read(), [line.strip() for line in ci]
+    assert "python -m pytest -q        # the tests" in readme_text
+    assert ci_lines[-1] == "python -m pytest -q"
