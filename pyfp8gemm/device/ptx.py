@@ -177,9 +177,11 @@ mbarrier_arrive = ptx_instruction(
 mbarrier_arrive_cluster = ptx_instruction(
     "mbarrier_arrive_cluster",
     "{ .reg .b32 remote; mapa.shared::cluster.u32 remote, $0, $1; "
-    "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote]; }",
+    "mbarrier.arrive.shared::cluster.b64 _, [remote]; }",
     (u32, u32),
-    doc="mapa + mbarrier.arrive.release.cluster: arrive on the same barrier of CTA `rank`.")
+    doc="mapa + mbarrier.arrive.shared::cluster: arrive on the same barrier of CTA `rank`. "
+        "Not .release.cluster: that form costs a MEMBAR.ALL.GPU per arrival (seen in SASS), "
+        "and the smem reads it would order are done (wgmma_wait) before the arrival.")
 
 mbarrier_arrive_expect_tx = ptx_instruction(
     "mbarrier_arrive_expect_tx",
