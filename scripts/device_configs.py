@@ -1,0 +1,49 @@
+"""Time explicit configs side by side on one shape (tuning experiments).
+
+python scripts/device_configs.py M N K BMxBN[:mc[:group]] ...
+"""
+import sys
+
+import torch
+from triton.testing import do_bench
+
+from pyfp8gemm.device.gemm_1d2d import GemmConfig
+from pyfp8gemm.host.fp8tensor import quantize
+from pyfp8gemm.host.heuristics import stages_for
+from pyfp8gemm.host.launch import fp8_gemm_nt_launch
+
+
+def calc_diff(x, y):
+    x, y = x.double(), y.double()
+    return (1 - 2 * (x * y).sum() / (x * x + y * y).sum()).item()
+
+
+def parse(spec):
+    parts = spec.split(":")
+    bm, bn = map(int, parts[0].split("x"))
+    mc = parts[1] if len(parts) > 1 else "none"
+    group = int(parts[2]) if len(parts) > 2 else 8
+    stages = int(parts[3]) if len(parts) > 3 else stages_for(bm, bn)
+    return GemmConfig(bm, bn, stages, mc, group)
+
+
+m, n, k = map(int, sys.argv[1:4])
+a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+b = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+qa, qb = quantize(a, "1x128"), quantize(b, "128x128")
+ref = qa.dequantize().double() @ qb.dequantize().double().T
+cub = do_bench(lambda: torch._scaled_mm(qa.data, qb.data.t(), scale_a=qa.scale, scale_b=qb.scale.t(),
+                                        out_dtype=torch.bfloat16), warmup=25, rep=100,
+               return_mode="median")
+tf = lambda ms: 2 * m * n * k / ms / 1e9
+print(f"{m}x{n}x{k}: cuBLAS block-wise {tf(cub):.0f} TFLOPS")
+for spec in sys.argv[4:]:
+    cfg = parse(spec)
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    fp8_gemm_nt_launch(qa.data, qa.scale, qb.data, qb.scale, out, config=cfg)
+    diff = calc_diff(out, ref)
+    from pyfp8gemm.host.launch import loaded_kernel
+    clusters = loaded_kernel(cfg, 0).max_active_clusters() if cfg.cluster_size > 1 else "-"
+    ms = do_bench(lambda: fp8_gemm_nt_launch(qa.data, qa.scale, qb.data, qb.scale, out, config=cfg),
+                  warmup=25, rep=100, return_mode="median")
+    print(f"  {cfg.name:44} {tf(ms):6.0f} TFLOPS  x{cub / ms:.2f}  diff {diff:.1e} max clusters {clusters}", flush=True)
