@@ -154,7 +154,7 @@ def collect_run_info(args, timing_method: str, baseline: str, shapes, providers)
             "torch": torch.__version__,
             "cuda (torch)": torch.version.cuda,
             "triton": _version("triton", "triton"),
-            "pyfp8gemm": _version("pyfp8gemm"),
+            "pyfp8gemm": _version("pyfp8gemm", "pyfp8gemm"),
             "pyfp8gemm commit": _git_commit(),
             "deep_gemm": _version("deep_gemm", "deep_gemm"),
         },
@@ -174,7 +174,7 @@ def collect_run_info(args, timing_method: str, baseline: str, shapes, providers)
 def plot_title(run_info: dict) -> str:
     device = run_info.get("device", {}).get("name", "?")
     date = str(run_info.get("date", "?"))[:10]
-    return f"FP8 GEMM, bf16 out — {device}, {date} — {run_info.get('timing_description', '')}"
+    return f"FP8 GEMM, bf16 out — {device}, {date}\ntiming: {run_info.get('timing_description', '')}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,7 +70,9 @@ def plot_results(
             result = cells.get((shape, provider))
             heights.append(result.tflops if result is not None and result.status == OK else 0.0)
         label = provider_names.get(provider, provider)
-        if provider != baseline and geomeans.get(provider) is not None:
+        if not any(heights):
+            label += " (no data: see the table's notes)"
+        elif provider != baseline and geomeans.get(provider) is not None:
             label += f" (geomean {geomeans[provider]:.2f}x)"
         bars = tflops_axes.bar(offsets, heights, bar_width, label=label, color=provider_colour(provider, index))
         if index == 0:  # write the numbers of the first column (the library under test) on its bars
@@ -78,12 +80,15 @@ def plot_results(
                 bars, labels=[f"{h:.0f}" if h else "" for h in heights], rotation=90, padding=2, fontsize=7
             )
     tflops_axes.set_ylabel("TFLOPS")
-    tflops_axes.margins(y=0.12)  # room for the bar labels
+    legend_columns = max(1, min(len(providers), int(figure_width // 4)))
+    legend_rows = -(-len(providers) // legend_columns)
+    tallest = max([r.tflops for r in results if r.status == OK and r.tflops] or [1.0])
+    tflops_axes.set_ylim(0, tallest * (1.15 + 0.08 * legend_rows))  # headroom: bar labels and legend
     tflops_axes.grid(axis="y", alpha=0.3)
     tflops_axes.set_axisbelow(True)
-    tflops_axes.legend(loc="upper left", fontsize=9, ncol=min(3, max(1, len(providers))))
+    tflops_axes.legend(loc="upper left", fontsize=8, ncol=legend_columns)
     if title:
-        tflops_axes.set_title(title, fontsize=11)
+        tflops_axes.set_title(title, fontsize=10)
 
     # Bottom: ratio to the baseline, a line at 1.0.
     baseline_name = provider_names.get(baseline, baseline)

@@ -85,6 +85,11 @@ class Pyfp8gemmProvider(Provider):
     def prepare(self, inputs: GemmInputs) -> PreparedGemm:
         import pyfp8gemm
 
+        # The kernel's rules (docs/INTERFACES.md): TMA needs 16-byte rows of A, B (K e4m3 bytes)
+        # and D (N bf16 values).
+        _, n, k = inputs.shape
+        if k % 16 or n % 8:
+            raise ShapeNotSupported("pyfp8gemm needs K % 16 == 0 and N % 8 == 0 (16-byte TMA rows)")
         a = (inputs.a_fp8, inputs.a_scale)
         b = (inputs.b_fp8, inputs.b_scale)
         out = _empty_output(inputs)

@@ -113,7 +113,12 @@ def time_with_profiler(fn: Callable[[], object], warmup_ms: float, burst_calls: 
     kernels, per-call times are the sums of consecutive kernels and the median is returned;
     otherwise the mean over the burst.
     """
+    import warnings
+
     from torch.profiler import ProfilerActivity, profile
+
+    # torch warns that each profiling cycle clears the last one's events; we read each at once.
+    warnings.filterwarnings("ignore", message="Profiler clears events", category=UserWarning)
 
     # Warm up for about warmup_ms (JIT, autotuning, clocks).
     fn()
