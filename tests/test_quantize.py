@@ -129,6 +129,28 @@ def test_empty_tensors():
             assert q.shape == shape and q.dequantize().shape == shape
 
 
+class _CountTorchCalls(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_quantize_is_vectorized(granularity, generator):
+    # The same number of torch calls for 1 block as for 1,600: no Python loop over blocks.
+    counts = []
+    for shape in [(128, 128), (5120, 5120)]:
+        x = torch.randn(shape, generator=generator, dtype=torch.bfloat16)
+        with _CountTorchCalls() as counter:
+            quantize(x, granularity)
+        counts.append(counter.calls)
+    assert counts[0] == counts[1] and counts[0] > 0
+
+
 # ------------------------------------------------------------------------------------------------
 # Non-finite input: NaN scale for the whole block, never a finite value
 # ------------------------------------------------------------------------------------------------
@@ -349,16 +371,51 @@ def test_quantize_rejects(x, granularity, error, words):
         quantize(x, granularity)
 
 
-def test_quantize_accepts_non_contiguous_input(generator):
-    x = torch.randn(300, 260, generator=generator).t()   # (260, 300), column-major
-    q = quantize(x, "1x128")
-    ref.check_quantized(x, q)
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda g: torch.randn(300, 260, generator=g).t(),              # column-major, padded
+        lambda g: torch.randn(256, 384, generator=g).t(),              # column-major, no padding
+        lambda g: torch.randn(130, 512, generator=g)[:, ::2],          # strided columns
+        lambda g: torch.randn(260, 300, generator=g)[3:200, 17:290],   # offset sub-block
+    ],
+    ids=["transposed-padded", "transposed-exact", "strided", "sliced"],
+)
+def test_quantize_accepts_non_contiguous_input(make, granularity, generator):
+    x = make(generator)
+    assert not x.is_contiguous()
+    ref.check_quantized(x, quantize(x, granularity))
 
 
 def test_public_api_exports():
     assert pyfp8gemm.quantize is quantize and pyfp8gemm.FP8Tensor is FP8Tensor
     assert pyfp8gemm.to_mn_major_tma_aligned is to_mn_major_tma_aligned
     assert isinstance(pyfp8gemm.__version__, str) and pyfp8gemm.__version__
+    for name in ("FP8Tensor", "quantize", "to_mn_major_tma_aligned", "testing"):
+        assert name in pyfp8gemm.__all__
+
+
+@pytest.mark.parametrize("name", ["fp8_gemm_nt", "matmul", "set_num_sms", "get_num_sms"])
+def test_lazy_exports(name):
+    # The GEMM and device-info functions are imported on first use; once their module exists,
+    # they are ordinary public names.
+    module_name = pyfp8gemm._LAZY_EXPORTS[name]
+    if not pyfp8gemm._module_exists(module_name):
+        pytest.skip(f"{module_name} is not in this version")
+    import importlib
+
+    assert getattr(pyfp8gemm, name) is getattr(importlib.import_module(module_name), name)
+    assert name in pyfp8gemm.__all__ and name in dir(pyfp8gemm)
+
+
+def test_a_missing_lazy_module_reads_as_not_available(monkeypatch):
+    monkeypatch.delitem(pyfp8gemm.__dict__, "matmul", raising=False)
+    monkeypatch.setattr(pyfp8gemm, "_module_exists", lambda module_name: False)
+    with pytest.raises(AttributeError, match="pyfp8gemm.matmul is not available in this version"):
+        pyfp8gemm.matmul
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        pyfp8gemm.no_such_name
 
 
 # ------------------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def _quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     kb = _ceil_div(cols, BLOCK)
     # Zero-pad the last partial block: zeros never raise an amax, so it covers valid elements only.
     padded = F.pad(x.float(), (0, kb * BLOCK - cols))
-    blocks = padded.view(rows, kb, BLOCK)
+    blocks = padded.reshape(rows, kb, BLOCK)
 
     amax = blocks.abs().amax(dim=2)                       # (rows, kb)
     finite = torch.isfinite(blocks).all(dim=2)            # (rows, kb)
@@ -166,7 +166,7 @@ def _quantize_128x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = x.shape
     rb, kb = _ceil_div(rows, BLOCK), _ceil_div(cols, BLOCK)
     padded = F.pad(x.float(), (0, kb * BLOCK - cols, 0, rb * BLOCK - rows))
-    tiles = padded.view(rb, BLOCK, kb, BLOCK)             # tile (i, j) is tiles[i, :, j, :]
+    tiles = padded.reshape(rb, BLOCK, kb, BLOCK)             # tile (i, j) is tiles[i, :, j, :]
 
     amax = tiles.abs().amax(dim=(1, 3))                   # (rb, kb)
     finite = torch.isfinite(tiles).all(dim=3).all(dim=1)  # (rb, kb)
