@@ -37,6 +37,9 @@ HOPPER_CAPABILITY = (9, 0)
 _sm_count_by_device: dict[int, int] = {}
 _name_and_capability_by_device: dict[int, tuple[str, tuple[int, int]]] = {}
 
+# The devices require_hopper has already accepted: its fast path is one set lookup.
+_verified_hopper_devices: set[torch.device] = set()
+
 # The value given to set_num_sms, or None for "all SMs of the device".
 _num_sms_limit: int | None = None
 
@@ -47,6 +50,8 @@ def _device_index(device: torch.device | int | str | None) -> int:
         return torch.cuda.current_device()
     if isinstance(device, int):
         return device
+    if device in _verified_hopper_devices:
+        return
     device = torch.device(device)
     if device.type != "cuda":
         raise ValueError(f"expected a CUDA device, got {device}")
@@ -133,6 +138,8 @@ def require_hopper(device: torch.device, argname: str) -> None:
     - a CUDA GPU that is not sm_90: RuntimeError naming the GPU and its capability, since the
       kernels are built for sm_90a only and the driver would refuse to run them.
     """
+    if device in _verified_hopper_devices:
+        return
     device = torch.device(device)
     if device.type != "cuda":
         raise ValueError(
@@ -148,3 +155,5 @@ def require_hopper(device: torch.device, argname: str) -> None:
             f"pyfp8gemm's kernels are built for Hopper (sm_90a: H100, H200, H800, H20, "
             f"compute capability 9.0) and cannot run on this GPU"
         )
+    if device.index is not None:
+        _verified_hopper_devices.add(device)
