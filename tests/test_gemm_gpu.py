@@ -17,6 +17,7 @@ that writes nothing useful); the seed is printed by the `seed` fixture, so a fai
 from __future__ import annotations
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -111,9 +112,15 @@ def test_shape_grid(m, n, k):
     check_fp8_gemm_nt(m, n, k)
 
 
-@pytest.mark.parametrize("m, n, k", [(333, 1000, 1040), (5, 8, 16), (130, 264, 144)])
+@pytest.mark.parametrize("m, n, k", [(333, 1000, 1040), (5, 8, 16), (130, 264, 144),
+                                     (64, 22528, 1024)])
 def test_odd_shapes(m, n, k):
-    """Smallest legal N and K, and tails everywhere (N, K not multiples of the blocks)."""
+    """Smallest legal N and K, and tails everywhere (N, K not multiples of the blocks).
+
+    (64, 22528, 1024): for M <= 64 and N in (21120, 23232] the heuristic picks BLOCK_N = 176,
+    whose tiles can straddle three 128-column weight-scale blocks (e.g. columns 352..527 touch
+    blocks 2, 3 and 4).
+    """
     check_fp8_gemm_nt(m, n, k)
 
 
@@ -202,6 +209,49 @@ def test_non_default_stream():
     assert torch.equal(via_matmul, out)
 
 
+def test_fewer_sms():
+    """set_num_sms: a persistent grid of fewer CTAs than tiles still covers every tile."""
+    from pyfp8gemm.host import device_info
+
+    all_sms = device_info.device_sm_count()
+    with pytest.raises(ValueError, match="num_sms"):
+        device_info.set_num_sms(all_sms + 1)
+    try:
+        for num_sms in (1, 7, all_sms - 1):
+            device_info.set_num_sms(num_sms)
+            assert device_info.get_num_sms() == num_sms
+            check_fp8_gemm_nt(1000, 2112, 1536)
+    finally:
+        device_info.set_num_sms(all_sms)
+
+
+def test_cuda_graph_capture():
+    """A call is capturable: no host synchronization, no allocation inside fp8_gemm_nt."""
+    m, n, k = 129, 2112, 7168
+    a = quantize(random_bf16(m, k), "1x128")
+    b = quantize(random_bf16(n, k), "128x128")
+    out = nan_filled(m, n)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fp8_gemm_nt(a, b, out)  # warm-up: compile and load the kernel outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fp8_gemm_nt(a, b, out)
+    # New inputs in the same buffers, a poisoned output, then replay.
+    x, w = random_bf16(m, k), random_bf16(n, k)
+    a_new, b_new = quantize(x, "1x128"), quantize(w, "128x128")
+    a.data.copy_(a_new.data)
+    a.scale.copy_(a_new.scale)
+    b.data.copy_(b_new.data)
+    b.scale.copy_(b_new.scale)
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_correct(out, x, w, a_new, b_new)
+
+
 # ---------------------------------------------------------------------------------------------
 # matmul
 # ---------------------------------------------------------------------------------------------
@@ -263,11 +313,17 @@ CONFIGS = _all_configs()
 
 def config_shape(cfg) -> tuple[int, int, int]:
     """The medium shape a config is tested on: M = 1000, K = 1600 (= 12.5 * 128) and N near
-    1000, always with partial tiles in M, N and K. N is 2t * BLOCK_N - 8 so that the number of N
-    tiles is even (and 1000 rows make 8 M tiles of 128): 2-CTA multicast clusters then pair
-    every tile, which the launcher requires of a forced multicast config."""
-    pairs = max(1, round(1024 / (2 * cfg.block_n)))
-    return 1000, 2 * pairs * cfg.block_n - 8, 1600
+    1000, always with partial tiles in M, N and K.
+
+    N is 2t * BLOCK_N - 8: the number of N tiles is even (and 1000 rows make 8 M tiles of 128),
+    so 2-CTA multicast clusters pair every tile, which the launcher requires of a forced
+    multicast config. And N spans at least 128 / gcd(BLOCK_N, 128) tiles: then the tiles start
+    at every offset they can have relative to the 128-column weight-scale blocks, so every way
+    a tile can straddle scale blocks is exercised."""
+    block_n = cfg.block_n
+    tiles_per_scale_period = 128 // math.gcd(block_n, 128)
+    pairs = max(1, round(1024 / (2 * block_n)), -(-tiles_per_scale_period // 2))
+    return 1000, 2 * pairs * block_n - 8, 1600
 
 
 @pytest.mark.skipif(not CONFIGS, reason="heuristics.all_configs() or launcher config= missing")
