@@ -77,7 +77,11 @@ def _block_scales(amax: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
     scale = max(amax, AMAX_MIN) / E4M3_MAX, and NaN for any block holding a NaN or +-inf: its
     values then all decode to NaN, so nothing computed from them can look like a real number.
     """
-    scale = amax.clamp_min(AMAX_MIN) / E4M3_MAX
+    # Divide by a tensor, not a Python number: torch on CUDA turns "tensor / number" into a
+    # multiplication by the rounded reciprocal, one ulp off the division the CPU does. A tensor
+    # divisor gives the correctly rounded quotient on every device, so CPU and GPU agree bitwise.
+    e4m3_max = torch.full((), E4M3_MAX, dtype=amax.dtype, device=amax.device)
+    scale = amax.clamp_min(AMAX_MIN) / e4m3_max
     # A Python float in torch.where is a scalar operand: no tensor is made, no host sync.
     return torch.where(finite, scale, float("nan"))
 
