@@ -82,9 +82,12 @@ def fake_launcher(monkeypatch, cpu_as_hopper) -> FakeLauncher:
 
 
 @pytest.fixture(autouse=True)
-def fresh_num_sms_limit(monkeypatch):
-    """Each test starts with no set_num_sms value and leaves none behind."""
+def fresh_device_info(monkeypatch):
+    """Each test starts with no set_num_sms value and no device already accepted by
+    require_hopper (on a GPU machine, GPU tests in the same process fill that cache), and leaves
+    neither behind."""
     monkeypatch.setattr(device_info, "_num_sms_limit", None)
+    monkeypatch.setattr(device_info, "_verified_hopper_devices", set())
 
 
 def randn(*shape, dtype=BF16):
@@ -146,6 +149,8 @@ def test_require_hopper_names_the_gpu(monkeypatch, name, capability):
 def test_require_hopper_accepts_hopper(monkeypatch):
     monkeypatch.setattr(device_info, "_name_and_capability", lambda index: ("NVIDIA H200", (9, 0)))
     device_info.require_hopper(torch.device("cuda", 0), "a")  # no exception
+    # Accepted once, the device is remembered: later calls are a set lookup.
+    assert torch.device("cuda", 0) in device_info._verified_hopper_devices
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert device_info.is_hopper(torch.device("cuda", 0))
     assert not device_info.is_hopper(torch.device("cpu"))
