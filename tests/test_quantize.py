@@ -507,6 +507,7 @@ def test_cuda_quantize_matches_cpu_bitwise(shape, granularity, generator):
 
 
 @pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore:Synchronization debug mode is a prototype")
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_cuda_quantize_does_not_synchronize(granularity, generator):
     x = torch.randn(4096, 7168, generator=generator).to("cuda", torch.bfloat16)
