@@ -19,6 +19,7 @@ Everything BLOCK_M/BLOCK_N/stages-dependent is a closure constant of `make_fp8_g
 numba folds it and each config compiles to its own specialized kernel.
 """
 
+import math
 from dataclasses import dataclass
 
 from numba import cuda
@@ -59,10 +60,18 @@ class GemmConfig:
             raise ValueError(f"block_m must be 64 or 128, got {self.block_m}")
         if self.block_n % 16 or not 16 <= self.block_n <= 256:
             raise ValueError(f"block_n must be a multiple of 16 in [16, 256], got {self.block_n}")
+        if self.max_scale_offset + self.block_n > 256:
+            raise ValueError(f"block_n={self.block_n}: a tile could span three 128-column B-scale "
+                             "blocks (the kernel promotes with at most two)")
         if self.multicast not in ("none", "a", "b"):
             raise ValueError(f"multicast must be 'none', 'a' or 'b', got {self.multicast!r}")
         if self.stages < 1 or self.smem_bytes > SMEM_LIMIT:
             raise ValueError(f"{self}: {self.smem_bytes} B of shared memory > {SMEM_LIMIT}")
+
+    @property
+    def max_scale_offset(self):
+        """Largest column offset of a tile inside its first 128-column B-scale block."""
+        return 128 - math.gcd(self.block_n, 128)
 
     # --- shape of the CTA ---
     @property

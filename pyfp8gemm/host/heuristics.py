@@ -23,7 +23,9 @@ TILE_OVERHEAD_COLUMNS = 32      # the fixed per-tile cost, in units of one colum
 MULTICAST_MIN_M = 512
 # BLOCK_N candidates per BLOCK_M; capped where the two FP32 fragments (BLOCK_N regs/thread)
 # still fit the math warpgroups' register budget without spilling.
-BLOCK_N_CANDIDATES = {64: tuple(range(16, 193, 16)), 128: tuple(range(16, 161, 16))}
+# 176 is left out: a 176-wide tile can span three B-scale blocks (GemmConfig rejects it).
+BLOCK_N_CANDIDATES = {64: tuple(n for n in range(16, 193, 16) if n != 176),
+                      128: tuple(range(16, 161, 16))}
 
 
 def _ceil_div(a, b):
