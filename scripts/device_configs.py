@@ -1,6 +1,6 @@
 """Time explicit configs side by side on one shape (tuning experiments).
 
-python scripts/device_configs.py M N K BMxBN[:mc[:group]] ...
+python scripts/device_configs.py M N K BMxBN[:mc[:group[:stages[:noovl]]]] ...
 """
 import sys
 
@@ -22,9 +22,10 @@ def parse(spec):
     parts = spec.split(":")
     bm, bn = map(int, parts[0].split("x"))
     mc = parts[1] if len(parts) > 1 else "none"
-    group = int(parts[2]) if len(parts) > 2 else 8
-    stages = int(parts[3]) if len(parts) > 3 else stages_for(bm, bn)
-    return GemmConfig(bm, bn, stages, mc, group)
+    group = int(parts[2]) if len(parts) > 2 else 16
+    stages = int(parts[3]) if len(parts) > 3 and parts[3] else stages_for(bm, bn)
+    overlap = not (len(parts) > 4 and parts[4] == "noovl")
+    return GemmConfig(bm, bn, stages, mc, group, overlap)
 
 
 m, n, k = map(int, sys.argv[1:4])

@@ -53,7 +53,8 @@ class GemmConfig:
     block_n: int                # multiple of 16, 16..256 (register budget permitting)
     stages: int                 # depth of the TMA ring
     multicast: str = "none"     # "none", "a" (2 CTAs along N share A), "b" (along M share B)
-    group_m: int = 8            # rasterization group height, in cluster units
+    group_m: int = 16           # rasterization group height, in cluster units
+    overlap_promotion: bool = True  # two fragments in flight (only where registers allow)
 
     def __post_init__(self):
         if self.block_m not in (64, 128):
@@ -63,6 +64,8 @@ class GemmConfig:
         if self.max_scale_offset + self.block_n > 256:
             raise ValueError(f"block_n={self.block_n}: a tile could span three 128-column B-scale "
                              "blocks (the kernel promotes with at most two)")
+        if self.overlap_promotion and self.block_n > 128:
+            object.__setattr__(self, "overlap_promotion", False)   # 3 fragments won't fit
         if self.multicast not in ("none", "a", "b"):
             raise ValueError(f"multicast must be 'none', 'a' or 'b', got {self.multicast!r}")
         if self.stages < 1 or self.smem_bytes > SMEM_LIMIT:
@@ -127,8 +130,9 @@ class GemmConfig:
     @property
     def name(self):
         mc = "" if self.multicast == "none" else f"_mc{self.multicast}2"
+        overlap = "_ovl" if self.overlap_promotion else ""
         return (f"fp8_gemm_1d2d_m{self.block_m}_n{self.block_n}_k{BLOCK_K}"
-                f"_s{self.stages}{mc}_g{self.group_m}")
+                f"_s{self.stages}{mc}_g{self.group_m}{overlap}")
 
     @staticmethod
     def max_stages(block_m, block_n):
@@ -158,10 +162,13 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     SWIZZLE_D = cfg.swizzle_d
     D_PANELS = BN * 2 // SWIZZLE_D    # TMA stores per output tile (one per swizzle panel)
     N_ACC = BN // 2                   # fragment floats per thread
+    # Promote K block i while block i+1's wgmmas run: needs a second fragment in registers.
+    OVERLAP_PROMOTION = cfg.overlap_promotion
 
     mma = wgmma_fp8(BN)
     desc = smem_descriptor(128)
     wait_mma = wgmma_wait(0)
+    wait_mma_one = wgmma_wait(1)
     zeros = fragment_zeros(N_ACC)
     fence = fragment_fence(N_ACC)
     promote = fragment_promote(N_ACC, STRADDLE)
@@ -170,6 +177,13 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     math_registers = setmaxnreg_inc(MATH_REGISTERS[cfg.math_warpgroups])
     tile_of = make_tile_scheduler(CLUSTER_M, CLUSTER_N, cfg.group_m)
     inline = cuda.jit(device=True, inline="always")
+
+    @inline
+    def next_slot(stage, phase):
+        """Advance around the ring; the parity flips each time it wraps."""
+        if stage + 1 == STAGES:
+            return 0, phase ^ 1
+        return stage + 1, phase
 
     @inline
     def producer_loop(base, tmap_a, tmap_b, tmap_sfa, num_kb, rank, first_unit, unit_step,
@@ -201,10 +215,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                                               CTA_MASK)
                 else:
                     tma_load_2d(b_dst, tmap_b, full, kb * BLOCK_K, n_block * BN)
-                stage += 1
-                if stage == STAGES:
-                    stage = 0
-                    phase ^= 1
+                stage, phase = next_slot(stage, phase)
             unit += unit_step
 
     @inline
@@ -222,6 +233,46 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             tma_store_commit()
 
     @inline
+    def issue_k_block(base, acc, sfb_first, sfb_second, kb, stage, phase, row, a_rows):
+        """Wait for K block `kb` in ring slot `stage`, start its 4 wgmmas into a fresh `acc`.
+
+        Returns acc (valid after a wgmma wait) and the block's promotion scales:
+        sa[row] * sb, sa[row + 8] * sb (for the first and the second B-scale block).
+        Every smem read of the slot happens here, before the slot is released.
+        """
+        sb = ld_global_nc_f32(sfb_first + 4 * kb)
+        sb_second = ld_global_nc_f32(sfb_second + 4 * kb) if STRADDLE else sb
+        mbarrier_wait(base + FULL_BARS + 8 * stage, phase)   # tiles landed?
+        sfa = base + SMEM_SFA + SFA_BYTES * stage
+        sa_row0 = ld_shared_f32(sfa + 4 * row)
+        sa_row8 = ld_shared_f32(sfa + 4 * (row + 8))
+        a_tile = base + SMEM_A + A_BYTES * stage + a_rows
+        b_tile = base + SMEM_B + B_BYTES * stage
+        acc = fence(acc)
+        wgmma_fence()
+        acc = mma(desc(a_tile), desc(b_tile), acc, 0)          # fresh fragment
+        acc = mma(desc(a_tile + 32), desc(b_tile + 32), acc, 1)
+        acc = mma(desc(a_tile + 64), desc(b_tile + 64), acc, 1)
+        acc = mma(desc(a_tile + 96), desc(b_tile + 96), acc, 1)
+        wgmma_commit()
+        return acc, (sa_row0 * sb, sa_row8 * sb, sa_row0 * sb_second, sa_row8 * sb_second)
+
+    @inline
+    def retire_k_block(base, final, acc, scales, stage, lane, n_first):
+        """Release slot `stage` and promote a finished fragment into `final` (FP32, CUDA cores)."""
+        acc = fence(acc)
+        empty = base + EMPTY_BARS + 8 * stage
+        if CLUSTER > 1:         # one arrival per warp at each CTA that loaded into the slot
+            if lane < CLUSTER:
+                mbarrier_arrive_cluster(empty, lane)
+        elif lane == 0:
+            mbarrier_arrive(empty)
+        s_row0, s_row8, s_row0_second, s_row8_second = scales
+        if STRADDLE:
+            return promote(final, acc, s_row0, s_row8, s_row0_second, s_row8_second, n_first)
+        return promote(final, acc, s_row0, s_row8)
+
+    @inline
     def math_loop(base, tmap_d, sfb, n, num_kb, rank, first_unit, unit_step,
                   num_m_units, num_n_units, tid):
         lane = tid % 32
@@ -229,6 +280,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         a_rows = (tid // 128) * 64 * BLOCK_K      # this warpgroup's 64-row slice of the A tile
         num_sfb_rows = (n + 127) // 128
         acc = zeros()
+        acc_next = zeros()
         stage = 0
         phase = 0
         unit = first_unit
@@ -239,44 +291,54 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             sfb_second = sfb + 4 * num_kb * min((n0 + BN - 1) // 128, num_sfb_rows - 1)
             n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
             final = zeros()
-            for kb in range(num_kb):
-                sb = ld_global_nc_f32(sfb_first + 4 * kb)
-                sb_second = ld_global_nc_f32(sfb_second + 4 * kb) if STRADDLE else sb
-                mbarrier_wait(base + FULL_BARS + 8 * stage, phase)  # tiles landed?
-                sfa = base + SMEM_SFA + SFA_BYTES * stage
-                sa_row0 = ld_shared_f32(sfa + 4 * row)
-                sa_row8 = ld_shared_f32(sfa + 4 * (row + 8))
-                a_tile = base + SMEM_A + A_BYTES * stage + a_rows
-                b_tile = base + SMEM_B + B_BYTES * stage
-
-                acc = fence(acc)
-                wgmma_fence()
-                acc = mma(desc(a_tile), desc(b_tile), acc, 0)          # fresh fragment
-                acc = mma(desc(a_tile + 32), desc(b_tile + 32), acc, 1)
-                acc = mma(desc(a_tile + 64), desc(b_tile + 64), acc, 1)
-                acc = mma(desc(a_tile + 96), desc(b_tile + 96), acc, 1)
-                wgmma_commit()
-                wait_mma()
-                acc = fence(acc)
-
-                # Release the slot: one arrival per warp at each CTA that loaded into it.
-                empty = base + EMPTY_BARS + 8 * stage
-                if CLUSTER > 1:
-                    if lane < CLUSTER:
-                        mbarrier_arrive_cluster(empty, lane)
-                elif lane == 0:
-                    mbarrier_arrive(empty)
-
-                # Promotion: the FP32 accumulation on CUDA cores, scaled per row and block.
-                if STRADDLE:
-                    final = promote(final, acc, sa_row0 * sb, sa_row8 * sb,
-                                    sa_row0 * sb_second, sa_row8 * sb_second, n_first)
+            if OVERLAP_PROMOTION:
+                # Two fragments in flight: while K block kb is promoted on the CUDA cores, the
+                # tensor cores already run kb + 1. Unrolled by two with the tail peeled, so
+                # that no fragment whose wgmma is still running passes a branch merge (ptxas
+                # would copy its registers and serialize every wgmma, warning C7514).
+                acc, scales = issue_k_block(base, acc, sfb_first, sfb_second, 0, stage, phase,
+                                            row, a_rows)
+                acc_stage = stage
+                stage, phase = next_slot(stage, phase)
+                kb = 0
+                while kb + 2 < num_kb:
+                    acc_next, scales_next = issue_k_block(
+                        base, acc_next, sfb_first, sfb_second, kb + 1, stage, phase, row, a_rows)
+                    next_stage = stage
+                    stage, phase = next_slot(stage, phase)
+                    wait_mma_one()
+                    final = retire_k_block(base, final, acc, scales, acc_stage, lane, n_first)
+                    acc, scales = issue_k_block(
+                        base, acc, sfb_first, sfb_second, kb + 2, stage, phase, row, a_rows)
+                    acc_stage = stage
+                    stage, phase = next_slot(stage, phase)
+                    wait_mma_one()
+                    final = retire_k_block(base, final, acc_next, scales_next, next_stage,
+                                           lane, n_first)
+                    kb += 2
+                # Tail: block kb is in flight, and maybe one more block is left.
+                if kb + 1 < num_kb:
+                    acc_next, scales_next = issue_k_block(
+                        base, acc_next, sfb_first, sfb_second, kb + 1, stage, phase, row, a_rows)
+                    next_stage = stage
+                    stage, phase = next_slot(stage, phase)
+                    wait_mma_one()
+                    final = retire_k_block(base, final, acc, scales, acc_stage, lane, n_first)
+                    wait_mma()
+                    final = retire_k_block(base, final, acc_next, scales_next, next_stage,
+                                           lane, n_first)
                 else:
-                    final = promote(final, acc, sa_row0 * sb, sa_row8 * sb)
-                stage += 1
-                if stage == STAGES:
-                    stage = 0
-                    phase ^= 1
+                    wait_mma()
+                    final = retire_k_block(base, final, acc, scales, acc_stage, lane, n_first)
+            else:
+                # One fragment: issue, wait, promote. The other math warpgroup's wgmmas keep
+                # the tensor cores busy meanwhile.
+                for kb in range(num_kb):
+                    acc, scales = issue_k_block(base, acc, sfb_first, sfb_second, kb, stage,
+                                                 phase, row, a_rows)
+                    wait_mma()
+                    final = retire_k_block(base, final, acc, scales, stage, lane, n_first)
+                    stage, phase = next_slot(stage, phase)
             epilogue(base, tmap_d, final, m_block, n_block, tid)
             unit += unit_step
         if tid < D_PANELS:

@@ -9,7 +9,9 @@ fill the SMs in whole waves (e.g. 112, 144, 160 next to 128), ties going to the 
 - BLOCK_M: 64 (one math warpgroup) when M <= 64, else 128 (two math warpgroups).
 - stages: as many as shared memory holds (more in flight hides more latency), at most 8.
 - multicast: for M >= 512, a 2-CTA cluster loads A once for two N-neighbours ("a") when the
-  number of N tiles is even, else B once for two M-neighbours ("b") when that count is even.
+  number of N tiles is even, else B once for two M-neighbours ("b") when that count is even;
+  the BLOCK_N choice charges configs that cannot multicast, or cannot overlap promotion
+  (BLOCK_N > 128), what they measurably cost.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from ..device.gemm_1d2d import GemmConfig
 MAX_STAGES = 8
 TILE_OVERHEAD_COLUMNS = 32      # the fixed per-tile cost, in units of one column of BLOCK_N
 MULTICAST_MIN_M = 512
+# Measured on the H200 (bench/JOURNAL.md): at 4096x4096x7168 a config without multicast ran
+# ~20% slower, and BLOCK_N 160 (no overlapped promotion) ran 933 vs 1065 for 128 (x1.14).
+NO_MULTICAST_PENALTY = 1.2
+NO_OVERLAP_PENALTY = 1.15
 # BLOCK_N candidates per BLOCK_M; capped where the two FP32 fragments (BLOCK_N regs/thread)
 # still fit the math warpgroups' register budget without spilling.
 # 176 is left out: a 176-wide tile can span three B-scale blocks (GemmConfig rejects it).
@@ -48,16 +54,27 @@ def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
 
     def cost(block_n):
         waves = _ceil_div(m_blocks * _ceil_div(n, block_n), num_sms)
-        return waves * (block_n + TILE_OVERHEAD_COLUMNS), -block_n
+        time = waves * (block_n + TILE_OVERHEAD_COLUMNS)
+        if block_n > 128:
+            time *= NO_OVERLAP_PENALTY          # promotion not overlapped (registers)
+        if wants_multicast and _multicast_for(m_blocks, _ceil_div(n, block_n)) == "none":
+            time *= NO_MULTICAST_PENALTY
+        return time, -block_n
 
+    wants_multicast = m >= MULTICAST_MIN_M and num_sms % 2 == 0
     block_n = min(BLOCK_N_CANDIDATES[block_m], key=cost)
-    multicast = "none"
-    if m >= MULTICAST_MIN_M and num_sms % 2 == 0:
-        if _ceil_div(n, block_n) % 2 == 0:
-            multicast = "a"
-        elif m_blocks % 2 == 0:
-            multicast = "b"
+    multicast = _multicast_for(m_blocks, _ceil_div(n, block_n)) if wants_multicast else "none"
     return make_config(block_m, block_n, multicast)
+
+
+def _multicast_for(m_blocks: int, n_blocks: int) -> str:
+    """A 2-CTA cluster shares A ("a": N-neighbours, measured faster) or B ("b": M-neighbours);
+    each needs an even number of tiles along the pairing direction."""
+    if n_blocks % 2 == 0:
+        return "a"
+    if m_blocks % 2 == 0:
+        return "b"
+    return "none"
 
 
 def all_configs() -> list[GemmConfig]:
