@@ -1,0 +1,82 @@
+"""`python -m pyfp8gemm inspect [--json]`: compile every kernel the library can launch and show
+what ptxas made of it. Needs no GPU: kernels compile from Python to SASS on any machine.
+
+Per kernel: name, registers, spill bytes, shared memory (static + the dynamic amount the launcher
+asks for) and counts of the SASS opcodes that show a Hopper GEMM is built as intended (QGMMA:
+FP8 wgmma; UTMALDG/UTMASTG: TMA loads/stores; USETMAXREG: register reallocation; SYNCS: mbarriers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from . import toolchain
+from .compiler import compile_kernel
+
+
+def inspect_all(progress=None) -> list[dict]:
+    """Compile (or fetch from the cache) every configuration and read its cubin back."""
+    from ..host.heuristics import all_configs
+    from ..host.launch import kernel_spec
+
+    rows = []
+    configs = all_configs()
+    for i, cfg in enumerate(configs):
+        start = time.perf_counter()
+        kernel = compile_kernel(kernel_spec(cfg))
+        usage = toolchain.resource_usage(kernel.cubin).get(kernel.name, {})
+        sass = toolchain.sass(kernel.cubin)
+        rows.append(dict(
+            name=kernel.name,
+            registers=usage.get("registers", kernel.meta.get("registers")),
+            spill_bytes=usage.get("spill_store_bytes", 0) + usage.get("spill_load_bytes", 0),
+            smem_bytes=usage.get("static_smem_bytes", 0) + cfg.smem_bytes,
+            threads=cfg.threads,
+            cluster_size=cfg.cluster_size,
+            sass_opcodes=toolchain.count_opcodes(sass),
+            seconds=round(time.perf_counter() - start, 3),
+        ))
+        if progress:
+            progress(i + 1, len(configs), kernel.name)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    opcodes = list(toolchain.KEY_OPCODES)
+    header = (f"{'kernel':52} {'regs':>4} {'spill':>5} {'smem':>7} "
+              + " ".join(f"{op:>10}" for op in opcodes))
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(f"{row['name']:52} {row['registers']:>4} {row['spill_bytes']:>5} "
+                     f"{row['smem_bytes']:>7} "
+                     + " ".join(f"{row['sass_opcodes'].get(op, 0):>10}" for op in opcodes))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pyfp8gemm inspect",
+        description="Compile every kernel configuration (no GPU needed) and report registers, "
+                    "spills, shared memory and key SASS opcodes.")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON list of objects (name, registers, spill_bytes, "
+                             "smem_bytes, sass_opcodes, ...)")
+    args = parser.parse_args(argv)
+
+    def progress(done, total, name):
+        print(f"\r[{done}/{total}] {name:60}", end="", file=sys.stderr, flush=True)
+
+    rows = inspect_all(progress=None if args.json else progress)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print("\r", end="", file=sys.stderr)
+        print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
