@@ -18,6 +18,8 @@ How torch._scaled_mm recognises block-wise scaling (aten/src/ATen/native/cuda/Sc
 - b (K, N) column-major, i.e. our row-major (N, K) weights transposed, and scale_b.t() of shape
   (ceil(N/128), ceil(K/128)) with strides (ceil(K/128), 1), i.e. scale_b = w_scale.t();
 - out_dtype bf16; K and N multiples of 16. We also require K % 128 == 0 (whole scale blocks).
+  cuBLASLt itself then refuses some shapes (CUBLAS_STATUS_NOT_SUPPORTED, seen for M % 4 != 0):
+  those cells are skipped, not failed.
 Some torch builds want the weight scales' row stride padded to a multiple of 4 floats; prepare
 tries the plain layout first and that one second.
 """
@@ -162,6 +164,12 @@ class CublasBlockwiseProvider(Provider):
                 continue
             return PreparedGemm(run, out)
         assert first_error is not None
+        if "CUBLAS_STATUS_NOT_SUPPORTED" in str(first_error):
+            # torch accepted the layouts, cuBLASLt has no kernel: with torch 2.11 / CUDA 13 on an
+            # H200 this happens when M % 4 != 0 (M = 1, 330, 333 failed; 8, 100, 332 ran).
+            raise ShapeNotSupported(
+                "cuBLASLt has no block-wise kernel for this shape (CUBLAS_STATUS_NOT_SUPPORTED; seen for M % 4 != 0)"
+            )
         raise first_error
 
     @staticmethod

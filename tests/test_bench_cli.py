@@ -481,3 +481,44 @@ def test_runner_records_every_kind_of_cell():
     assert by_provider["failer"].status == ERROR and by_provider["failer"].note == "RuntimeError: kernel exploded"
     assert math.isnan(by_provider["lazy"].calc_diff)
     assert by_provider["absent"].status == UNAVAILABLE and by_provider["absent"].note == "not installed"
+
+
+# ---------------------------------------------------------------- how cuBLAS is called (on the CPU)
+
+
+def test_cublas_blockwise_gets_the_scale_layouts_torch_recognises(monkeypatch):
+    """ScaledBlas.cpp: scale_a (M, K/128) strides (1, M); scale_b = w_scale.t(), i.e. scale_b.t()
+    is (N/128, K/128) row-major; b = weights.t() (K, N) column-major; bf16 out."""
+    from bench.providers import CublasBlockwiseProvider
+
+    calls = []
+
+    def fake_scaled_mm(a, b, scale_a, scale_b, out_dtype=None, out=None):
+        calls.append((a, b, scale_a, scale_b, out_dtype, out))
+        return out
+
+    monkeypatch.setattr(torch, "_scaled_mm", fake_scaled_mm)
+    inputs = make_gemm_inputs(Shape(6, 256, 512), seed=0, device="cpu")  # M = 6: our scales pad to 8
+    prepared = CublasBlockwiseProvider().prepare(inputs)
+    assert prepared.run() is prepared.output
+    a, b, scale_a, scale_b, out_dtype, out = calls[-1]
+    assert a.shape == (6, 512) and a.is_contiguous()
+    assert b.shape == (512, 256) and b.stride() == (1, 512)
+    assert scale_a.shape == (6, 4) and scale_a.stride() == (1, 6)
+    assert torch.equal(scale_a, inputs.a_scale)
+    assert scale_b.shape == (4, 2) and scale_b.t().is_contiguous()
+    assert torch.equal(scale_b.t(), inputs.b_scale)
+    assert out_dtype == torch.bfloat16 and out.shape == (6, 256)
+
+
+def test_cublas_blockwise_skips_what_it_cannot_run(monkeypatch):
+    from bench.providers import CublasBlockwiseProvider
+
+    def not_supported(*args, **kwargs):
+        raise RuntimeError("CUDA error: CUBLAS_STATUS_NOT_SUPPORTED when calling cublasLtMatmulAlgoGetHeuristic")
+
+    monkeypatch.setattr(torch, "_scaled_mm", not_supported)
+    with pytest.raises(ShapeNotSupported, match="M % 4"):
+        CublasBlockwiseProvider().prepare(make_gemm_inputs(Shape(3, 128, 256), seed=0, device="cpu"))
+    with pytest.raises(ShapeNotSupported, match="K to be a multiple of 128"):
+        CublasBlockwiseProvider().prepare(make_gemm_inputs(Shape(4, 128, 144), seed=0, device="cpu"))
