@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# One device call: GPU tests, host overhead, the benchmark. Usage (on the GPU machine):
+#   bash scripts/device_final.sh [pytest args...]
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PATH=$PATH:/usr/local/cuda/bin PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+timeout 330 python3 -m pytest -q -m gpu -p no:cacheprovider -x "$@" 2>&1 | tail -25 | tee $OUT/gpu_tests.txt
+timeout 60 python3 scripts/host_overhead.py 2>&1 | grep -v Warn | tee $OUT/host_overhead.txt
