@@ -35,7 +35,7 @@ for m, n, k in shapes:
     torch.cuda.synchronize()
     first = time.perf_counter() - t0
     ref = qa.dequantize().double() @ qb.dequantize().double().T
-    cfg = _plan(m, n, k, 0, get_num_sms(), None)[0]
+    cfg = _plan(m, n, k, 0, get_num_sms(), None).cfg
     rows.append((m, n, k, cfg.name, int(out.isnan().sum()), calc_diff(out, ref),
                  calc_diff(out, a.float() @ b.float().T), first))
     print(rows[-1], flush=True)

@@ -36,11 +36,10 @@ torch.cuda.synchronize()
 t_public = median_us(lambda: pyfp8gemm.fp8_gemm_nt(a, b, out))
 t_tuple = median_us(lambda: pyfp8gemm.fp8_gemm_nt((a.data, a.scale), (b.data, b.scale), out))
 t_launch = median_us(lambda: launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out))
-cfg, kernel, grid = launch._plan(m, n, k, 0, pyfp8gemm.get_num_sms(), None)
-tm = driver.tensormap_2d(driver.DTYPE_FP8, a.data.data_ptr(), k, m, k, 128, cfg.block_m, 128)
+plan = launch._plan(m, n, k, 0, pyfp8gemm.get_num_sms(), None)
+params = next(iter(plan.param_blocks.values()))
 stream = torch.cuda.current_stream().cuda_stream
-args = ((tm, tm, tm, tm, b.scale.data_ptr(), m, n, k), launch._PARAM_TYPES)
-t_raw = median_us(lambda: kernel.launch(grid, stream, *args))
+t_raw = median_us(lambda: plan.kernel.launch_packed(plan.grid, stream, params.address))
 t_empty = median_us(lambda: torch.empty(1, device="cuda"))
 print(f"host cost per call (median, us): fp8_gemm_nt(FP8Tensor) {t_public:.1f} | "
       f"fp8_gemm_nt(tuples) {t_tuple:.1f} | fp8_gemm_nt_launch {t_launch:.1f} | "

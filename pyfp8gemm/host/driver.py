@@ -123,6 +123,15 @@ class LoadedKernel:
         return check(cu.cuOccupancyMaxActiveClusters(self.function, config),
                      "cuOccupancyMaxActiveClusters", self.name)
 
+    def launch_packed(self, grid: int, stream: int, params_address: int):
+        """cuLaunchKernelEx with a prebuilt `void*[]` of parameter pointers (see ParamBlock):
+        no per-call marshalling, the fast path."""
+        config = self._config(grid)
+        config.hStream = stream
+        err, = cu.cuLaunchKernelEx(config, self.function, params_address, 0)
+        if err != cu.CUresult.CUDA_SUCCESS:
+            check((err,), "cuLaunchKernelEx", self.name)
+
     def launch(self, grid: int, stream: int, values: tuple, ctypes_types: tuple):
         """cuLaunchKernelEx on `stream` (a raw CUstream handle, e.g. torch's cuda_stream).
 
@@ -135,3 +144,35 @@ class LoadedKernel:
 
 
 c_int32, c_int64 = ctypes.c_int32, ctypes.c_int64
+
+
+class ParamBlock:
+    """Kernel parameters laid out once in host memory, with the `void*[]` the driver reads.
+
+    `values` are CUtensorMap objects (copied by value, 128 bytes) or (ctypes type, value) pairs.
+    """
+
+    def __init__(self, values):
+        self._storage = []
+        pointers = (ctypes.c_void_p * len(values))()
+        for i, value in enumerate(values):
+            if isinstance(value, cu.CUtensorMap):
+                buf = (ctypes.c_uint8 * 128)()
+                ctypes.memmove(buf, value.getPtr(), 128)
+            else:
+                ctype, number = value
+                buf = ctype(number)
+            self._storage.append(buf)
+            pointers[i] = ctypes.addressof(buf)
+        self._pointers = pointers
+        self.address = ctypes.addressof(pointers)
+
+
+def current_raw_stream(device_index: int) -> int:
+    """torch's current CUDA stream on a device, as a raw handle (the cheap way: no Stream
+    object is built; torch.cuda.current_stream(...).cuda_stream gives the same value)."""
+    import torch
+    get_raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if get_raw is not None:
+        return get_raw(device_index)
+    return torch.cuda.current_stream(device_index).cuda_stream
