@@ -38,10 +38,12 @@ from .tile import fragment_fence, fragment_promote, fragment_store_bf16, fragmen
 
 BLOCK_K = 128                   # one K block = one scale block = 4 wgmma k32 steps
 SMEM_LIMIT = 232448             # dynamic shared memory per CTA on sm_90 (227 KB)
-# setmaxnreg budgets: the TMA warpgroup needs few registers (40 spilled a few bytes of its 64-bit
-# tile arithmetic; 48 does not), the math warpgroups hold the fragments. With two math warpgroups
-# 48 * 128 + 232 * 256 = 65536: exactly the register file, as setmaxnreg.inc requires.
-PRODUCER_REGISTERS = 48
+# setmaxnreg budgets: the TMA warpgroup needs few registers, the math warpgroups hold the
+# fragments. setmaxnreg moves registers inside the CTA's pool, which is what it got at launch
+# (ptxas's count x threads: 168 x 384 = 64512 with two math warpgroups), NOT the SM's 65536:
+# 40 * 128 + 232 * 256 = 64512 fits exactly. 48 for the producer (which would avoid a few bytes
+# of spill there) left the second setmaxnreg.inc waiting forever: a hang seen on the H200.
+PRODUCER_REGISTERS = 40
 MATH_REGISTERS = {1: 248, 2: 232}
 
 
