@@ -137,9 +137,10 @@ def test_shape_grid(m, n, k):
 def test_odd_shapes(m, n, k):
     """Smallest legal N and K, and tails everywhere (N, K not multiples of the blocks).
 
-    (64, 22528, 1024): for M <= 64 and N in (21120, 23232] the heuristic picks BLOCK_N = 176,
+    (64, 22528, 1024): for M <= 64 and N in (21120, 23232] the heuristic once picked BLOCK_N = 176,
     whose tiles can straddle three 128-column weight-scale blocks (e.g. columns 352..527 touch
-    blocks 2, 3 and 4).
+    blocks 2, 3 and 4) and came out wrong; GemmConfig now rejects such widths. The shape stays
+    as a regression test.
     """
     check_fp8_gemm_nt(m, n, k)
 
