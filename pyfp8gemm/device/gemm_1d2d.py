@@ -51,6 +51,21 @@ def _align(x, a):
     return (x + a - 1) // a * a
 
 
+def check_register_budget(cfg: "GemmConfig", launch_registers: int):
+    """Raise unless the setmaxnreg budgets fit the CTA's register pool.
+
+    setmaxnreg only moves registers inside what the CTA got at launch (ptxas's register count x
+    threads). If the warpgroups ask for more in total, a setmaxnreg.inc waits forever: the GPU
+    hangs. Checked on the host before the first launch of every kernel.
+    """
+    pool = launch_registers * cfg.threads
+    wanted = 128 * PRODUCER_REGISTERS + cfg.math_threads * MATH_REGISTERS[cfg.math_warpgroups]
+    if wanted > pool:
+        raise RuntimeError(
+            f"{cfg.name}: setmaxnreg budgets need {wanted} registers but the CTA gets {pool} "
+            f"({launch_registers} x {cfg.threads} threads); launching would hang the GPU")
+
+
 @dataclass(frozen=True)
 class GemmConfig:
     """One kernel specialization. Everything derived from it is a compile-time constant."""

@@ -15,7 +15,8 @@ import torch
 
 from ..cache.compiler import KernelSpec, compile_kernel
 from ..device.gemm_1d2d import (
-    BLOCK_K, KERNEL_SIGNATURE, TENSORMAP_PARAMS, GemmConfig, make_fp8_gemm_1d2d,
+    BLOCK_K, KERNEL_SIGNATURE, TENSORMAP_PARAMS, GemmConfig, check_register_budget,
+    make_fp8_gemm_1d2d,
 )
 from . import driver
 from .device_info import get_num_sms
@@ -32,6 +33,7 @@ def kernel_spec(cfg: GemmConfig) -> KernelSpec:
 def loaded_kernel(cfg: GemmConfig, device_index: int) -> driver.LoadedKernel:
     """Compile (or fetch from cache) and load the kernel of `cfg` on a device."""
     compiled = compile_kernel(kernel_spec(cfg))
+    check_register_budget(cfg, compiled.meta["registers"])
     return driver.LoadedKernel(cfg.name, compiled.cubin, device_index, cfg.threads,
                                cfg.smem_bytes, cfg.cluster_size)
 

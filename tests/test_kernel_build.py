@@ -1,0 +1,48 @@
+"""The GEMM kernel as ptxas builds it (CPU, no GPU): the properties that decide whether it can
+run at all, checked before any launch."""
+
+import pytest
+
+import pyfp8gemm.device.gemm_1d2d as gemm
+from pyfp8gemm.cache import compiler, toolchain
+from pyfp8gemm.device.gemm_1d2d import GemmConfig, check_register_budget
+from pyfp8gemm.host.launch import kernel_spec
+
+
+@pytest.fixture(scope="module")
+def two_warpgroup_kernel():
+    cfg = GemmConfig(128, 128, 5, "a")
+    return cfg, compiler.compile_kernel(kernel_spec(cfg))
+
+
+def test_setmaxnreg_budgets_fit_the_launch_pool(two_warpgroup_kernel):
+    cfg, kernel = two_warpgroup_kernel
+    check_register_budget(cfg, kernel.meta["registers"])          # no exception
+    assert kernel.meta["registers"] * cfg.threads >= 128 * gemm.PRODUCER_REGISTERS + \
+        cfg.math_threads * gemm.MATH_REGISTERS[2]
+
+
+def test_a_budget_beyond_the_pool_is_refused(two_warpgroup_kernel, monkeypatch):
+    """The producer at 48 registers hung every two-warpgroup kernel on the H200 (bench/JOURNAL.md):
+    the launcher must refuse it instead."""
+    cfg, kernel = two_warpgroup_kernel
+    monkeypatch.setattr(gemm, "PRODUCER_REGISTERS", 48)
+    with pytest.raises(RuntimeError, match="would hang"):
+        check_register_budget(cfg, kernel.meta["registers"])
+
+
+def test_overlapped_kernel_is_not_serialized_and_does_not_spill(two_warpgroup_kernel):
+    """ptxas serializes wgmma (warning C7514) when an in-flight fragment crosses a branch merge;
+    the kernel is written so that it never does. Two fragments in flight: 16 QGMMA in the SASS."""
+    cfg, kernel = two_warpgroup_kernel
+    assert cfg.overlap_promotion
+    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+    sass = toolchain.sass(kernel.cubin)
+    counts = toolchain.count_opcodes(sass)
+    assert counts["QGMMA"] == 16 and counts["USETMAXREG"] == 2
+    ptx = compiler.kernel_to_ptx(kernel_spec(cfg).make_kernel(), gemm.KERNEL_SIGNATURE,
+                                 cfg.threads)
+    ptx = compiler.tensormaps_by_value(compiler.rename_entry(ptx, cfg.name), cfg.name,
+                                       gemm.TENSORMAP_PARAMS)
+    _, info = toolchain.ptxas_verbose(ptx)
+    assert "C7514" not in info and "serialized" not in info
