@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# One device call: GPU tests, host overhead, the benchmark. Usage (on the GPU machine):
+# One device call: GPU tests, host overhead, the benchmark. Each GPU test has a 120 s limit
+# (pytest-timeout, thread method: a hung kernel ends its worker process and frees the GPU).
+# Usage (on the GPU machine):
 #   bash scripts/device_final.sh [pytest args...]
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PATH=$PATH:/usr/local/cuda/bin PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-timeout 330 python3 -m pytest -q -m gpu -p no:cacheprovider -n 6 "$@" 2>&1 | tail -25 | tee $OUT/gpu_tests.txt
+timeout 330 python3 -m pytest -q -m gpu -p no:cacheprovider -n 6 --timeout 120 --timeout-method thread "$@" 2>&1 | tail -25 | tee $OUT/gpu_tests.txt
 timeout 60 python3 scripts/host_overhead.py 2>&1 | grep -v Warn | tee $OUT/host_overhead.txt
 timeout 200 python3 -m bench --no-progress --json $OUT/bench.json --plot $OUT/bench.png 2>&1 | grep -v Warn | tee $OUT/bench.txt
