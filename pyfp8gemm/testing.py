@@ -17,7 +17,7 @@ import torch
 from pyfp8gemm.host import checks
 from pyfp8gemm.host.fp8tensor import FP8Tensor, to_mn_major_tma_aligned, _ceil_div, BLOCK
 
-__all__ = ["calc_diff", "reference_gemm"]
+__all__ = ["calc_diff", "reference_gemm", "fp32_product"]
 
 
 def calc_diff(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -84,3 +84,16 @@ def reference_gemm(a, b, out_dtype: torch.dtype = torch.float32) -> torch.Tensor
     checks.check_same_size("K", "a.shape[1]", a.shape[1], "b.shape[1]", b.shape[1])
     product = a.dequantize(torch.float64) @ b.dequantize(torch.float64).t()
     return product.to(out_dtype)
+
+
+def fp32_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w^T of the unquantized inputs in true fp32: the yardstick for calc_diff < 1e-3.
+
+    TF32 is switched off for the product (it would add ~1e-3 relative error of its own).
+    """
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return x.float() @ w.float().t()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32

@@ -9,13 +9,9 @@ from triton.testing import do_bench
 
 from pyfp8gemm.device.gemm_1d2d import GemmConfig
 from pyfp8gemm.host.fp8tensor import quantize
+from pyfp8gemm.testing import calc_diff
 from pyfp8gemm.host.heuristics import stages_for
 from pyfp8gemm.host.launch import fp8_gemm_nt_launch
-
-
-def calc_diff(x, y):
-    x, y = x.double(), y.double()
-    return (1 - 2 * (x * y).sum() / (x * x + y * y).sum()).item()
 
 
 def parse(spec):

@@ -9,13 +9,9 @@ import torch
 
 from pyfp8gemm.cache import toolchain
 from pyfp8gemm.host.fp8tensor import quantize
+from pyfp8gemm.testing import calc_diff
 from pyfp8gemm.host.launch import fp8_gemm_nt_launch, _plan
 from pyfp8gemm.host.device_info import get_num_sms
-
-
-def calc_diff(x, y):
-    x, y = x.double(), y.double()
-    return (1 - 2 * (x * y).sum() / (x * x + y * y).sum()).item()
 
 
 print("ptxas:", toolchain.find_tool("ptxas"))

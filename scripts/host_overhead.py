@@ -9,7 +9,7 @@ import time
 import torch
 
 import pyfp8gemm
-from pyfp8gemm.host import driver, launch
+from pyfp8gemm.host import launch
 
 
 def median_us(fn, n=3000):

@@ -24,7 +24,7 @@ import torch
 
 from pyfp8gemm import quantize
 from pyfp8gemm.host.gemm import fp8_gemm_nt, matmul
-from pyfp8gemm.testing import calc_diff, reference_gemm
+from pyfp8gemm.testing import calc_diff, fp32_product, reference_gemm
 
 pytestmark = pytest.mark.gpu
 
@@ -65,16 +65,6 @@ def random_bf16(*shape) -> torch.Tensor:
 def nan_filled(*shape) -> torch.Tensor:
     """An output buffer poisoned with NaN: whatever the kernel does not write stays NaN."""
     return torch.full(shape, float("nan"), dtype=BF16, device="cuda")
-
-
-def fp32_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w^T of the unquantized inputs in true fp32 (no TF32)."""
-    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        return x.float() @ w.float().t()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
 
 
 def assert_correct(out, x, w, a, b) -> None:

@@ -28,7 +28,7 @@ import torch
 from pyfp8gemm.host.fp8tensor import quantize
 from pyfp8gemm.host.gemm import fp8_gemm_nt
 from pyfp8gemm.host import device_info
-from pyfp8gemm.testing import calc_diff, reference_gemm
+from pyfp8gemm.testing import calc_diff, fp32_product, reference_gemm
 
 __all__ = ["run_selfcheck", "CHECK_SHAPES", "TIMING_SHAPE"]
 
@@ -70,16 +70,6 @@ class CheckResult:
         )
 
 
-def _fp32_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x @ w^T in true fp32 (TF32 would add ~1e-3 relative error of its own)."""
-    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        return x.float() @ w.float().t()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-
-
 def _config_name(m: int, n: int, k: int) -> str:
     """The heuristic's choice for the shape, for the table (blank if it cannot be told)."""
     try:
@@ -107,7 +97,7 @@ def check_shape(m: int, n: int, k: int) -> CheckResult:
 
         result.unwritten = int(out.isnan().sum())
         result.diff_vs_reference = calc_diff(out, reference_gemm(a, b))
-        result.diff_vs_fp32 = calc_diff(out, _fp32_product(x, w))
+        result.diff_vs_fp32 = calc_diff(out, fp32_product(x, w))
     except Exception as error:  # report it, go on with the other shapes
         result.error = f"{type(error).__name__}: {error}"
         traceback.print_exc()
