@@ -348,3 +348,36 @@ def test_every_config(cfg):
     out = nan_filled(m, n)
     fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out, config=cfg)
     assert_correct(out, x, w, a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# BLOCK_M 256: two 64-row waves per math warpgroup. Launchable with config=, not chosen by the
+# heuristic until it is measured; checked like the heuristic's configs, with partial tiles and
+# multicast, plus one shape where every CTA walks several tiles.
+# ---------------------------------------------------------------------------------------------
+
+
+def _block_m_256_configs():
+    try:
+        from pyfp8gemm.host.heuristics import make_config
+    except Exception:
+        return []
+    return [make_config(256, block_n, multicast)
+            for block_n, multicast in ((128, "none"), (128, "a"), (64, "b"), (112, "none"),
+                                       (48, "a"), (16, "none"))]
+
+
+BLOCK_M_256_CONFIGS = _block_m_256_configs()
+
+
+@pytest.mark.skipif(not BLOCK_M_256_CONFIGS, reason="the launcher cannot be imported")
+@pytest.mark.parametrize("cfg", BLOCK_M_256_CONFIGS, ids=lambda cfg: cfg.name)
+def test_block_m_256(cfg):
+    from pyfp8gemm.host.launch import fp8_gemm_nt_launch
+
+    for m, n, k in (config_shape(cfg), (4096, 2 * 12 * cfg.block_n, 7168)):
+        x, w = random_bf16(m, k), random_bf16(n, k)
+        a, b = quantize(x, "1x128"), quantize(w, "128x128")
+        out = nan_filled(m, n)
+        fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out, config=cfg)
+        assert_correct(out, x, w, a, b)

@@ -46,3 +46,19 @@ def test_overlapped_kernel_is_not_serialized_and_does_not_spill(two_warpgroup_ke
                                        gemm.TENSORMAP_PARAMS)
     _, info = toolchain.ptxas_verbose(ptx)
     assert "C7514" not in info and "serialized" not in info
+
+
+@pytest.mark.parametrize("block_n, multicast", [(128, "a"), (64, "b")])
+def test_block_m_256_builds_two_waves_without_spills(block_n, multicast):
+    cfg = GemmConfig(256, block_n, 3, multicast)
+    assert cfg.waves == 2 and cfg.math_warpgroups == 2 and not cfg.overlap_promotion
+    kernel = compiler.compile_kernel(kernel_spec(cfg))
+    check_register_budget(cfg, kernel.meta["registers"])
+    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+    counts = toolchain.count_opcodes(toolchain.sass(kernel.cubin))
+    assert counts["QGMMA"] == 8            # 4 k32 steps for each of the two waves
+
+
+def test_block_m_256_needs_block_n_at_most_128():
+    with pytest.raises(ValueError, match="block_m=256 needs block_n <= 128"):
+        GemmConfig(256, 144, 3)

@@ -69,7 +69,7 @@ def check_register_budget(cfg: "GemmConfig", launch_registers: int):
 @dataclass(frozen=True)
 class GemmConfig:
     """One kernel specialization. Everything derived from it is a compile-time constant."""
-    block_m: int                # 64 (one math warpgroup) or 128 (two)
+    block_m: int                # 64 (one math warpgroup), 128 (two), 256 (two, 2 waves each)
     block_n: int                # multiple of 16, 16..256 (register budget permitting)
     stages: int                 # depth of the TMA ring
     multicast: str = "none"     # "none", "a" (2 CTAs along N share A), "b" (along M share B)
@@ -77,15 +77,18 @@ class GemmConfig:
     overlap_promotion: bool = True  # two fragments in flight (only where registers allow)
 
     def __post_init__(self):
-        if self.block_m not in (64, 128):
-            raise ValueError(f"block_m must be 64 or 128, got {self.block_m}")
+        if self.block_m not in (64, 128, 256):
+            raise ValueError(f"block_m must be 64, 128 or 256, got {self.block_m}")
+        if self.block_m == 256 and self.block_n > 128:
+            raise ValueError(f"block_m=256 needs block_n <= 128 (two final fragments per "
+                             f"warpgroup must fit in registers), got {self.block_n}")
         if self.block_n % 16 or not 16 <= self.block_n <= 256:
             raise ValueError(f"block_n must be a multiple of 16 in [16, 256], got {self.block_n}")
         if self.max_scale_offset + self.block_n > 256:
             raise ValueError(f"block_n={self.block_n}: a tile could span three 128-column B-scale "
                              "blocks (the kernel promotes with at most two)")
-        if self.overlap_promotion and self.block_n > 128:
-            object.__setattr__(self, "overlap_promotion", False)   # 3 fragments won't fit
+        if self.overlap_promotion and (self.block_n > 128 or self.waves > 1):
+            object.__setattr__(self, "overlap_promotion", False)   # registers won't allow
         if self.multicast not in ("none", "a", "b"):
             raise ValueError(f"multicast must be 'none', 'a' or 'b', got {self.multicast!r}")
         if self.stages < 1 or self.smem_bytes > SMEM_LIMIT:
@@ -99,7 +102,12 @@ class GemmConfig:
     # --- shape of the CTA ---
     @property
     def math_warpgroups(self):
-        return self.block_m // 64
+        return 1 if self.block_m == 64 else 2
+
+    @property
+    def waves(self):
+        """64-row wgmma waves per math warpgroup per K block (2 for BLOCK_M 256)."""
+        return self.block_m // (64 * self.math_warpgroups)
 
     @property
     def math_threads(self):
@@ -182,6 +190,8 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     SWIZZLE_D = cfg.swizzle_d
     D_PANELS = BN * 2 // SWIZZLE_D    # TMA stores per output tile (one per swizzle panel)
     N_ACC = BN // 2                   # fragment floats per thread
+    WAVES = cfg.waves                 # 64-row waves per math warpgroup (2 for BLOCK_M 256)
+    FINAL_ACC = WAVES * N_ACC         # the FP32 accumulators a thread keeps for its tile
     # Promote K block i while block i+1's wgmmas run: needs a second fragment in registers.
     OVERLAP_PROMOTION = cfg.overlap_promotion
 
@@ -190,9 +200,13 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     wait_mma = wgmma_wait(0)
     wait_mma_one = wgmma_wait(1)
     zeros = fragment_zeros(N_ACC)
+    final_zeros = fragment_zeros(FINAL_ACC)
     fence = fragment_fence(N_ACC)
-    promote = fragment_promote(N_ACC, STRADDLE)
-    store_fragment = fragment_store_bf16(N_ACC, BM, SWIZZLE_D)
+    # Promotion and epilogue per wave: wave w owns final[w * N_ACC:(w + 1) * N_ACC].
+    promote_first = fragment_promote(N_ACC, STRADDLE, FINAL_ACC, 0)
+    promote_last = fragment_promote(N_ACC, STRADDLE, FINAL_ACC, (WAVES - 1) * N_ACC)
+    store_first = fragment_store_bf16(N_ACC, BM, SWIZZLE_D, FINAL_ACC, 0)
+    store_last = fragment_store_bf16(N_ACC, BM, SWIZZLE_D, FINAL_ACC, (WAVES - 1) * N_ACC)
     producer_registers = setmaxnreg_dec(PRODUCER_REGISTERS)
     math_registers = setmaxnreg_inc(MATH_REGISTERS[cfg.math_warpgroups])
     tile_of = make_tile_scheduler(CLUSTER_M, CLUSTER_N, cfg.group_m)
@@ -244,7 +258,9 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         if tid < D_PANELS:
             tma_store_wait_read()
         named_barrier_sync(1, MATH_THREADS)
-        store_fragment(base + SMEM_D, final, 16 * (tid // 32), tid % 32)
+        store_first(base + SMEM_D, final, 16 * (tid // 32), tid % 32)
+        if WAVES == 2:
+            store_last(base + SMEM_D, final, 128 + 16 * (tid // 32), tid % 32)
         fence_proxy_async_smem()                  # stmatrix writes -> visible to TMA
         named_barrier_sync(1, MATH_THREADS)
         if tid < D_PANELS:                        # one thread per swizzle panel
@@ -289,8 +305,19 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             mbarrier_arrive(empty)
         s_row0, s_row8, s_row0_second, s_row8_second = scales
         if STRADDLE:
-            return promote(final, acc, s_row0, s_row8, s_row0_second, s_row8_second, n_first)
-        return promote(final, acc, s_row0, s_row8)
+            return promote_last(final, acc, s_row0, s_row8, s_row0_second, s_row8_second,
+                                n_first)
+        return promote_last(final, acc, s_row0, s_row8)
+
+    @inline
+    def promote_first_wave(final, acc, scales, n_first):
+        """BLOCK_M 256: promote the first wave's fragment; the slot stays held for the second."""
+        acc = fence(acc)
+        s_row0, s_row8, s_row0_second, s_row8_second = scales
+        if STRADDLE:
+            return promote_first(final, acc, s_row0, s_row8, s_row0_second, s_row8_second,
+                                 n_first)
+        return promote_first(final, acc, s_row0, s_row8)
 
     @inline
     def math_loop(base, tmap_d, sfb, n, num_kb, rank, first_unit, unit_step,
@@ -310,7 +337,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             sfb_first = sfb + 4 * num_kb * (n0 // 128)
             sfb_second = sfb + 4 * num_kb * min((n0 + BN - 1) // 128, num_sfb_rows - 1)
             n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
-            final = zeros()
+            final = final_zeros()
             if OVERLAP_PROMOTION:
                 # Two fragments in flight: while K block kb is promoted on the CUDA cores, the
                 # tensor cores already run kb + 1. Unrolled by two with the tail peeled, so
@@ -354,9 +381,20 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 # One fragment: issue, wait, promote. The other math warpgroup's wgmmas keep
                 # the tensor cores busy meanwhile.
                 for kb in range(num_kb):
-                    acc, scales = issue_k_block(base, acc, sfb_first, sfb_second, kb, stage,
-                                                 phase, row, a_rows)
-                    wait_mma()
+                    if WAVES == 2:
+                        # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile;
+                        # the second re-reads the (still full) slot's barrier and scales.
+                        acc, scales = issue_k_block(base, acc, sfb_first, sfb_second, kb, stage,
+                                                     phase, row, a_rows)
+                        wait_mma()
+                        final = promote_first_wave(final, acc, scales, n_first)
+                        acc, scales = issue_k_block(base, acc, sfb_first, sfb_second, kb, stage,
+                                                     phase, row + 128, a_rows + 128 * BLOCK_K)
+                        wait_mma()
+                    else:
+                        acc, scales = issue_k_block(base, acc, sfb_first, sfb_second, kb, stage,
+                                                     phase, row, a_rows)
+                        wait_mma()
                     final = retire_k_block(base, final, acc, scales, stage, lane, n_first)
                     stage, phase = next_slot(stage, phase)
             epilogue(base, tmap_d, final, m_block, n_block, tid)

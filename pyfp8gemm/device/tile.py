@@ -53,8 +53,11 @@ def fragment_fence(n_acc):
 
 
 @functools.cache
-def fragment_promote(n_acc, two_scale_blocks):
+def fragment_promote(n_acc, two_scale_blocks, n_final=None, offset=0):
     """Make the two-level-accumulation step: `final += acc * scale`, per row half.
+
+    `final` holds n_final floats (default n_acc); the step updates final[offset:offset + n_acc]
+    (with BLOCK_M 256 a warpgroup keeps one final fragment per 64-row wave, side by side).
 
     Uniform B scale (BLOCK_N never straddles a 128-column scale block):
         promote(final, acc, scale_row0, scale_row8) -> final
@@ -63,13 +66,14 @@ def fragment_promote(n_acc, two_scale_blocks):
                 n_first) -> final
     Each scale is scale_a[row] * scale_b[block], computed once per K block by the caller.
     """
-    frag = _fragment(n_acc)
+    n_final = n_final or n_acc
+    frag, final_frag = _fragment(n_acc), _fragment(n_final)
     f32 = types.float32
 
     def codegen(context, builder, sig, args):
         final, acc = args[0], args[1]
         s_row0, s_row8 = args[2], args[3]
-        out = []
+        out = [builder.extract_value(final, e) for e in range(n_final)]
         for i in range(n_acc // 4):
             if two_scale_blocks:
                 first = builder.icmp_signed("<", ir.Constant(I32, i), args[6])
@@ -79,31 +83,36 @@ def fragment_promote(n_acc, two_scale_blocks):
                 row0, row8 = s_row0, s_row8
             for j, scale in enumerate((row0, row0, row8, row8)):
                 e = 4 * i + j
-                out.append(builder.fma(builder.extract_value(acc, e), scale,
-                                       builder.extract_value(final, e)))
-        return context.make_tuple(builder, frag, out)
+                out[offset + e] = builder.fma(builder.extract_value(acc, e), scale,
+                                              out[offset + e])
+        return context.make_tuple(builder, final_frag, out)
 
     if two_scale_blocks:
-        sig = frag(frag, frag, f32, f32, f32, f32, types.int32)
+        sig = final_frag(final_frag, frag, f32, f32, f32, f32, types.int32)
         arity = 7
     else:
-        sig = frag(frag, frag, f32, f32)
+        sig = final_frag(final_frag, frag, f32, f32)
         arity = 4
-    name = f"fragment_promote_{n_acc}_{'straddle' if two_scale_blocks else 'uniform'}"
+    name = (f"fragment_promote_{n_acc}_{'straddle' if two_scale_blocks else 'uniform'}"
+            f"_{n_final}_at{offset}")
     return intrinsic(_typer(arity, sig, codegen, name))
 
 
 @functools.cache
-def fragment_store_bf16(n_acc, block_m, swizzle_bytes):
+def fragment_store_bf16(n_acc, block_m, swizzle_bytes, n_final=None, offset=0):
     """Make `store(smem_d, fragment, row0, lane)`: the epilogue's register -> smem step.
+
+    The fragment holds n_final floats (default n_acc); elements offset..offset + n_acc are
+    stored (one 64-row wave of a BLOCK_M 256 warpgroup; `row0` says where its rows start).
 
     Converts the fragment to bf16 and writes it with stmatrix x2 into the output tile in shared
     memory, laid out as TMA's `swizzle_bytes` swizzle expects it: the BLOCK_N columns are cut
     into atoms `swizzle_bytes` wide (each a BLOCK_M x swizzle_bytes panel, stored one after
     another); inside a panel, the 16-byte chunk c of row r sits at chunk c ^ (r % (swizzle/16))
     of that row's 8x128-byte line group. `row0` is the fragment's first row in the tile
-    (16 * warp + 64 * wave), `lane` the lane id; lanes 0-15 supply the 16 row addresses.
+    (16 * math warp + 128 * wave), `lane` the lane id; lanes 0-15 give the 16 row addresses.
     """
+    n_final = n_final or n_acc
     chunks_per_atom = swizzle_bytes // 16      # 16-byte chunks (8 bf16 columns) per atom row
     atom_bytes = block_m * swizzle_bytes
     pack_asm = "cvt.rn.bf16x2.f32 $0, $2, $1;"
@@ -123,14 +132,14 @@ def fragment_store_bf16(n_acc, block_m, swizzle_bytes):
             line = builder.lshr(bank_group, const(3))
             col = builder.xor(builder.and_(bank_group, const(7)),
                               builder.and_(line, const(chunks_per_atom - 1)))
-            offset = builder.add(builder.mul(line, const(128)), builder.mul(col, const(16)))
-            addr = builder.add(smem_d, builder.add(offset, const(atom * atom_bytes)))
-            v = [builder.extract_value(acc, 4 * i + j) for j in range(4)]
+            in_panel = builder.add(builder.mul(line, const(128)), builder.mul(col, const(16)))
+            addr = builder.add(smem_d, builder.add(in_panel, const(atom * atom_bytes)))
+            v = [builder.extract_value(acc, offset + 4 * i + j) for j in range(4)]
             lo = emit_asm(builder, pack_asm, (u32,), (f32, f32), [v[0], v[1]])
             hi = emit_asm(builder, pack_asm, (u32,), (f32, f32), [v[2], v[3]])
             emit_asm(builder, stsm_asm, (), (u32, u32, u32), [addr, lo, hi])
         return context.get_dummy_value()
 
-    sig = types.void(types.uint32, _fragment(n_acc), types.uint32, types.uint32)
-    return intrinsic(_typer(4, sig, codegen,
-                            f"fragment_store_bf16_{n_acc}_m{block_m}_sw{swizzle_bytes}"))
+    sig = types.void(types.uint32, _fragment(n_final), types.uint32, types.uint32)
+    return intrinsic(_typer(4, sig, codegen, f"fragment_store_bf16_{n_acc}_m{block_m}"
+                                             f"_sw{swizzle_bytes}_{n_final}_at{offset}"))

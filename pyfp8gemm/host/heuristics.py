@@ -7,6 +7,8 @@ pick BLOCK_N minimizing  waves * (BLOCK_N + TILE_OVERHEAD_COLUMNS), which prefer
 fill the SMs in whole waves (e.g. 112, 144, 160 next to 128), ties going to the larger tile.
 
 - BLOCK_M: 64 (one math warpgroup) when M <= 64, else 128 (two math warpgroups).
+  (BLOCK_M 256, two 64-row waves per math warpgroup, is launchable with config= but not
+  chosen until it has been measured on a GPU.)
 - stages: as many as shared memory holds (more in flight hides more latency), at most 8.
 - multicast: for M >= 512, a 2-CTA cluster loads A once for two N-neighbours ("a") when the
   number of N tiles is even, else B once for two M-neighbours ("b") when that count is even;
