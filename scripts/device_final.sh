@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, host overhead, the benchmark. Each GPU test has a 120 s limit
 # (pytest-timeout, thread method: a hung kernel ends its worker process and frees the GPU).
-# Usage (on the GPU machine):
+# Needs .whl/ from scripts/fetch_device_wheels.sh (carry it). Usage (on the GPU machine):
 #   bash scripts/device_final.sh [pytest args...]
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
