@@ -293,6 +293,21 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         wgmma_commit()
         return acc, (sa_row0 * sb, sa_row8 * sb, sa_row0 * sb_second, sa_row8 * sb_second)
 
+    def make_promotion(promote):
+        """`promote_scaled(final, acc, scales, n_first)`: promote a finished (fenced) fragment
+        with one wave's promote intrinsic (uniform or straddling B scales)."""
+        @inline
+        def promote_scaled(final, acc, scales, n_first):
+            s_row0, s_row8, s_row0_second, s_row8_second = scales
+            if STRADDLE:
+                return promote(final, acc, s_row0, s_row8, s_row0_second, s_row8_second,
+                               n_first)
+            return promote(final, acc, s_row0, s_row8)
+        return promote_scaled
+
+    promote_first_wave = make_promotion(promote_first)   # BLOCK_M 256: slot still held
+    promote_last_wave = make_promotion(promote_last)
+
     @inline
     def retire_k_block(base, final, acc, scales, stage, lane, n_first):
         """Release slot `stage` and promote a finished fragment into `final` (FP32, CUDA cores)."""
@@ -303,21 +318,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 mbarrier_arrive_cluster(empty, lane)
         elif lane == 0:
             mbarrier_arrive(empty)
-        s_row0, s_row8, s_row0_second, s_row8_second = scales
-        if STRADDLE:
-            return promote_last(final, acc, s_row0, s_row8, s_row0_second, s_row8_second,
-                                n_first)
-        return promote_last(final, acc, s_row0, s_row8)
-
-    @inline
-    def promote_first_wave(final, acc, scales, n_first):
-        """BLOCK_M 256: promote the first wave's fragment; the slot stays held for the second."""
-        acc = fence(acc)
-        s_row0, s_row8, s_row0_second, s_row8_second = scales
-        if STRADDLE:
-            return promote_first(final, acc, s_row0, s_row8, s_row0_second, s_row8_second,
-                                 n_first)
-        return promote_first(final, acc, s_row0, s_row8)
+        return promote_last_wave(final, acc, scales, n_first)
 
     @inline
     def math_loop(base, tmap_d, sfb, n, num_kb, rank, first_unit, unit_step,
@@ -387,7 +388,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                         acc, scales = issue_k_block(base, acc, sfb_first, sfb_second, kb, stage,
                                                      phase, row, a_rows)
                         wait_mma()
-                        final = promote_first_wave(final, acc, scales, n_first)
+                        final = promote_first_wave(final, fence(acc), scales, n_first)
                         acc, scales = issue_k_block(base, acc, sfb_first, sfb_second, kb, stage,
                                                      phase, row + 128, a_rows + 128 * BLOCK_K)
                         wait_mma()
