@@ -34,9 +34,10 @@ from pyfp8gemm.device.ptx import (
     ld_global_nc_f32, ld_shared_f32, mbarrier_arrive, mbarrier_arrive_cluster,
     mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_sync, pack_bf16x2,
     prefetch_tensormap, ptx_instruction, setmaxnreg_dec, setmaxnreg_inc, smem_base,
-    smem_descriptor, stmatrix_x1, stmatrix_x2, stmatrix_x4, tma_load_2d, tma_load_2d_multicast,
+    descriptor_advance, smem_descriptor, stmatrix_x1, stmatrix_x2, stmatrix_x4, tma_load_2d,
+    tma_load_2d_multicast,
     tma_load_3d, tma_store_2d, tma_store_commit, tma_store_wait, tma_store_wait_read,
-    wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
+    warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
 )
 from pyfp8gemm.device.tile import (
     fragment_fence, fragment_promote, fragment_store_bf16, fragment_zeros,
@@ -330,7 +331,9 @@ def make_wgmma_kernel(n):
         acc = zeros()
         wgmma_fence()
         acc = mma(desc(a_tile), desc(b_tile), acc, 0)             # D = A B^T (zeros unread)
-        acc = mma(desc(a_tile + 32), desc(b_tile + 32), acc, 1)   # D += ..., next 32 of K
+        # D += ..., next 32 of K (descriptors stepped the way the GEMM kernel steps them)
+        acc = mma(descriptor_advance(desc(a_tile), 32), descriptor_advance(desc(b_tile), 32),
+                  acc, 1)
         wgmma_commit()
         wait_none_pending()
         acc = fence(acc)
@@ -342,8 +345,13 @@ def make_wgmma_kernel(n):
 
 WGMMA_NS = (16, 64, 112, 128, 256)
 for _n in WGMMA_NS:
-    tiny_kernel("wgmma_fp8", "smem_descriptor", "fragment_zeros", "fragment_fence",
-                "wgmma_commit")(make_wgmma_kernel(_n))
+    tiny_kernel("wgmma_fp8", "smem_descriptor", "descriptor_advance", "fragment_zeros",
+                "fragment_fence", "wgmma_commit")(make_wgmma_kernel(_n))
+
+
+@tiny_kernel("warp_uniform")
+def broadcast_lane_0(out):
+    st_global_u32(out + 4 * cuda.threadIdx.x, warp_uniform(cuda.threadIdx.x // 32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,6 +361,7 @@ for _n in WGMMA_NS:
 # (tiny kernel, regular expression an instruction must match: opcode first, then operands)
 SASS_OF = [
     ("shared_load", r"LDS\b"),
+    ("broadcast_lane_0", r"SHFL\.IDX\b"),                       # warp_uniform
     ("read_only_global_load", r"LDG\.E\.CONSTANT\b"),             # ld.global.nc
     ("pack_two_floats", r"F2FP\.BF16\.F32\.PACK_AB\b"),           # cvt.rn.bf16x2.f32
     ("elect_a_lane", r"ELECT\b"),
@@ -455,6 +464,21 @@ def _descriptor(address, swizzle_bytes):
     mode = {128: 1, 64: 2, 32: 3}[swizzle_bytes]
     return (((address & 0x3FFFF) >> 4) | (1 << 16) | ((8 * swizzle_bytes >> 4) << 32)
             | (mode << 62))
+
+
+def test_descriptor_advance_is_the_descriptor_of_the_advanced_address():
+    desc = smem_descriptor(128)
+    st_global_u64 = ptx_instruction("st_global_u64", "st.global.u64 [$0], $1;",
+                                    (types.uint64, types.uint64))
+
+    def advanced(out):
+        st_global_u64(out, descriptor_advance(desc(0x400), 0x1F000))
+        st_global_u64(out + 8, descriptor_advance(desc(0x2420), 96))
+
+    kernel = build("descriptor_advance_constants", advanced, (I64,))
+    constants = {int(c) % 2**64 for c in re.findall(r"mov\.u64\s+%rd\d+, (-?\d+);", kernel.ptx)}
+    assert _descriptor(0x400 + 0x1F000, 128) in constants
+    assert _descriptor(0x2420 + 96, 128) in constants
 
 
 @pytest.mark.parametrize("swizzle_bytes", (128, 64, 32))

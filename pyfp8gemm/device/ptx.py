@@ -132,6 +132,11 @@ fence_proxy_async_smem = ptx_instruction(
     "fence_proxy_async_smem", "fence.proxy.async.shared::cta;",
     doc="fence.proxy.async.shared::cta: make generic-proxy smem writes visible to TMA/wgmma.")
 
+warp_uniform = ptx_instruction(
+    "warp_uniform", "shfl.sync.idx.b32 $0, $1, 0, 0x1f, 0xffffffff;", (u32,), u32,
+    doc="shfl.sync.idx lane 0: the value lane 0 holds. Tells ptxas the value is warp-uniform, "
+        "so what is computed from it (e.g. wgmma descriptors) lives in uniform registers.")
+
 ld_shared_f32 = ptx_instruction(
     "ld_shared_f32", "ld.shared.f32 $0, [$1];", (u32,), f32, doc="ld.shared.f32")
 
@@ -310,6 +315,20 @@ def smem_descriptor(swizzle_bytes=128):
     fn = intrinsic(_typer(1, types.uint64(types.uint32), codegen,
                           f"smem_descriptor_sw{swizzle_bytes}"))
     return fn
+
+
+def _descriptor_advance_codegen(context, builder, sig, args):
+    desc, offset = args
+    step = builder.lshr(builder.zext(offset, ir.IntType(64)), ir.Constant(ir.IntType(64), 4))
+    return builder.add(desc, step)
+
+
+descriptor_advance = intrinsic(_typer(
+    2, types.uint64(types.uint64, types.uint32), _descriptor_advance_codegen,
+    "descriptor_advance"))
+descriptor_advance.__doc__ = """`descriptor_advance(desc, nbytes)`: the descriptor of the tile
+`nbytes` (a multiple of 16) further in shared memory. The start-address field holds addr >> 4 in
+14 bits and shared addresses stay below 2^18, so this is a plain add that never carries out."""
 
 
 @functools.cache
