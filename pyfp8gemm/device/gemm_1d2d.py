@@ -26,12 +26,12 @@ from numba import cuda
 from numba.cuda import types
 
 from .ptx import (
-    cluster_ctarank, cluster_sync, elect_one, fence_mbarrier_init, fence_proxy_async_smem,
+    cluster_ctarank, cluster_sync, descriptor_advance, elect_one, fence_mbarrier_init, fence_proxy_async_smem,
     ld_global_nc_f32, ld_shared_f32, mbarrier_arrive, mbarrier_arrive_cluster,
     mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_sync,
     prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base, smem_descriptor,
     tma_load_2d, tma_load_2d_multicast, tma_store_2d, tma_store_commit, tma_store_wait,
-    tma_store_wait_read, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
+    tma_store_wait_read, warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
 )
 from .scheduler import make_tile_scheduler
 from .tile import fragment_fence, fragment_promote, fragment_store_bf16, fragment_zeros
@@ -45,6 +45,8 @@ SMEM_LIMIT = 232448             # dynamic shared memory per CTA on sm_90 (227 KB
 # of spill there) left the second setmaxnreg.inc waiting forever: a hang seen on the H200.
 PRODUCER_REGISTERS = 40
 MATH_REGISTERS = {1: 248, 2: 232}
+# BLOCK_M 256 keeps two final fragments and one MMA fragment per thread: 1.5 * BLOCK_N floats.
+BLOCK_M_256_MAX_N = 128
 
 
 def _align(x, a):
@@ -70,7 +72,7 @@ def check_register_budget(cfg: "GemmConfig", launch_registers: int):
 class GemmConfig:
     """One kernel specialization. Everything derived from it is a compile-time constant."""
     block_m: int                # 64 (one math warpgroup), 128 (two), 256 (two, 2 waves each)
-    block_n: int                # multiple of 16, 16..256 (register budget permitting)
+    block_n: int                # multiple of 8, 16..256 (register budget permitting)
     stages: int                 # depth of the TMA ring
     multicast: str = "none"     # "none", "a" (2 CTAs along N share A), "b" (along M share B)
     group_m: int = 16           # rasterization group height, in cluster units
@@ -79,11 +81,11 @@ class GemmConfig:
     def __post_init__(self):
         if self.block_m not in (64, 128, 256):
             raise ValueError(f"block_m must be 64, 128 or 256, got {self.block_m}")
-        if self.block_m == 256 and self.block_n > 128:
-            raise ValueError(f"block_m=256 needs block_n <= 128 (two final fragments per "
-                             f"warpgroup must fit in registers), got {self.block_n}")
-        if self.block_n % 16 or not 16 <= self.block_n <= 256:
-            raise ValueError(f"block_n must be a multiple of 16 in [16, 256], got {self.block_n}")
+        if self.block_m == 256 and self.block_n > BLOCK_M_256_MAX_N:
+            raise ValueError(f"block_m=256 needs block_n <= {BLOCK_M_256_MAX_N} (two final "
+                             f"fragments per warpgroup must fit in registers), got {self.block_n}")
+        if self.block_n % 8 or not 16 <= self.block_n <= 256:
+            raise ValueError(f"block_n must be a multiple of 8 in [16, 256], got {self.block_n}")
         if self.max_scale_offset + self.block_n > 256:
             raise ValueError(f"block_n={self.block_n}: a tile could span three 128-column B-scale "
                              "blocks (the kernel promotes with at most two)")
@@ -124,8 +126,10 @@ class GemmConfig:
     # --- the output tile in shared memory ---
     @property
     def swizzle_d(self):
-        """Widest TMA swizzle (bytes) whose panels tile a BLOCK_N row of bf16 exactly."""
-        return next(s for s in (128, 64, 32) if (self.block_n * 2) % s == 0)
+        """Widest TMA swizzle (bytes) whose panels tile a BLOCK_N row of bf16 exactly; 16 means
+        no swizzle, in panels of 8 columns (e.g. BLOCK_N 136 = 17 panels), which stmatrix also
+        writes without bank conflicts (8 rows x 16 bytes = 128 contiguous bytes)."""
+        return next(s for s in (128, 64, 32, 16) if (self.block_n * 2) % s == 0)
 
     # --- shared-memory layout (byte offsets from the 1024-aligned base) ---
     @property
@@ -269,29 +273,39 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             tma_store_commit()
 
     @inline
-    def issue_k_block(base, acc, sfb_first, sfb_second, kb, stage, phase, row, a_rows):
-        """Wait for K block `kb` in ring slot `stage`, start its 4 wgmmas into a fresh `acc`.
-
-        Returns acc (valid after a wgmma wait) and the block's promotion scales:
-        sa[row] * sb, sa[row + 8] * sb (for the first and the second B-scale block).
-        Every smem read of the slot happens here, before the slot is released.
-        """
+    def wait_k_block(base, sfb_first, sfb_second, kb, stage, phase):
+        """B's scales of K block `kb`, then wait until ring slot `stage` holds the block.
+        (The scale loads go out before the wait, which hides their latency.)"""
         sb = ld_global_nc_f32(sfb_first + 4 * kb)
         sb_second = ld_global_nc_f32(sfb_second + 4 * kb) if STRADDLE else sb
         mbarrier_wait(base + FULL_BARS + 8 * stage, phase)   # tiles landed?
-        sfa = base + SMEM_SFA + SFA_BYTES * stage
-        sa_row0 = ld_shared_f32(sfa + 4 * row)
-        sa_row8 = ld_shared_f32(sfa + 4 * (row + 8))
-        a_tile = base + SMEM_A + A_BYTES * stage + a_rows
-        b_tile = base + SMEM_B + B_BYTES * stage
+        return sb, sb_second
+
+    @inline
+    def issue_wave(base, acc, desc_a, desc_b, sb, sb_second, stage, row, wave):
+        """Start the 4 wgmmas of one 64-row wave of the K block in slot `stage`, into a fresh
+        `acc`. Returns acc (valid after a wgmma wait) and the wave's promotion scales
+        sa[row] * sb, sa[row + 8] * sb (for the first and the second B-scale block).
+        Every smem read of the slot happens here, before the slot is released."""
+        sfa = base + SMEM_SFA + SFA_BYTES * stage + 4 * (row + 128 * wave)
+        sa_row0 = ld_shared_f32(sfa)
+        sa_row8 = ld_shared_f32(sfa + 32)
+        a = descriptor_advance(desc_a, A_BYTES * stage + 128 * BLOCK_K * wave)
+        b = descriptor_advance(desc_b, B_BYTES * stage)
         acc = fence(acc)
         wgmma_fence()
-        acc = mma(desc(a_tile), desc(b_tile), acc, 0)          # fresh fragment
-        acc = mma(desc(a_tile + 32), desc(b_tile + 32), acc, 1)
-        acc = mma(desc(a_tile + 64), desc(b_tile + 64), acc, 1)
-        acc = mma(desc(a_tile + 96), desc(b_tile + 96), acc, 1)
+        acc = mma(a, b, acc, 0)                                 # fresh fragment
+        acc = mma(descriptor_advance(a, 32), descriptor_advance(b, 32), acc, 1)
+        acc = mma(descriptor_advance(a, 64), descriptor_advance(b, 64), acc, 1)
+        acc = mma(descriptor_advance(a, 96), descriptor_advance(b, 96), acc, 1)
         wgmma_commit()
         return acc, (sa_row0 * sb, sa_row8 * sb, sa_row0 * sb_second, sa_row8 * sb_second)
+
+    @inline
+    def issue_k_block(base, acc, descs, sfb_first, sfb_second, kb, stage, phase, row):
+        """Wait for K block `kb` in slot `stage` and start its (only) wave."""
+        sb, sb_second = wait_k_block(base, sfb_first, sfb_second, kb, stage, phase)
+        return issue_wave(base, acc, descs[0], descs[1], sb, sb_second, stage, row, 0)
 
     def make_promotion(promote):
         """`promote_scaled(final, acc, scales, n_first)`: promote a finished (fenced) fragment
@@ -325,7 +339,10 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                   num_m_units, num_n_units, tid):
         lane = tid % 32
         row = 16 * (tid // 32) + lane // 4        # this thread's first fragment row in the tile
-        a_rows = (tid // 128) * 64 * BLOCK_K      # this warpgroup's 64-row slice of the A tile
+        # wgmma descriptors of ring slot 0: this warpgroup's 64-row slice of A, and B. Built
+        # from a warp-uniform index, so they live in uniform registers (no per-wgmma moves).
+        warpgroup = warp_uniform(tid // 128)
+        descs = (desc(base + SMEM_A + warpgroup * (64 * BLOCK_K)), desc(base + SMEM_B))
         num_sfb_rows = (n + 127) // 128
         acc = zeros()
         acc_next = zeros()
@@ -344,20 +361,20 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 # tensor cores already run kb + 1. Unrolled by two with the tail peeled, so
                 # that no fragment whose wgmma is still running passes a branch merge (ptxas
                 # would copy its registers and serialize every wgmma, warning C7514).
-                acc, scales = issue_k_block(base, acc, sfb_first, sfb_second, 0, stage, phase,
-                                            row, a_rows)
+                acc, scales = issue_k_block(base, acc, descs, sfb_first, sfb_second, 0, stage,
+                                            phase, row)
                 acc_stage = stage
                 stage, phase = next_slot(stage, phase)
                 kb = 0
                 while kb + 2 < num_kb:
                     acc_next, scales_next = issue_k_block(
-                        base, acc_next, sfb_first, sfb_second, kb + 1, stage, phase, row, a_rows)
+                        base, acc_next, descs, sfb_first, sfb_second, kb + 1, stage, phase, row)
                     next_stage = stage
                     stage, phase = next_slot(stage, phase)
                     wait_mma_one()
                     final = retire_k_block(base, final, acc, scales, acc_stage, lane, n_first)
                     acc, scales = issue_k_block(
-                        base, acc, sfb_first, sfb_second, kb + 2, stage, phase, row, a_rows)
+                        base, acc, descs, sfb_first, sfb_second, kb + 2, stage, phase, row)
                     acc_stage = stage
                     stage, phase = next_slot(stage, phase)
                     wait_mma_one()
@@ -367,7 +384,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 # Tail: block kb is in flight, and maybe one more block is left.
                 if kb + 1 < num_kb:
                     acc_next, scales_next = issue_k_block(
-                        base, acc_next, sfb_first, sfb_second, kb + 1, stage, phase, row, a_rows)
+                        base, acc_next, descs, sfb_first, sfb_second, kb + 1, stage, phase, row)
                     next_stage = stage
                     stage, phase = next_slot(stage, phase)
                     wait_mma_one()
@@ -383,18 +400,19 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 # the tensor cores busy meanwhile.
                 for kb in range(num_kb):
                     if WAVES == 2:
-                        # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile;
-                        # the second re-reads the (still full) slot's barrier and scales.
-                        acc, scales = issue_k_block(base, acc, sfb_first, sfb_second, kb, stage,
-                                                     phase, row, a_rows)
+                        # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile.
+                        sb, sb_second = wait_k_block(base, sfb_first, sfb_second, kb, stage,
+                                                     phase)
+                        acc, scales = issue_wave(base, acc, descs[0], descs[1], sb, sb_second,
+                                                 stage, row, 0)
                         wait_mma()
                         final = promote_first_wave(final, fence(acc), scales, n_first)
-                        acc, scales = issue_k_block(base, acc, sfb_first, sfb_second, kb, stage,
-                                                     phase, row + 128, a_rows + 128 * BLOCK_K)
+                        acc, scales = issue_wave(base, acc, descs[0], descs[1], sb, sb_second,
+                                                 stage, row, 1)
                         wait_mma()
                     else:
-                        acc, scales = issue_k_block(base, acc, sfb_first, sfb_second, kb, stage,
-                                                     phase, row, a_rows)
+                        acc, scales = issue_k_block(base, acc, descs, sfb_first, sfb_second, kb,
+                                                    stage, phase, row)
                         wait_mma()
                     final = retire_k_block(base, final, acc, scales, stage, lane, n_first)
                     stage, phase = next_slot(stage, phase)

@@ -43,6 +43,7 @@ DTYPE_BF16 = cu.CUtensorMapDataType.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
 
 _SWIZZLE = {
     0: cu.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_NONE,
+    16: cu.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_NONE,   # 16-byte panels, no swizzle
     32: cu.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_32B,
     64: cu.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_64B,
     128: cu.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
