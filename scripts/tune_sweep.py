@@ -14,6 +14,7 @@ import torch
 from triton.testing import do_bench
 
 from bench.shapes import SHAPE_SETS, parse_shape
+from pyfp8gemm.device.gemm_1d2d import BLOCK_M_256_MAX_N, GemmConfig
 from pyfp8gemm.host.device_info import get_num_sms
 from pyfp8gemm.host.fp8tensor import quantize
 from pyfp8gemm.host.heuristics import BLOCK_N_CANDIDATES, choose_config, make_config
@@ -22,16 +23,23 @@ from pyfp8gemm.testing import calc_diff, reference_gemm
 
 
 def candidates(m, n, k, num_sms):
-    """The heuristic's choice, BLOCK_N neighbours, other multicast modes, BLOCK_M 256."""
+    """The heuristic's choice and its neighbours: BLOCK_N around it (multiples of 8 included),
+    the other multicast modes, BLOCK_M 64 for small M and 256 for large M, and the deepest
+    ring that shared memory holds next to the heuristic's stage count."""
     chosen = choose_config(m, n, k, num_sms)
-    block_ms = [chosen.block_m] + ([256] if m >= 1024 else [])
+    block_ms = {chosen.block_m}
+    if m <= 256:
+        block_ms |= {64, 128}
+    if m >= 1024:
+        block_ms |= {128, 256}
     configs = {chosen}
-    for block_m in block_ms:
-        pool = BLOCK_N_CANDIDATES[128 if block_m == 256 else block_m]
-        for block_n in pool:
-            if block_m == 256 and block_n > 128:
+    for block_m in sorted(block_ms):
+        for block_n in range(16, 257, 8):
+            if block_m == 256 and block_n > BLOCK_M_256_MAX_N:
                 continue
             if abs(block_n - chosen.block_n) > 32 and block_n not in (64, 128):
+                continue
+            if block_n % 16 and abs(block_n - chosen.block_n) > 16:
                 continue
             m_tiles, n_tiles = math.ceil(m / block_m), math.ceil(n / block_n)
             for multicast in ("none", "a", "b"):
@@ -39,8 +47,32 @@ def candidates(m, n, k, num_sms):
                     continue
                 if multicast != "none" and m < 256:
                     continue
-                configs.add(make_config(block_m, block_n, multicast))
+                try:
+                    configs.add(make_config(block_m, block_n, multicast))
+                except ValueError:
+                    continue        # e.g. a tile spanning three B-scale blocks
+    deepest = GemmConfig.max_stages(chosen.block_m, chosen.block_n)
+    if deepest > chosen.stages:
+        configs.add(GemmConfig(chosen.block_m, chosen.block_n, deepest, chosen.multicast,
+                               chosen.group_m, chosen.overlap_promotion))
     return chosen, sorted(configs, key=lambda c: c.name)
+
+
+def _compile(cfg):
+    from pyfp8gemm.cache.compiler import compile_kernel
+    from pyfp8gemm.host.launch import kernel_spec
+    compile_kernel(kernel_spec(cfg))
+    return cfg.name
+
+
+def precompile(configs, workers=16):
+    """Fill the disk cache with every candidate, in parallel (ptxas dominates), so that the
+    timing loop below only loads cubins."""
+    import concurrent.futures
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        list(pool.map(_compile, configs))
 
 
 def main():
@@ -54,6 +86,9 @@ def main():
         shapes = SHAPE_SETS[args.shapes]
     else:
         shapes = [parse_shape(text) for text in args.shapes.split(",")]
+    precompile(sorted({cfg for shape in shapes
+                       for cfg in candidates(shape.m, shape.n, shape.k, num_sms)[1]},
+                      key=lambda c: c.name))
     for shape in shapes:
         m, n, k = shape.m, shape.n, shape.k
         a = quantize(torch.randn(m, k, device="cuda", dtype=torch.bfloat16), "1x128")

@@ -351,9 +351,9 @@ def test_every_config(cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# BLOCK_M 256: two 64-row waves per math warpgroup. Launchable with config=, not chosen by the
-# heuristic until it is measured; checked like the heuristic's configs, with partial tiles and
-# multicast, plus one shape where every CTA walks several tiles.
+# BLOCK_M 256: two 64-row waves per math warpgroup (the heuristic's choice for large M).
+# Checked like the heuristic's configs, with partial tiles and multicast, plus one shape where
+# every CTA walks several tiles.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -381,3 +381,35 @@ def test_block_m_256(cfg):
         out = nan_filled(m, n)
         fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out, config=cfg)
         assert_correct(out, x, w, a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# BLOCK_N a multiple of 8 but not of 16: the output tile is stored in unswizzled 8-column
+# panels (17 TMA stores for BLOCK_N 136), and tiles straddle B-scale blocks at 8-column offsets.
+# ---------------------------------------------------------------------------------------------
+
+
+def _block_n_8_configs():
+    try:
+        from pyfp8gemm.host.heuristics import make_config
+    except Exception:
+        return []
+    return [make_config(block_m, block_n, multicast)
+            for block_m, block_n, multicast in ((128, 136, "none"), (128, 120, "a"),
+                                                (64, 24, "none"), (256, 72, "b"))]
+
+
+BLOCK_N_8_CONFIGS = _block_n_8_configs()
+
+
+@pytest.mark.skipif(not BLOCK_N_8_CONFIGS, reason="the launcher cannot be imported")
+@pytest.mark.parametrize("cfg", BLOCK_N_8_CONFIGS, ids=lambda cfg: cfg.name)
+def test_block_n_multiple_of_8(cfg):
+    from pyfp8gemm.host.launch import fp8_gemm_nt_launch
+
+    m, n, k = config_shape(cfg)
+    x, w = random_bf16(m, k), random_bf16(n, k)
+    a, b = quantize(x, "1x128"), quantize(w, "128x128")
+    out = nan_filled(m, n)
+    fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out, config=cfg)
+    assert_correct(out, x, w, a, b)

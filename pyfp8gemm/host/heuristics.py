@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 
-from ..device.gemm_1d2d import GemmConfig
+from ..device.gemm_1d2d import BLOCK_M_256_MAX_N, GemmConfig
 
 MAX_STAGES = 8
 TILE_OVERHEAD_COLUMNS = 32      # the fixed per-tile cost, in units of one column of BLOCK_N
@@ -29,11 +29,16 @@ MULTICAST_MIN_M = 512
 # ~20% slower, and BLOCK_N 160 (no overlapped promotion) ran 933 vs 1065 for 128 (x1.14).
 NO_MULTICAST_PENALTY = 1.2
 NO_OVERLAP_PENALTY = 1.15
+# BLOCK_M 256 (two 64-row waves per math warpgroup, B tile shared by four wgmma waves) ran
+# 3-10% faster than BLOCK_M 128 at equal wave counts on every M = 4096/8192 ANCHORS shape.
+BLOCK_M_256_SPEEDUP = 0.92
+BLOCK_M_256_MIN_M = 1024
 # BLOCK_N candidates per BLOCK_M; capped where the two FP32 fragments (BLOCK_N regs/thread)
 # still fit the math warpgroups' register budget without spilling.
 # 176 is left out: a 176-wide tile can span three B-scale blocks (GemmConfig rejects it).
 BLOCK_N_CANDIDATES = {64: tuple(n for n in range(16, 193, 16) if n != 176),
-                      128: tuple(range(16, 161, 16))}
+                      128: tuple(range(16, 161, 16)),
+                      256: tuple(range(64, BLOCK_M_256_MAX_N + 1, 16))}
 
 
 def _ceil_div(a, b):
@@ -51,21 +56,27 @@ def make_config(block_m: int, block_n: int, multicast: str = "none") -> GemmConf
 @functools.lru_cache(maxsize=1024)
 def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
     """The configuration pyfp8gemm launches for an (M, N, K) GEMM on `num_sms` SMs."""
-    block_m = 64 if m <= 64 else 128
-    m_blocks = _ceil_div(m, block_m)
-
-    def cost(block_n):
-        waves = _ceil_div(m_blocks * _ceil_div(n, block_n), num_sms)
-        time = waves * (block_n + TILE_OVERHEAD_COLUMNS)
-        if block_n > 128:
-            time *= NO_OVERLAP_PENALTY          # promotion not overlapped (registers)
-        if wants_multicast and _multicast_for(m_blocks, _ceil_div(n, block_n)) == "none":
-            time *= NO_MULTICAST_PENALTY
-        return time, -block_n
-
     wants_multicast = m >= MULTICAST_MIN_M and num_sms % 2 == 0
-    block_n = min(BLOCK_N_CANDIDATES[block_m], key=cost)
-    multicast = _multicast_for(m_blocks, _ceil_div(n, block_n)) if wants_multicast else "none"
+
+    def cost(block_m, block_n):
+        m_blocks, n_blocks = _ceil_div(m, block_m), _ceil_div(n, block_n)
+        waves = _ceil_div(m_blocks * n_blocks, num_sms)
+        time = waves * block_m * (block_n + TILE_OVERHEAD_COLUMNS)
+        if block_m == 256:
+            time *= BLOCK_M_256_SPEEDUP
+        elif block_n > 128:
+            time *= NO_OVERLAP_PENALTY          # promotion not overlapped (registers)
+        if (wants_multicast and block_m == 128
+                and _multicast_for(m_blocks, n_blocks) == "none"):
+            time *= NO_MULTICAST_PENALTY
+        return time, -block_m, -block_n
+
+    block_ms = (64,) if m <= 64 else (128, 256) if m >= BLOCK_M_256_MIN_M else (128,)
+    block_m, block_n = min(((bm, bn) for bm in block_ms for bn in BLOCK_N_CANDIDATES[bm]),
+                           key=lambda c: cost(*c))
+    multicast = "none"
+    if wants_multicast:
+        multicast = _multicast_for(_ceil_div(m, block_m), _ceil_div(n, block_n))
     return make_config(block_m, block_n, multicast)
 
 
