@@ -1,34 +1,46 @@
 """Choosing a kernel configuration for a GEMM shape.
 
 The kernel is persistent: `num_sms` CTAs walk over ceil(M/BLOCK_M) * ceil(N/BLOCK_N) tiles. A
-tile's time grows with BLOCK_N (its wgmma work) plus a fixed part (loading A's rows, B's scales,
-the epilogue), and the GEMM takes as many rounds ("waves") as the busiest SM has tiles. So we
-pick BLOCK_N minimizing  waves * (BLOCK_N + TILE_OVERHEAD_COLUMNS), which prefers sizes that
-fill the SMs in whole waves (e.g. 112, 144, 160 next to 128), ties going to the larger tile.
+tile's time grows with BLOCK_M * BLOCK_N (its wgmma work) plus a fixed part per row of the tile
+(loading A's rows and scales, B's scales, the epilogue), and the GEMM takes as many rounds
+("waves") as the busiest SM has tiles. So we pick the (BLOCK_M, BLOCK_N) minimizing
 
-- BLOCK_M: 64 (one math warpgroup) when M <= 64, else 128 (two math warpgroups).
-  (BLOCK_M 256, two 64-row waves per math warpgroup, is launchable with config= but not
-  chosen until it has been measured on a GPU.)
-- stages: as many as shared memory holds (more in flight hides more latency), at most 8.
-- multicast: for M >= 512, a 2-CTA cluster loads A once for two N-neighbours ("a") when the
-  number of N tiles is even, else B once for two M-neighbours ("b") when that count is even;
-  the BLOCK_N choice charges configs that cannot multicast, or cannot overlap promotion
-  (BLOCK_N > 128), what they measurably cost.
+    waves * BLOCK_M * (BLOCK_N + TILE_OVERHEAD_COLUMNS[BLOCK_M]) * (measured penalties)
+
+which prefers tiles that fill the SMs in whole waves (e.g. 112 or 144 next to 128), ties going
+to the larger tile. The constants come from side-by-side sweeps on the H200
+(scripts/tune_sweep.py, bench/JOURNAL.md):
+
+- BLOCK_M: 64 (one math warpgroup) when M <= 64; else 128 (two math warpgroups); for
+  M >= 1024 also 256 with BLOCK_N 128 (two 64-row waves per warpgroup), which ran 3-10% faster
+  than BLOCK_M 128 at equal wave counts on every large ANCHORS shape.
+- penalties: BLOCK_N > 128 at BLOCK_M 128 cannot overlap promotion with the next wgmmas
+  (registers); a BLOCK_N that neither divides nor is a multiple of 128 makes tiles straddle
+  two B-scale blocks; for M >= 512, a BLOCK_M 128 config that cannot multicast pays a little.
+- stages: as many as shared memory holds: the deeper ring helped small-M, long-K shapes by
+  4-6% (more bytes in flight per SM) and never hurt.
+- multicast (BLOCK_M 128, M >= 512 only): a 2-CTA cluster loads A once for two N-neighbours
+  ("a") when the number of N tiles is even, else B once for two M-neighbours ("b"). BLOCK_M 256
+  runs without a cluster: multicast made it 3-7% slower (the pair waits on each other).
 """
 
 from __future__ import annotations
 
 import functools
 
-from ..device.gemm_1d2d import BLOCK_M_256_MAX_N, GemmConfig
+from ..device.gemm_1d2d import GemmConfig
 
-MAX_STAGES = 8
-TILE_OVERHEAD_COLUMNS = 32      # the fixed per-tile cost, in units of one column of BLOCK_N
+MAX_STAGES = 32                 # i.e. no cap below what shared memory holds
+# The fixed per-tile cost, in columns of BLOCK_N (fitted to the sweeps: 32 picks the best
+# BLOCK_N on every M <= 64 shape; 64 on the M = 128..4096 ones, e.g. 4096x2112x7168 runs
+# BLOCK_N 128 in 5 waves at 992 TFLOPS, BLOCK_N 96 at BLOCK_M 256 in 3 waves at 849).
+TILE_OVERHEAD_COLUMNS = {64: 32, 128: 64, 256: 64}
 MULTICAST_MIN_M = 512
-# Measured on the H200 (bench/JOURNAL.md): at 4096x4096x7168 a config without multicast ran
-# ~20% slower, and BLOCK_N 160 (no overlapped promotion) ran 933 vs 1065 for 128 (x1.14).
-NO_MULTICAST_PENALTY = 1.2
+# Measured on the H200 (bench/JOURNAL.md): BLOCK_N 160 (no overlapped promotion) ran 933 vs
+# 1065 for 128 (x1.14) at 4096x4096x7168; multicast A vs none at BLOCK_M 128: 1052 vs 1034.
+NO_MULTICAST_PENALTY = 1.03
 NO_OVERLAP_PENALTY = 1.15
+STRADDLE_PENALTY = 1.1
 # BLOCK_M 256 (two 64-row waves per math warpgroup, B tile shared by four wgmma waves) ran
 # 3-10% faster than BLOCK_M 128 at equal wave counts on every M = 4096/8192 ANCHORS shape.
 BLOCK_M_256_SPEEDUP = 0.92
@@ -38,7 +50,7 @@ BLOCK_M_256_MIN_M = 1024
 # 176 is left out: a 176-wide tile can span three B-scale blocks (GemmConfig rejects it).
 BLOCK_N_CANDIDATES = {64: tuple(n for n in range(16, 193, 16) if n != 176),
                       128: tuple(range(16, 161, 16)),
-                      256: tuple(range(64, BLOCK_M_256_MAX_N + 1, 16))}
+                      256: (128,)}
 
 
 def _ceil_div(a, b):
@@ -61,7 +73,7 @@ def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
     def cost(block_m, block_n):
         m_blocks, n_blocks = _ceil_div(m, block_m), _ceil_div(n, block_n)
         waves = _ceil_div(m_blocks * n_blocks, num_sms)
-        time = waves * block_m * (block_n + TILE_OVERHEAD_COLUMNS)
+        time = waves * block_m * (block_n + TILE_OVERHEAD_COLUMNS[block_m])
         if block_m == 256:
             time *= BLOCK_M_256_SPEEDUP
         elif block_n > 128:
@@ -69,13 +81,15 @@ def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
         if (wants_multicast and block_m == 128
                 and _multicast_for(m_blocks, n_blocks) == "none"):
             time *= NO_MULTICAST_PENALTY
+        if 128 % block_n and block_n % 128:
+            time *= STRADDLE_PENALTY            # tiles cross B-scale blocks
         return time, -block_m, -block_n
 
     block_ms = (64,) if m <= 64 else (128, 256) if m >= BLOCK_M_256_MIN_M else (128,)
     block_m, block_n = min(((bm, bn) for bm in block_ms for bn in BLOCK_N_CANDIDATES[bm]),
                            key=lambda c: cost(*c))
     multicast = "none"
-    if wants_multicast:
+    if wants_multicast and block_m == 128:
         multicast = _multicast_for(_ceil_div(m, block_m), _ceil_div(n, block_n))
     return make_config(block_m, block_n, multicast)
 
