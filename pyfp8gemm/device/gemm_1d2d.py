@@ -273,13 +273,22 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             tma_store_commit()
 
     @inline
-    def wait_k_block(base, sfb_first, sfb_second, kb, stage, phase):
-        """B's scales of K block `kb`, then wait until ring slot `stage` holds the block.
-        (The scale loads go out before the wait, which hides their latency.)"""
-        sb = ld_global_nc_f32(sfb_first + 4 * kb)
-        sb_second = ld_global_nc_f32(sfb_second + 4 * kb) if STRADDLE else sb
+    def load_b_scales(b_rows, kb):
+        """B's scales of K block `kb` for this tile: (first, second) 128-column scale block
+        (the same one when tiles never straddle). Past the last K block, the last one's."""
+        first_row, second_row, last_kb = b_rows
+        kb = min(kb, last_kb)
+        sb = ld_global_nc_f32(first_row + 4 * kb)
+        return sb, (ld_global_nc_f32(second_row + 4 * kb) if STRADDLE else sb)
+
+    @inline
+    def wait_k_block(base, b_rows, pending, kb, stage, phase):
+        """Wait until ring slot `stage` holds K block `kb`. Returns kb's B scales, `pending`
+        (loaded one K block ahead: their global-load latency hides behind a whole K block),
+        and starts the loads of kb + 1's."""
+        upcoming = load_b_scales(b_rows, kb + 1)
         mbarrier_wait(base + FULL_BARS + 8 * stage, phase)   # tiles landed?
-        return sb, sb_second
+        return pending, upcoming
 
     @inline
     def issue_wave(base, acc, desc_a, desc_b, sb, sb_second, stage, row, wave):
@@ -302,10 +311,12 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         return acc, (sa_row0 * sb, sa_row8 * sb, sa_row0 * sb_second, sa_row8 * sb_second)
 
     @inline
-    def issue_k_block(base, acc, descs, sfb_first, sfb_second, kb, stage, phase, row):
-        """Wait for K block `kb` in slot `stage` and start its (only) wave."""
-        sb, sb_second = wait_k_block(base, sfb_first, sfb_second, kb, stage, phase)
-        return issue_wave(base, acc, descs[0], descs[1], sb, sb_second, stage, row, 0)
+    def issue_k_block(base, acc, descs, b_rows, pending, kb, stage, phase, row):
+        """Wait for K block `kb` in slot `stage` and start its (only) wave. Returns acc, the
+        promotion scales and the next block's B scales (see wait_k_block)."""
+        (sb, sb_second), upcoming = wait_k_block(base, b_rows, pending, kb, stage, phase)
+        acc, scales = issue_wave(base, acc, descs[0], descs[1], sb, sb_second, stage, row, 0)
+        return acc, scales, upcoming
 
     def make_promotion(promote):
         """`promote_scaled(final, acc, scales, n_first)`: promote a finished (fenced) fragment
@@ -352,8 +363,10 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         while unit < num_m_units * num_n_units:
             m_block, n_block = tile_of(unit, rank, num_m_units, num_n_units)
             n0 = n_block * BN
-            sfb_first = sfb + 4 * num_kb * (n0 // 128)
-            sfb_second = sfb + 4 * num_kb * min((n0 + BN - 1) // 128, num_sfb_rows - 1)
+            b_rows = (sfb + 4 * num_kb * (n0 // 128),       # B-scale rows of the tile's columns
+                      sfb + 4 * num_kb * min((n0 + BN - 1) // 128, num_sfb_rows - 1),
+                      num_kb - 1)
+            sbs = load_b_scales(b_rows, 0)
             n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
             final = final_zeros()
             if OVERLAP_PROMOTION:
@@ -361,20 +374,20 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 # tensor cores already run kb + 1. Unrolled by two with the tail peeled, so
                 # that no fragment whose wgmma is still running passes a branch merge (ptxas
                 # would copy its registers and serialize every wgmma, warning C7514).
-                acc, scales = issue_k_block(base, acc, descs, sfb_first, sfb_second, 0, stage,
-                                            phase, row)
+                acc, scales, sbs = issue_k_block(base, acc, descs, b_rows, sbs, 0, stage, phase,
+                                                 row)
                 acc_stage = stage
                 stage, phase = next_slot(stage, phase)
                 kb = 0
                 while kb + 2 < num_kb:
-                    acc_next, scales_next = issue_k_block(
-                        base, acc_next, descs, sfb_first, sfb_second, kb + 1, stage, phase, row)
+                    acc_next, scales_next, sbs = issue_k_block(
+                        base, acc_next, descs, b_rows, sbs, kb + 1, stage, phase, row)
                     next_stage = stage
                     stage, phase = next_slot(stage, phase)
                     wait_mma_one()
                     final = retire_k_block(base, final, acc, scales, acc_stage, lane, n_first)
-                    acc, scales = issue_k_block(
-                        base, acc, descs, sfb_first, sfb_second, kb + 2, stage, phase, row)
+                    acc, scales, sbs = issue_k_block(
+                        base, acc, descs, b_rows, sbs, kb + 2, stage, phase, row)
                     acc_stage = stage
                     stage, phase = next_slot(stage, phase)
                     wait_mma_one()
@@ -383,8 +396,8 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                     kb += 2
                 # Tail: block kb is in flight, and maybe one more block is left.
                 if kb + 1 < num_kb:
-                    acc_next, scales_next = issue_k_block(
-                        base, acc_next, descs, sfb_first, sfb_second, kb + 1, stage, phase, row)
+                    acc_next, scales_next, sbs = issue_k_block(
+                        base, acc_next, descs, b_rows, sbs, kb + 1, stage, phase, row)
                     next_stage = stage
                     stage, phase = next_slot(stage, phase)
                     wait_mma_one()
@@ -401,8 +414,8 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 for kb in range(num_kb):
                     if WAVES == 2:
                         # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile.
-                        sb, sb_second = wait_k_block(base, sfb_first, sfb_second, kb, stage,
-                                                     phase)
+                        (sb, sb_second), sbs = wait_k_block(base, b_rows, sbs, kb, stage,
+                                                            phase)
                         acc, scales = issue_wave(base, acc, descs[0], descs[1], sb, sb_second,
                                                  stage, row, 0)
                         wait_mma()
@@ -411,8 +424,8 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                                                  stage, row, 1)
                         wait_mma()
                     else:
-                        acc, scales = issue_k_block(base, acc, descs, sfb_first, sfb_second, kb,
-                                                    stage, phase, row)
+                        acc, scales, sbs = issue_k_block(base, acc, descs, b_rows, sbs, kb,
+                                                         stage, phase, row)
                         wait_mma()
                     final = retire_k_block(base, final, acc, scales, stage, lane, n_first)
                     stage, phase = next_slot(stage, phase)
