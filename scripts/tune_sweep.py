@@ -45,8 +45,8 @@ def candidates(m, n, k, num_sms):
             for multicast in ("none", "a", "b"):
                 if (multicast == "a" and n_tiles % 2) or (multicast == "b" and m_tiles % 2):
                     continue
-                if multicast != "none" and m < 256:
-                    continue
+                if multicast == "b" and m < 256:
+                    continue        # no M-neighbour to share B with
                 try:
                     configs.add(make_config(block_m, block_n, multicast))
                 except ValueError:
