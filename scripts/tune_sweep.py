@@ -51,6 +51,10 @@ def candidates(m, n, k, num_sms):
                     configs.add(make_config(block_m, block_n, multicast))
                 except ValueError:
                     continue        # e.g. a tile spanning three B-scale blocks
+    if m >= 1024:           # rasterization group height
+        for group_m in (4, 8, 32):
+            configs.add(GemmConfig(chosen.block_m, chosen.block_n, chosen.stages,
+                                   chosen.multicast, group_m, chosen.overlap_promotion))
     deepest = GemmConfig.max_stages(chosen.block_m, chosen.block_n)
     if deepest > chosen.stages:
         configs.add(GemmConfig(chosen.block_m, chosen.block_n, deepest, chosen.multicast,
