@@ -9,15 +9,29 @@ from cuda.bindings import driver as cu
 
 import pyfp8gemm
 from pyfp8gemm.device.gemm_1d2d import GemmConfig
-from pyfp8gemm.host import driver, launch
+from pyfp8gemm.host import device_info, driver, launch
 
 
 class RecordingKernel:
+    """A loaded kernel whose raw launch function (the ctypes cuLaunchKernelEx's place) records
+    (grid, stream, params address) and returns CUDA_SUCCESS."""
+
+    name = "fake_kernel"
+
     def __init__(self):
         self.launches = []
+        self.parts = {}
 
-    def launch_packed(self, grid, stream, params_address):
-        self.launches.append((grid, stream, params_address))
+    def launch_parts(self, grid):
+        if grid not in self.parts:
+            def fn(config, function, params_address, extra):
+                assert function == 0xF00 and extra is None
+                self.launches.append((config["grid"], config["stream"], params_address))
+                return 0
+
+            self.parts[grid] = driver.LaunchParts(
+                fn, 0xF00, lambda stream: {"grid": grid, "stream": stream}, self.name)
+        return self.parts[grid]
 
 
 @pytest.fixture
@@ -40,6 +54,7 @@ def fake_gpu(monkeypatch):
 
     monkeypatch.setattr(launch, "_plan", fake_plan)
     monkeypatch.setattr(launch, "get_num_sms", lambda index: 132)
+    monkeypatch.setattr(launch, "_bound", {})
     monkeypatch.setattr(driver, "tensormap_2d", fake_tensormap)
     monkeypatch.setattr(driver, "current_raw_stream", lambda index: 1234)
     return kernel, encoded, plans
@@ -87,16 +102,88 @@ def test_parameter_block_holds_pointers_and_sizes(fake_gpu):
     assert sfa_args[1] == a.scale.data_ptr() and sfa_args[4] == 4 * ((m + 3) // 4 * 4)
 
 
-def test_parameter_blocks_are_bounded(fake_gpu, monkeypatch):
+def test_bound_launches_are_bounded(fake_gpu, monkeypatch):
     kernel, encoded, plans = fake_gpu
-    monkeypatch.setattr(launch.Plan, "MAX_PARAM_BLOCKS", 4)
+    monkeypatch.setattr(launch, "MAX_BOUND_LAUNCHES", 4)
     a, b, _ = operands()
     outs = [torch.empty(300, 576, dtype=torch.bfloat16) for _ in range(6)]
     for out in outs:
         launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out)
-    (plan,) = plans.values()
-    assert len(plan.param_blocks) == 4            # the two oldest were dropped
-    assert {key[-1] for key in plan.param_blocks} == {o.data_ptr() for o in outs[2:]}
+    assert len(launch._bound) == 4                # the two oldest were dropped
+    assert {key[4] for key in launch._bound} == {o.data_ptr() for o in outs[2:]}
+
+
+def test_set_num_sms_rebinds(fake_gpu, monkeypatch):
+    """The grid depends on the SM limit: a new set_num_sms value is a new bound launch."""
+    kernel, encoded, plans = fake_gpu
+    a, b, out = operands()
+    launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out)
+    monkeypatch.setattr(device_info, "_num_sms_limit", 66)
+    launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out)
+    assert len(launch._bound) == 2
+    assert {key[-1] for key in launch._bound} == {None, 66}
+
+
+def test_one_launch_configuration_per_stream(fake_gpu, monkeypatch):
+    """Configurations are built once per stream and never rewritten (no shared stream field
+    for two threads to race on)."""
+    kernel, encoded, plans = fake_gpu
+    a, b, out = operands()
+    streams = iter([7, 8, 7, 8])
+    monkeypatch.setattr(driver, "current_raw_stream", lambda index: next(streams))
+    monkeypatch.setattr(launch, "_bound", {})
+    for _ in range(4):
+        launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out)
+    assert [stream for _, stream, _ in kernel.launches] == [7, 8, 7, 8]
+    (parts,) = kernel.parts.values()
+    assert set(parts.configs) == {7, 8}
+
+
+def test_bind_and_with_out(fake_gpu):
+    kernel, encoded, plans = fake_gpu
+    a, b, out = operands()
+    bound = launch.bind(a.data, a.scale, b.data, b.scale, out)
+    assert launch.bind(a.data, a.scale, b.data, b.scale, out) is bound
+    assert kernel.launches == []                   # binding does not launch
+    bound()
+    out2 = torch.empty_like(out)
+    other = bound.with_out(out2)
+    assert other is launch.bind(a.data, a.scale, b.data, b.scale, out2)
+    other()
+    assert encoded[-1][1] == out2.data_ptr()
+    assert kernel.launches[0][2] != kernel.launches[1][2]
+
+
+def test_launch_error_names_the_kernel(fake_gpu):
+    kernel, encoded, plans = fake_gpu
+    a, b, out = operands()
+    bound = launch.bind(a.data, a.scale, b.data, b.scale, out)
+    kernel.parts[33].fn = lambda *args: 1          # CUDA_ERROR_INVALID_VALUE
+    bound._fn = kernel.parts[33].fn
+    with pytest.raises(driver.CudaDriverError,
+                       match=r"cuLaunchKernelEx for kernel fake_kernel failed: "
+                             r"CUDA_ERROR_INVALID_VALUE"):
+        bound()
+
+
+def test_launch_retries_once_a_thread_without_context(fake_gpu, monkeypatch):
+    """CUDA_ERROR_INVALID_CONTEXT with no context current: torch's context is made current
+    and the launch repeated once; with a context current, the error is raised as is."""
+    kernel, encoded, plans = fake_gpu
+    a, b, out = operands()
+    bound = launch.bind(a.data, a.scale, b.data, b.scale, out)
+    bound.device_index = 0
+    results = iter([201, 0])
+    bound._fn = lambda *args: next(results)
+    made_current = []
+    monkeypatch.setattr(driver, "make_context_current_if_none",
+                        lambda index: made_current.append(index) or True)
+    bound()
+    assert made_current == [0]
+    bound._fn = lambda *args: 201
+    monkeypatch.setattr(driver, "make_context_current_if_none", lambda index: False)
+    with pytest.raises(driver.CudaDriverError, match="CUDA_ERROR_INVALID_CONTEXT"):
+        bound()
 
 
 def test_param_block_copies_tensormaps_by_value():

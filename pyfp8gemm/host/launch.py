@@ -1,10 +1,13 @@
 """Launching the dense FP8 GEMM kernel on validated torch tensors.
 
 `fp8_gemm_nt_launch` is the one function between the public API (host/gemm.py, which validates
-and converts inputs) and the GPU. Per call it: looks up the plan for (M, N, K, device) (config,
-loaded kernel, grid: built once), looks up the parameter block for the tensors' pointers (four
-tensor maps encoded once, by value), and issues one cuLaunchKernelEx on torch's current stream.
-No device synchronization, no allocation: the call is CUDA-graph capturable.
+and converts inputs) and the GPU; `bind` is the same without the launch, for callers that keep
+the result (host/gemm.py's fast path). A call reads the tensors' pointers and sizes and looks
+up the `BoundLaunch` for them: built once per (pointers, M, N, K, device, config, SM limit)
+from the plan (config, loaded kernel, grid) and a parameter block (four tensor maps encoded
+once, by value). Calling a BoundLaunch reads torch's current stream and makes one
+cuLaunchKernelEx through ctypes (driver.LaunchParts). No device synchronization, no
+allocation: the call is CUDA-graph capturable.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from ..device.gemm_1d2d import (
     BLOCK_K, KERNEL_SIGNATURE, TENSORMAP_PARAMS, GemmConfig, check_register_budget,
     make_fp8_gemm_1d2d,
 )
-from . import driver
+from . import device_info, driver
 from .device_info import get_num_sms
 from .heuristics import choose_config
 
@@ -48,37 +51,88 @@ def grid_size(cfg: GemmConfig, m: int, n: int, num_sms: int) -> int:
 
 class Plan:
     """Everything about one (M, N, K, device, config) that does not change between calls:
-    the config, the loaded kernel, the grid, and parameter blocks per set of tensor pointers."""
-
-    MAX_PARAM_BLOCKS = 256
+    the config, the loaded kernel, the grid."""
 
     def __init__(self, cfg: GemmConfig, kernel: driver.LoadedKernel, grid: int, m, n, k):
         self.cfg, self.kernel, self.grid = cfg, kernel, grid
         self.m, self.n, self.k = m, n, k
-        self.param_blocks: dict[tuple, driver.ParamBlock] = {}
 
-    def params_for(self, key, a_data, a_scale, b_data, b_scale, out) -> driver.ParamBlock:
-        """The parameter block for these tensors (by pointer): tensor maps encoded once."""
-        block = self.param_blocks.get(key)
-        if block is None:
-            cfg, m, n, k = self.cfg, self.m, self.n, self.k
-            tensormap = driver.tensormap_2d
-            block = driver.ParamBlock((
-                tensormap(driver.DTYPE_FP8, a_data.data_ptr(), k, m, k, BLOCK_K, cfg.block_m,
-                          128),
-                tensormap(driver.DTYPE_FP8, b_data.data_ptr(), k, n, k, BLOCK_K, cfg.block_n,
-                          128),
-                tensormap(driver.DTYPE_F32, a_scale.data_ptr(), m, a_scale.shape[1],
-                          a_scale.stride(1) * 4, cfg.block_m, 1),
-                tensormap(driver.DTYPE_BF16, out.data_ptr(), n, m, n * 2, cfg.swizzle_d // 2,
-                          cfg.block_m, cfg.swizzle_d),
-                (driver.c_int64, b_scale.data_ptr()),
-                (driver.c_int32, m), (driver.c_int32, n), (driver.c_int32, k),
-            ))
-            if len(self.param_blocks) >= self.MAX_PARAM_BLOCKS:
-                self.param_blocks.pop(next(iter(self.param_blocks)))   # drop the oldest
-            self.param_blocks[key] = block
-        return block
+    def param_block(self, a_ptr: int, a_scale_ptr: int, a_scale_stride: int, b_ptr: int,
+                    b_scale_ptr: int, out_ptr: int) -> driver.ParamBlock:
+        """The kernel's parameters for these tensors (by pointer), tensor maps by value.
+        `a_scale_stride` is the activation scales' K-block stride in floats: align(M, 4)."""
+        cfg, m, n, k = self.cfg, self.m, self.n, self.k
+        tensormap = driver.tensormap_2d
+        return driver.ParamBlock((
+            tensormap(driver.DTYPE_FP8, a_ptr, k, m, k, BLOCK_K, cfg.block_m, 128),
+            tensormap(driver.DTYPE_FP8, b_ptr, k, n, k, BLOCK_K, cfg.block_n, 128),
+            tensormap(driver.DTYPE_F32, a_scale_ptr, m, -(-k // BLOCK_K), a_scale_stride * 4,
+                      cfg.block_m, 1),
+            tensormap(driver.DTYPE_BF16, out_ptr, n, m, n * 2, cfg.swizzle_d // 2, cfg.block_m,
+                      cfg.swizzle_d),
+            (driver.c_int64, b_scale_ptr),
+            (driver.c_int32, m), (driver.c_int32, n), (driver.c_int32, k),
+        ))
+
+
+class BoundLaunch:
+    """One GEMM ready to launch: a plan's kernel and grid with the parameter block of one set
+    of tensor pointers. `bound()` launches it on torch's current stream of its device: a
+    stream read, a dictionary lookup (the launch configuration of that stream, built once) and
+    one foreign call. Holds no tensor, only pointers (the caller keeps the tensors alive).
+    """
+
+    __slots__ = ("plan", "key", "device_index", "params", "_stream_of", "_fn", "_function",
+                 "_params_address", "_configs", "_parts")
+
+    def __init__(self, plan: Plan, key: tuple, device_index: int, params: driver.ParamBlock):
+        self.plan, self.key, self.device_index, self.params = plan, key, device_index, params
+        parts = plan.kernel.launch_parts(plan.grid)
+        self._parts, self._fn, self._function = parts, parts.fn, parts.function
+        self._configs = parts.configs
+        self._params_address = params.address
+        self._stream_of = driver.current_raw_stream
+
+    def __call__(self) -> None:
+        stream = self._stream_of(self.device_index)
+        config = self._configs.get(stream)
+        if config is None:
+            config = self._parts.config_for(stream)
+        err = self._fn(config, self._function, self._params_address, None)
+        if err:
+            self._failed(err, config)
+
+    def _failed(self, err, config) -> None:
+        if (err == driver.CUDA_ERROR_INVALID_CONTEXT and self.device_index >= 0
+                and driver.make_context_current_if_none(self.device_index)):
+            # A thread with no CUDA context yet: now it has torch's; launch once more.
+            err = self._fn(config, self._function, self._params_address, None)
+            if not err:
+                return
+        self._parts.failed(err)
+
+    def with_out(self, out: torch.Tensor) -> BoundLaunch:
+        """The same GEMM writing into another (M, N) bf16 output of the same device."""
+        key = self.key[:4] + (out.data_ptr(),) + self.key[5:]
+        bound = _bound.get(key)
+        return bound if bound is not None else _bind(key)
+
+
+#: BoundLaunch per (a, a_scale, b, b_scale, out pointers, M, N, K, a_scale stride, device,
+#: config, set_num_sms value): what a repeated call finds. Bounded: the oldest goes first.
+_bound: dict[tuple, BoundLaunch] = {}
+MAX_BOUND_LAUNCHES = 1024
+
+
+def _bind(key: tuple) -> BoundLaunch:
+    a_ptr, sa_ptr, b_ptr, sb_ptr, out_ptr, m, n, k, sa_stride, device_index, config, _ = key
+    plan = _plan(m, n, k, device_index, get_num_sms(device_index), config)
+    bound = BoundLaunch(plan, key, device_index,
+                        plan.param_block(a_ptr, sa_ptr, sa_stride, b_ptr, sb_ptr, out_ptr))
+    if len(_bound) >= MAX_BOUND_LAUNCHES:
+        driver.evict_oldest(_bound)
+    _bound[key] = bound
+    return bound
 
 
 @functools.lru_cache(maxsize=1024)
@@ -92,6 +146,19 @@ def _plan(m: int, n: int, k: int, device_index: int, num_sms: int,
     return Plan(cfg, loaded_kernel(cfg, device_index), grid_size(cfg, m, n, num_sms), m, n, k)
 
 
+def bind(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
+         b_scale: torch.Tensor, out: torch.Tensor,
+         config: GemmConfig | None = None) -> BoundLaunch:
+    """The BoundLaunch of `fp8_gemm_nt_launch(a_data, a_scale, b_data, b_scale, out, config)`
+    (same contract): calling it launches the GEMM on torch's current stream."""
+    m, k = a_data.shape
+    key = (a_data.data_ptr(), a_scale.data_ptr(), b_data.data_ptr(), b_scale.data_ptr(),
+           out.data_ptr(), m, b_data.shape[0], k, a_scale.stride(1), a_data.get_device(), config,
+           device_info._num_sms_limit)
+    bound = _bound.get(key)
+    return bound if bound is not None else _bind(key)
+
+
 def fp8_gemm_nt_launch(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
                        b_scale: torch.Tensor, out: torch.Tensor,
                        config: GemmConfig | None = None) -> torch.Tensor:
@@ -102,14 +169,15 @@ def fp8_gemm_nt_launch(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torc
     (1, align(M, 4)); b_scale float32 (ceil(N/128), ceil(K/128)) contiguous; out bf16 (M, N)
     contiguous; K % 16 == 0, N % 8 == 0. `config` forces a configuration (tests, tuning).
 
-    A repeated call (same shape, same tensors) costs two dictionary lookups and the launch.
+    A repeated call (same pointers and sizes) costs the metadata reads, one dictionary lookup
+    and the launch (`bind(...)()`, inlined).
     """
     m, k = a_data.shape
-    n = b_data.shape[0]
-    device_index = a_data.device.index
-    plan = _plan(m, n, k, device_index, get_num_sms(device_index), config)
-    key = (a_data.data_ptr(), a_scale.data_ptr(), a_scale.stride(1), b_data.data_ptr(),
-           b_scale.data_ptr(), out.data_ptr())
-    params = plan.params_for(key, a_data, a_scale, b_data, b_scale, out)
-    plan.kernel.launch_packed(plan.grid, driver.current_raw_stream(device_index), params.address)
+    key = (a_data.data_ptr(), a_scale.data_ptr(), b_data.data_ptr(), b_scale.data_ptr(),
+           out.data_ptr(), m, b_data.shape[0], k, a_scale.stride(1), a_data.get_device(), config,
+           device_info._num_sms_limit)
+    bound = _bound.get(key)
+    if bound is None:
+        bound = _bind(key)
+    bound()
     return out
