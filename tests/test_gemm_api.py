@@ -4,10 +4,11 @@ No GPU is needed (this runs in CI). Two stand-ins make the host code testable he
 
 * `cpu_as_hopper` lets CPU tensors through the "is this a Hopper GPU?" gate, so that every other
   check and the layout logic run on CPU tensors;
-* `fake_launcher` replaces the kernel launcher with one that checks the launch contract of
-  docs/INTERFACES.md (dtypes, shapes, strides, alignment), records its arguments, and writes the
-  exact product of the FP8 operands into `out`. So these tests see what the kernel would get and
-  that the numbers reaching it mean what they should.
+* `fake_launcher` replaces the kernel binder (`launch.bind`) with one that checks the launch
+  contract of docs/INTERFACES.md (dtypes, shapes, strides, alignment) and returns a bound
+  launch that records its arguments and writes the exact product of the FP8 operands into
+  `out`. So these tests see what the kernel would get and that the numbers reaching it mean
+  what they should. A repeated call takes the fast path (no checks) to the same bound launch.
 """
 
 from __future__ import annotations
@@ -37,15 +38,17 @@ def align(n: int, alignment: int) -> int:
 
 
 class FakeLauncher:
-    """Stands in for pyfp8gemm.host.launch.fp8_gemm_nt_launch."""
+    """Stands in for pyfp8gemm.host.launch.bind (and what it returns)."""
 
     def __init__(self):
         self.calls = []
+        self.binds = 0
 
-    def __call__(self, a_data, a_scale, b_data, b_scale, out):
+    def bind(self, a_data, a_scale, b_data, b_scale, out):
         m, k = a_data.shape
         n = b_data.shape[0]
-        # The contract of docs/INTERFACES.md, checked on every call.
+        # The contract of docs/INTERFACES.md, checked on every bind (every call that is not a
+        # fast-path repeat).
         assert a_data.dtype == E4M3 and b_data.dtype == E4M3
         assert a_scale.dtype == torch.float32 and b_scale.dtype == torch.float32
         assert out.dtype == BF16
@@ -59,13 +62,28 @@ class FakeLauncher:
             assert t.data_ptr() % 16 == 0
         assert a_scale.data_ptr() % 16 == 0
         assert k % 16 == 0 and n % 8 == 0 and m >= 1
-        self.calls.append(dict(a_data=a_data, a_scale=a_scale, b_data=b_data, b_scale=b_scale,
-                               out=out))
-        out.copy_(reference_gemm((a_data, a_scale), (b_data, b_scale)))
+        self.binds += 1
+        return FakeBound(self, dict(a_data=a_data, a_scale=a_scale, b_data=b_data,
+                                    b_scale=b_scale, out=out))
 
     @property
     def last(self) -> dict:
         return self.calls[-1]
+
+
+class FakeBound:
+    """A bound launch: computes the exact product into its `out` whenever it is called."""
+
+    def __init__(self, launcher: FakeLauncher, tensors: dict):
+        self.launcher, self.tensors = launcher, tensors
+
+    def __call__(self):
+        t = self.tensors
+        self.launcher.calls.append(t)
+        t["out"].copy_(reference_gemm((t["a_data"], t["a_scale"]), (t["b_data"], t["b_scale"])))
+
+    def with_out(self, out):
+        return FakeBound(self.launcher, dict(self.tensors, out=out.view(self.tensors["out"].shape)))
 
 
 @pytest.fixture
@@ -77,17 +95,19 @@ def cpu_as_hopper(monkeypatch):
 @pytest.fixture
 def fake_launcher(monkeypatch, cpu_as_hopper) -> FakeLauncher:
     launcher = FakeLauncher()
-    monkeypatch.setattr(gemm, "_kernel_launcher", lambda: launcher)
+    monkeypatch.setattr(gemm, "_kernel_binder", lambda: launcher.bind)
     return launcher
 
 
 @pytest.fixture(autouse=True)
 def fresh_device_info(monkeypatch):
-    """Each test starts with no set_num_sms value and no device already accepted by
-    require_hopper (on a GPU machine, GPU tests in the same process fill that cache), and leaves
-    neither behind."""
+    """Each test starts with no set_num_sms value, no device already accepted by
+    require_hopper (on a GPU machine, GPU tests in the same process fill that cache) and no
+    remembered call (fast path), and leaves none of them behind."""
     monkeypatch.setattr(device_info, "_num_sms_limit", None)
     monkeypatch.setattr(device_info, "_verified_hopper_devices", set())
+    monkeypatch.setattr(gemm, "_fast_nt", {})
+    monkeypatch.setattr(gemm, "_fast_matmul", {})
 
 
 def randn(*shape, dtype=BF16):
@@ -557,3 +577,205 @@ def test_matmul_empty_m_launches_nothing(fake_launcher):
     y = gemm.matmul(randn(3, 0, 256), randn(128, 256).t())
     assert y.shape == (3, 0, 128)
     assert fake_launcher.calls == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast path of a repeated call: same tensors -> no checks; anything else -> full checks
+# ---------------------------------------------------------------------------------------------
+
+
+def refill(a, b, m, n, k):
+    """New values in the same buffers (pointers and layouts unchanged)."""
+    a_new, b_new = quantize(randn(m, k), "1x128"), quantize(randn(n, k), "128x128")
+    a.data.copy_(a_new.data)
+    a.scale.copy_(a_new.scale)
+    b.data.copy_(b_new.data)
+    b.scale.copy_(b_new.scale)
+
+
+@pytest.mark.parametrize("as_pairs", [False, True])
+def test_repeated_fp8_gemm_nt_skips_the_checks_and_computes(fake_launcher, monkeypatch, as_pairs):
+    a, b, out = fp8_operands(96, 256, 384)
+    args = ((a.data, a.scale), (b.data, b.scale)) if as_pairs else (a, b)
+    gemm.fp8_gemm_nt(*args, out)
+    assert fake_launcher.binds == 1 and len(gemm._fast_nt) == 1
+
+    # Repeats: the checked path does not run (it would raise now), the same bound launch does.
+    def no_checks(*args, **kwargs):
+        raise AssertionError("the checks ran on the fast path")
+
+    for _ in range(3):
+        refill(a, b, 96, 256, 384)
+        with monkeypatch.context() as patch:
+            for name in ("_fp8_gemm_nt_checked", "_unpack_operand", "_tma_ready"):
+                patch.setattr(gemm, name, no_checks)
+            patch.setattr(device_info, "require_hopper", no_checks)
+            assert gemm.fp8_gemm_nt(*args, out) is out
+        assert torch.equal(out, reference_gemm(a, b).to(BF16))
+    assert fake_launcher.binds == 1 and len(fake_launcher.calls) == 4
+
+
+def test_pairs_and_fp8_tensors_are_remembered_apart(fake_launcher):
+    a, b, out = fp8_operands(64, 128, 256)
+    gemm.fp8_gemm_nt(a, b, out)
+    gemm.fp8_gemm_nt((a.data, a.scale), (b.data, b.scale), out)   # pairs are checked in full
+    assert fake_launcher.binds == 2 and len(gemm._fast_nt) == 2
+    gemm.fp8_gemm_nt([a.data, a.scale], [b.data, b.scale], out)   # a list is a pair too
+    assert fake_launcher.binds == 2
+
+
+def test_fast_path_then_bad_calls_with_the_same_pointers_still_raise(fake_launcher):
+    m, n, k = 64, 128, 256
+    a, b, out = fp8_operands(m, n, k)
+    pair_a, pair_b = (a.data, a.scale), (b.data, b.scale)
+    gemm.fp8_gemm_nt(pair_a, pair_b, out)
+    gemm.fp8_gemm_nt(pair_a, pair_b, out)                          # a fast-path hit
+    gemm.fp8_gemm_nt(a, b, out)
+    gemm.fp8_gemm_nt(a, b, out)
+    assert fake_launcher.binds == 2
+
+    # Same pointers, another dtype.
+    with pytest.raises(TypeError, match=r"a\[0\] \(data\): expected dtype torch.float8_e4m3fn"):
+        gemm.fp8_gemm_nt((a.data.view(torch.uint8), a.scale), pair_b, out)
+    with pytest.raises(TypeError, match=r"b\[1\] \(scale\): expected dtype torch.float32"):
+        gemm.fp8_gemm_nt(pair_a, (b.data, b.scale.view(torch.int32)), out)
+    with pytest.raises(TypeError, match=r"out: expected dtype torch.bfloat16"):
+        gemm.fp8_gemm_nt(a, b, out.view(torch.float16))
+    # Same pointers, another stride (transposed views of square tensors: same memory).
+    a2, b2, out2 = fp8_operands(k, k, k)
+    gemm.fp8_gemm_nt(a2, b2, out2)
+    gemm.fp8_gemm_nt(a2, b2, out2)
+    with pytest.raises(ValueError, match=r"out: expected a contiguous \(row-major\) tensor"):
+        gemm.fp8_gemm_nt(a2, b2, out2.t())
+    with pytest.raises(ValueError, match=r"a\.data: expected a contiguous"):
+        gemm.fp8_gemm_nt(FP8Tensor_unchecked(a2.data.t(), a2.scale, "1x128"), b2, out2)
+    with pytest.raises(ValueError, match=r"b\[0\] \(data\): expected a contiguous"):
+        gemm.fp8_gemm_nt((a2.data, a2.scale), (b2.data.t(), b2.scale), out2)
+    # Same pointers, another shape.
+    with pytest.raises(ValueError, match=r"out: expected shape \(64, 128\)"):
+        gemm.fp8_gemm_nt(a, b, out[:32])
+    with pytest.raises(ValueError, match=r"a\[1\] \(scale\): expected shape"):
+        gemm.fp8_gemm_nt((a.data, a.scale[:, :1]), pair_b, out)
+    # Same pointers, another device ("meta" stands in for a second device).
+    with pytest.raises(ValueError, match=r"out.*same device"):
+        gemm.fp8_gemm_nt(a, b, out.to("meta"))
+    # Another granularity on the same tensors.
+    with pytest.raises(ValueError, match=r"a: expected an FP8Tensor with granularity '1x128'"):
+        gemm.fp8_gemm_nt(FP8Tensor_unchecked(a.data, a.scale, "128x128"), b, out)
+    assert fake_launcher.binds == 3   # only the square call bound anything new
+
+
+def FP8Tensor_unchecked(data, scale, granularity):
+    """An FP8Tensor built without the constructor's checks (as if its parts had been changed
+    after construction)."""
+    from pyfp8gemm import FP8Tensor
+
+    t = FP8Tensor.__new__(FP8Tensor)
+    t.data, t.scale, t.granularity = data, scale, granularity
+    return t
+
+
+def test_in_place_metadata_change_is_seen(fake_launcher):
+    """The same tensor object, its shape changed in place: a new key, the full checks."""
+    a, b, out = fp8_operands(64, 128, 256)
+    gemm.fp8_gemm_nt(a, b, out)
+    gemm.fp8_gemm_nt(a, b, out)
+    out.resize_(32, 128)                       # same storage, same pointer, another shape
+    with pytest.raises(ValueError, match=r"out: expected shape \(64, 128\)"):
+        gemm.fp8_gemm_nt(a, b, out)
+    a.granularity = "128x128"
+    with pytest.raises(ValueError, match="granularity '1x128'"):
+        gemm.fp8_gemm_nt(a, b, torch.empty(64, 128, dtype=BF16))
+
+
+def test_converted_scales_are_not_remembered(fake_launcher):
+    """Row-major activation scales are converted (a copy) on every call: no fast path."""
+    m, n, k = 64, 128, 256
+    a, b, out = fp8_operands(m, n, k)
+    row_major = a.scale.contiguous()
+    for _ in range(3):
+        gemm.fp8_gemm_nt((a.data, row_major), (b.data, b.scale), out)
+    assert fake_launcher.binds == 3 and gemm._fast_nt == {}
+    assert torch.equal(out, reference_gemm(a, b).to(BF16))
+
+
+def test_set_num_sms_is_part_of_the_key(fake_launcher):
+    a, b, out = fp8_operands(64, 128, 256)
+    gemm.fp8_gemm_nt(a, b, out)
+    device_info.set_num_sms(66)
+    gemm.fp8_gemm_nt(a, b, out)
+    assert fake_launcher.binds == 2
+
+
+def test_empty_m_is_not_remembered(fake_launcher):
+    a, b, out = fp8_operands(0, 128, 256)
+    gemm.fp8_gemm_nt(a, b, out)
+    assert gemm._fast_nt == {} and fake_launcher.calls == []
+
+
+def test_fast_path_is_bounded(fake_launcher, monkeypatch):
+    monkeypatch.setattr(gemm, "_FAST_PATH_SIZE", 3)
+    a, b, _ = fp8_operands(64, 128, 256)
+    outs = [torch.empty(64, 128, dtype=BF16) for _ in range(5)]
+    for out in outs:
+        gemm.fp8_gemm_nt(a, b, out)
+    assert len(gemm._fast_nt) == 3
+    gemm.clear_fast_path()
+    assert gemm._fast_nt == {}
+
+
+def test_repeated_matmul_with_fp8_tensors(fake_launcher):
+    m, n, k = 96, 256, 384
+    a, w, _ = fp8_operands(m, n, k)
+    out = torch.empty(m, n, dtype=BF16)
+    gemm.matmul(a, w.t(), out=out)
+    for _ in range(2):
+        refill(a, w, m, n, k)
+        assert gemm.matmul(a, w.t(), out=out) is out
+        assert torch.equal(out, reference_gemm(a, w).to(BF16))
+    assert fake_launcher.binds == 1 and len(gemm._fast_matmul) == 1
+    # out=None: a fresh output each call, bound to the remembered launch.
+    first = gemm.matmul(a, w.t())
+    second = gemm.matmul(a, w.t())
+    assert torch.equal(first, out) and torch.equal(second, out)
+    assert fake_launcher.binds == 2 and len(gemm._fast_matmul) == 2
+    assert fake_launcher.last["out"].data_ptr() == second.data_ptr()
+    # Bad calls with the same tensors still raise.
+    with pytest.raises(TypeError, match="out: expected dtype torch.bfloat16"):
+        gemm.matmul(a, w.t(), out=out.view(torch.float16))
+    with pytest.raises(NotImplementedError, match="out_dtype"):
+        gemm.matmul(a, w.t(), out_dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"out: expected a contiguous tensor"):
+        gemm.matmul(a, w.t(), out=torch.empty(n, m, dtype=BF16).t())
+
+
+def test_matmul_copied_weight_is_not_remembered(fake_launcher):
+    """A (K, N) FP8Tensor stored row-major is transposed (a copy) every call: no fast path."""
+    a, _, _ = fp8_operands(64, 128, 256)
+    w_kn = quantize(randn(256, 128), "128x128")
+    for _ in range(2):
+        gemm.matmul(a, w_kn)
+    assert fake_launcher.binds == 2 and gemm._fast_matmul == {}
+
+
+def test_fast_path_switches_device_only_when_needed(monkeypatch):
+    """A remembered launch on cuda:1 runs directly when cuda:1 is current, under
+    torch.cuda.device(1) otherwise; device None (one GPU) never asks."""
+    import contextlib
+
+    ran, switched = [], []
+
+    @contextlib.contextmanager
+    def fake_device(index):
+        switched.append(index)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", fake_device)
+    current = [1]
+    monkeypatch.setattr(gemm, "_current_device", lambda: current[0])
+    gemm._run(lambda: ran.append(1), 1)
+    current[0] = 0
+    gemm._run(lambda: ran.append(1), 1)
+    monkeypatch.setattr(gemm, "_current_device", lambda: pytest.fail("asked"))
+    gemm._run(lambda: ran.append(1), None)
+    assert ran == [1, 1, 1] and switched == [1]

@@ -62,36 +62,95 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# The kernel launcher, imported on first use
+# The kernel binder, imported on first use, and the fast path of a repeated call
 # ---------------------------------------------------------------------------------------------
 
-_fp8_gemm_nt_launch = None
+_bind_kernel = None
 
 
-def _kernel_launcher():
-    """`pyfp8gemm.host.launch.fp8_gemm_nt_launch`, imported the first time a GEMM runs.
+def _kernel_binder():
+    """`pyfp8gemm.host.launch.bind`, imported the first time a GEMM runs: `bind(a_data,
+    a_scale, b_data, b_scale, out)` returns a callable that launches the kernel on those
+    validated tensors (torch's current stream), and has `.with_out(out)` for another output.
 
     Importing it loads numba-cuda and cuda-bindings (slow, and pointless on a machine that only
-    validates inputs). The CPU tests replace this function with one returning a fake launcher.
+    validates inputs). The CPU tests replace this function with one returning a fake binder.
     """
-    global _fp8_gemm_nt_launch
-    if _fp8_gemm_nt_launch is None:
-        from pyfp8gemm.host.launch import fp8_gemm_nt_launch
+    global _bind_kernel
+    if _bind_kernel is None:
+        from pyfp8gemm.host.launch import bind
 
-        _fp8_gemm_nt_launch = fp8_gemm_nt_launch
-    return _fp8_gemm_nt_launch
+        _bind_kernel = bind
+    return _bind_kernel
 
 
-def _launch(a_data, a_scale, b_data, b_scale, out) -> None:
-    """Run the kernel on validated, kernel-ready tensors, with their GPU as the current device
-    (the launcher uses the current device's stream)."""
-    launch = _kernel_launcher()
+def _current_device_function():
+    get = getattr(torch._C, "_cuda_getDevice", None)
+    return get if get is not None else torch.cuda.current_device
+
+
+#: torch's current CUDA device index: its C function where torch has one (the fast path asks on
+#: every call; torch.cuda.current_device() is the same value behind two more Python calls).
+_current_device = _current_device_function()
+
+
+def _bind_and_run(a_data, a_scale, b_data, b_scale, out):
+    """Bind the kernel to validated, kernel-ready tensors and run it, with their GPU as the
+    current device (the launch uses that device's current stream and context). Returns the
+    bound launch and the device index a repeated call must check (None: nothing to check)."""
+    bind = _kernel_binder()
     device = out.device
-    if device.type == "cuda" and device.index != torch.cuda.current_device():
+    if device.type != "cuda":   # only the CPU tests' fake binder gets here
+        bound = bind(a_data, a_scale, b_data, b_scale, out)
+        bound()
+        return bound, None
+    if device.index != torch.cuda.current_device():
         with torch.cuda.device(device):
-            launch(a_data, a_scale, b_data, b_scale, out)
+            bound = bind(a_data, a_scale, b_data, b_scale, out)
+            bound()
     else:
-        launch(a_data, a_scale, b_data, b_scale, out)
+        bound = bind(a_data, a_scale, b_data, b_scale, out)
+        bound()
+    # With one GPU there is no other device to be current: nothing to check per call.
+    return bound, (device.index if torch.cuda.device_count() > 1 else None)
+
+
+def _run(bound, device_index) -> None:
+    """A bound launch from the fast path, switching to its device only if another is current."""
+    if device_index is None or device_index == _current_device():
+        bound()
+    else:
+        with torch.cuda.device(device_index):
+            bound()
+
+
+# The fast path of a repeated call. The public functions key each call on the metadata of its
+# tensors (pointer, shape, contiguity or strides, dtype, device of every tensor, the operand
+# kinds, the set_num_sms value): everything the checks and the launch read. A key that passed
+# the full checks once maps to its bound launch, so the same key passes them again and needs
+# no conversion: the call goes straight to the launch. Any change (another pointer, shape,
+# stride, dtype, device, granularity) is another key: it takes the full checks, which raise on
+# bad input exactly as before. Calls that needed a conversion (row-major activation scales, a
+# copied weight) are not remembered. Entries hold no tensors (the bound launch keeps pointers,
+# so a stale entry is a few hundred bytes, not GPU memory). Bounded, oldest first out.
+_FAST_PATH_SIZE = 1024
+_fast_nt: dict = {}
+_fast_matmul: dict = {}
+
+
+def _remember(cache: dict, key, entry) -> None:
+    if len(cache) >= _FAST_PATH_SIZE:
+        try:
+            cache.pop(next(iter(cache)), None)
+        except (StopIteration, RuntimeError):   # emptied or changed by another thread
+            pass
+    cache[key] = entry
+
+
+def clear_fast_path() -> None:
+    """Forget every remembered call (the next call of each takes the full checks again)."""
+    _fast_nt.clear()
+    _fast_matmul.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +286,54 @@ def fp8_gemm_nt(a, b, out: torch.Tensor) -> torch.Tensor:
 
     Returns:
         out.
+
+    A repeated call with the same tensors (same pointers, shapes, strides, dtypes, devices)
+    skips the checks and goes straight to the prebuilt launch; anything else is checked in
+    full (see "The fast path of a repeated call" above).
     """
+    # The key: every tensor's metadata, read once (see _fast_nt). Pairs and FP8Tensors only;
+    # anything else (or a pair holding non-tensors) takes the full checks, which say what is
+    # wrong.
+    ta, tb = type(a), type(b)
+    if ta is FP8Tensor:
+        a_data, a_scale, a_kind = a.data, a.scale, a.granularity
+    elif (ta is tuple or ta is list) and len(a) == 2:
+        (a_data, a_scale), a_kind = a, None
+    else:
+        return _fp8_gemm_nt_checked(a, b, out, None)
+    if tb is FP8Tensor:
+        b_data, b_scale, b_kind = b.data, b.scale, b.granularity
+    elif (tb is tuple or tb is list) and len(b) == 2:
+        (b_data, b_scale), b_kind = b, None
+    else:
+        return _fp8_gemm_nt_checked(a, b, out, None)
+    try:
+        key = (
+            a_kind, b_kind, device_info._num_sms_limit,
+            a_data.data_ptr(), a_data.shape, a_data.is_contiguous(), a_data.dtype, a_data.device,
+            a_scale.data_ptr(), a_scale.shape, a_scale.stride(), a_scale.dtype, a_scale.device,
+            b_data.data_ptr(), b_data.shape, b_data.is_contiguous(), b_data.dtype, b_data.device,
+            b_scale.data_ptr(), b_scale.shape, b_scale.is_contiguous(), b_scale.dtype,
+            b_scale.device,
+            out.data_ptr(), out.shape, out.is_contiguous(), out.dtype, out.device,
+        )
+    except Exception:  # not tensors, or tensors without storage: the full checks say so
+        return _fp8_gemm_nt_checked(a, b, out, None)
+    entry = _fast_nt.get(key)
+    if entry is None:
+        return _fp8_gemm_nt_checked(a, b, out, key)
+    bound, device_index = entry
+    if device_index is None or device_index == _current_device():
+        bound()
+    else:
+        with torch.cuda.device(device_index):
+            bound()
+    return out
+
+
+def _fp8_gemm_nt_checked(a, b, out, key) -> torch.Tensor:
+    """fp8_gemm_nt with every check; remembers the call under `key` (unless None) when it
+    needed no conversion."""
     a_data, a_scale, a_data_name, a_scale_name = _unpack_operand("a", a, "1x128")
     b_data, b_scale, b_data_name, b_scale_name = _unpack_operand("b", b, "128x128")
     checks.check_tensor("out", out, dtypes=(torch.bfloat16,), ndim=2)
@@ -263,8 +369,10 @@ def fp8_gemm_nt(a, b, out: torch.Tensor) -> torch.Tensor:
     if m == 0:
         return out
 
-    a_scale, b_scale = _kernel_ready_scales(a_scale, b_scale)
-    _launch(a_data, a_scale, b_data, b_scale, out_2d)
+    a_scale_ready, b_scale_ready = _kernel_ready_scales(a_scale, b_scale)
+    bound, device_index = _bind_and_run(a_data, a_scale_ready, b_data, b_scale_ready, out_2d)
+    if key is not None and a_scale_ready is a_scale and b_scale_ready is b_scale:
+        _remember(_fast_nt, key, (bound, device_index))
     return out
 
 
@@ -348,7 +456,43 @@ def matmul(
 
     Returns:
         A bf16 tensor of shape (..., M, N) (or (N,) for a 1-D a): `out` if given.
+
+    A repeated call with FP8Tensors a and b and the same tensors (pointers, shapes, strides,
+    dtypes, devices; out or none) skips the checks and goes straight to the prebuilt launch
+    (with out=None, after allocating the output).
     """
+    if type(a) is FP8Tensor and type(b) is FP8Tensor:
+        a_data, a_scale, b_data, b_scale = a.data, a.scale, b.data, b.scale
+        try:
+            key = (
+                a.granularity, b.granularity, out_dtype, device_info._num_sms_limit,
+                a_data.data_ptr(), a_data.shape, a_data.is_contiguous(), a_data.dtype,
+                a_data.device,
+                a_scale.data_ptr(), a_scale.shape, a_scale.stride(), a_scale.dtype,
+                a_scale.device,
+                b_data.data_ptr(), b_data.shape, b_data.stride(), b_data.dtype, b_data.device,
+                b_scale.data_ptr(), b_scale.shape, b_scale.stride(), b_scale.dtype,
+                b_scale.device,
+            ) + ((None,) if out is None else (
+                out.data_ptr(), out.shape, out.is_contiguous(), out.dtype, out.device))
+        except Exception:  # tensors without storage, or an `out` that is not a tensor
+            key = None
+        else:
+            entry = _fast_matmul.get(key)
+            if entry is not None:
+                bound, device_index, out_shape, device = entry
+                if out is None:
+                    out = torch.empty(out_shape, dtype=torch.bfloat16, device=device)
+                    bound = bound.with_out(out)
+                _run(bound, device_index)
+                return out
+        return _matmul_checked(a, b, out, out_dtype, key)
+    return _matmul_checked(a, b, out, out_dtype, None)
+
+
+def _matmul_checked(a, b, out, out_dtype, key) -> torch.Tensor:
+    """matmul with every check; remembers the call under `key` (unless None: only FP8Tensor
+    operands have one) when it needed no conversion or copy."""
     _check_out_dtype(out_dtype)
 
     # --- a: (..., M, K), remembered as its leading shape and a 2-D (M, K) operand ----------
@@ -436,6 +580,12 @@ def matmul(
     b_data, b_scale = _weight_as_nk(b)
     b_data = _tma_ready("b", b_data)
 
-    a_scale, b_scale = _kernel_ready_scales(a_scale, b_scale)
-    _launch(a_data, a_scale, b_data, b_scale, out_2d)
+    a_scale_ready, b_scale_ready = _kernel_ready_scales(a_scale, b_scale)
+    bound, device_index = _bind_and_run(a_data, a_scale_ready, b_data, b_scale_ready, out_2d)
+    # Remembered only if the kernel reads the caller's own memory: no copy of a's scales, of
+    # b (a (K, N) FP8Tensor that is not the transposed view of an (N, K) weight) or its scales.
+    if (key is not None and a_scale_ready is a_scale
+            and b_data.data_ptr() == b.data.data_ptr()
+            and b_scale_ready.data_ptr() == b.scale.data_ptr()):
+        _remember(_fast_matmul, key, (bound, device_index, out.shape, out.device))
     return out
