@@ -75,9 +75,13 @@ def assert_correct(out, x, w, a, b) -> None:
     handful of large inputs dominate it, and about 1 draw in 50 of the inputs alone, multiplied
     exactly, lands above 1e-3 (measured on the CPU: (1, 128, 7168) 2%, (1, 128, 128) 1%; none of
     300 draws for M >= 7 or N >= 576). Such a draw says nothing about the kernel, so the bar is
-    raised to what the quantized inputs themselves give (plus 1e-5 of bf16 rounding); the
-    quantization error must still be sane (< 2e-3), and the kernel is held to 1e-5 against the
-    exact product of the quantized inputs in every case.
+    raised to what the quantized inputs themselves give, plus the kernel's own distance from
+    their exact product; the quantization error must still be sane (< 2e-3), and the kernel is
+    held to 1e-5 against the exact product of the quantized inputs in every case.
+
+    calc_diff(x, y) = |x - y|^2 / (|x|^2 + |y|^2) is a squared distance, so the two distances add
+    under square roots (triangle inequality), not directly: adding them plainly failed once on
+    a 5x8x16 product (1.287e-3 against 1.272e-3 + 1e-5).
     """
     unwritten = int(out.isnan().sum())
     assert unwritten == 0, f"{unwritten} of {out.numel()} outputs left unwritten (still NaN)"
@@ -91,7 +95,8 @@ def assert_correct(out, x, w, a, b) -> None:
         assert diff_of_quantization < 2 * MAX_DIFF_VS_FP32, (
             f"the quantized inputs themselves differ by {diff_of_quantization:.3e} from fp32"
         )
-        assert diff_fp32 < diff_of_quantization + MAX_DIFF_VS_REFERENCE, (
+        bound = (math.sqrt(diff_of_quantization) + math.sqrt(diff_reference)) ** 2 * 1.01
+        assert diff_fp32 < bound, (
             f"calc_diff vs fp32 product {diff_fp32:.3e}, quantization alone "
             f"{diff_of_quantization:.3e}"
         )
