@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     how.add_argument("--warmup-ms", type=float, default=25.0, help="warm-up per cell, ms (default 25)")
     how.add_argument("--rep-ms", type=float, default=100.0, help="timed runs per cell, ms (default 100)")
+    how.add_argument("--rounds", type=int, default=3,
+                     help="interleaved rounds per shape; a cell is the median of its rounds (default 3)")
     how.add_argument("--seed", type=int, default=0, help="random seed of the inputs (shape i uses seed + i)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write every number, the device, date and versions as JSON")
@@ -162,6 +164,7 @@ def collect_run_info(args, timing_method: str, baseline: str, shapes, providers)
         "timing_description": TIMING_DESCRIPTIONS[timing_method],
         "warmup_ms": args.warmup_ms,
         "rep_ms": args.rep_ms,
+        "rounds": args.rounds,
         "seed": args.seed,
         "baseline": baseline,
         "shape_sets": args.sets or ([] if args.shapes else ["anchors"]),
@@ -227,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                   "(Hopper): expect n/a or error cells.", file=sys.stderr)
         run_info = collect_run_info(args, timing_method, baseline, shapes, providers)
         timer = make_timer(timing_method, args.warmup_ms, args.rep_ms)
-        results = run_benchmark(shapes, providers, timer, seed=args.seed, show_progress=not args.no_progress)
+        results = run_benchmark(shapes, providers, timer, seed=args.seed,
+                                show_progress=not args.no_progress, rounds=args.rounds)
         provider_names = PROVIDER_NAMES
 
     print(format_report(run_info, results, baseline, provider_names))

@@ -5,12 +5,17 @@ under the same conditions. For each (shape, provider) cell:
 1. prepare: the provider builds what it needs (layouts, output buffer), not timed;
 2. check: the output is filled with NaN, the GEMM runs once, and calc_diff compares it with the
    fp32 product of the unquantized inputs (an output the kernel failed to write stays NaN);
-3. time: the median over many runs, the L2 flushed before each (bench.timing).
+3. time: the median over many runs, the L2 flushed before each (bench.timing), in `rounds`
+   interleaved rounds (round r times the providers in an order rotated by r), and the cell's
+   time is the median of its rounds. An H200 running FP8 GEMMs flat out is power-limited: its
+   clock drifts by several percent over seconds, and a provider always timed first (or last)
+   would see a different clock than the others. Rounds spread that drift over every column.
 A provider that fails on one shape gets an "error" cell and the loop goes on.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 from typing import Callable
 
@@ -73,22 +78,70 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_cell(
-    provider: Provider, inputs, timer: Callable[[Callable[[], object]], float]
-) -> Measurement:
+def check_cell(provider: Provider, inputs):
+    """Prepare a provider's GEMM and check its output once: (prepared, calc_diff), or a
+    not-measured Measurement (skipped shape, or an error)."""
     shape = inputs.shape
     try:
         prepared = provider.prepare(inputs)
         prepared.output.fill_(float("nan"))
         output = prepared.run()
         _synchronize(str(output.device))
-        difference = calc_diff(output.float(), inputs.reference)
-        time_ms = timer(prepared.run)
+        return prepared, calc_diff(output.float(), inputs.reference)
     except ShapeNotSupported as reason:
-        return Measurement.not_measured(shape, provider.key, SKIPPED, str(reason))
+        return Measurement.not_measured(shape, provider.key, SKIPPED, str(reason)), None
     except Exception as error:  # one failing cell must not end the run
-        return Measurement.not_measured(shape, provider.key, ERROR, _short(error))
-    return Measurement.measured(shape, provider.key, provider.operand_format, time_ms, difference)
+        return Measurement.not_measured(shape, provider.key, ERROR, _short(error)), None
+
+
+def measure_cell(
+    provider: Provider, inputs, timer: Callable[[Callable[[], object]], float]
+) -> Measurement:
+    """Check, then time one cell (a single round)."""
+    prepared, difference = check_cell(provider, inputs)
+    if isinstance(prepared, Measurement):
+        return prepared
+    try:
+        time_ms = timer(prepared.run)
+    except Exception as error:
+        return Measurement.not_measured(inputs.shape, provider.key, ERROR, _short(error))
+    return Measurement.measured(inputs.shape, provider.key, provider.operand_format, time_ms, difference)
+
+
+def _measure_shape(providers, inputs, timer, rounds, unavailable, progress) -> list[Measurement]:
+    """Every provider on one shape: check each, then time them in interleaved rounds."""
+    cells: dict[str, object] = {}
+    for provider in providers:
+        if unavailable[provider.key] is not None:
+            cells[provider.key] = Measurement.not_measured(
+                inputs.shape, provider.key, UNAVAILABLE, unavailable[provider.key])
+        else:
+            cells[provider.key] = check_cell(provider, inputs)
+    times: dict[str, list[float]] = {provider.key: [] for provider in providers}
+    for r in range(rounds):
+        order = providers[r % len(providers):] + providers[: r % len(providers)]
+        for provider in order:
+            cell = cells[provider.key]
+            if isinstance(cell, Measurement) or isinstance(cell[0], Measurement):
+                continue
+            progress.start(f"{inputs.shape.label} {provider.name} ({r + 1}/{rounds})")
+            try:
+                times[provider.key].append(timer(cell[0].run))
+            except Exception as error:
+                cells[provider.key] = Measurement.not_measured(
+                    inputs.shape, provider.key, ERROR, _short(error))
+    results = []
+    for provider in providers:
+        cell = cells[provider.key]
+        if isinstance(cell, Measurement):
+            results.append(cell)
+        elif isinstance(cell[0], Measurement):
+            results.append(cell[0])
+        else:
+            results.append(Measurement.measured(inputs.shape, provider.key, provider.operand_format,
+                                                statistics.median(times[provider.key]), cell[1]))
+        progress.advance()
+    return results
 
 
 def run_benchmark(
@@ -98,8 +151,12 @@ def run_benchmark(
     seed: int = 0,
     show_progress: bool = True,
     device: str = "cuda",
+    rounds: int = 1,
 ) -> list[Measurement]:
-    """Measure every (shape, provider) cell; `device` other than "cuda" is for tests on the CPU."""
+    """Measure every (shape, provider) cell; `device` other than "cuda" is for tests on the CPU.
+    Each cell's time is the median of `rounds` interleaved rounds (see the module docstring)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     unavailable = {provider.key: provider.unavailable_reason() for provider in providers}
     progress = Progress(len(shapes) * len(providers), enabled=show_progress)
     results: list[Measurement] = []
@@ -107,20 +164,17 @@ def run_benchmark(
         for shape_index, shape in enumerate(shapes):
             try:
                 inputs = make_gemm_inputs(shape, seed + shape_index, device)
-                inputs_error = None
             except Exception as error:  # e.g. out of memory for a huge shape
-                inputs, inputs_error = None, f"making the inputs: {_short(error)}"
-            for provider in providers:
-                progress.start(f"{shape.label} {provider.name}")
-                if unavailable[provider.key] is not None:
-                    results.append(
-                        Measurement.not_measured(shape, provider.key, UNAVAILABLE, unavailable[provider.key])
-                    )
-                elif inputs_error is not None:
-                    results.append(Measurement.not_measured(shape, provider.key, ERROR, inputs_error))
-                else:
-                    results.append(measure_cell(provider, inputs, timer))
-                progress.advance()
+                note = f"making the inputs: {_short(error)}"
+                for provider in providers:
+                    reason = unavailable[provider.key]
+                    results.append(Measurement.not_measured(shape, provider.key, UNAVAILABLE, reason)
+                                   if reason is not None else
+                                   Measurement.not_measured(shape, provider.key, ERROR, note))
+                    progress.advance()
+                continue
+            results.extend(_measure_shape(list(providers), inputs, timer, rounds, unavailable,
+                                          progress))
             del inputs
             if torch.device(device).type == "cuda":
                 torch.cuda.empty_cache()  # the next shape may need the memory

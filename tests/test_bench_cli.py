@@ -483,6 +483,40 @@ def test_runner_records_every_kind_of_cell():
     assert by_provider["absent"].status == UNAVAILABLE and by_provider["absent"].note == "not installed"
 
 
+class NamedBf16Provider(TorchBf16Provider):
+    """torch-bf16 under another key, to have several measurable providers on the CPU."""
+
+    def __init__(self, key):
+        self.key = self.name = key
+
+
+def test_rounds_interleave_providers_and_take_the_median():
+    providers = [NamedBf16Provider("p0"), NamedBf16Provider("p1"), NamedBf16Provider("p2"),
+                 SkippingProvider()]
+    timed = []
+    fake_times = iter([5.0, 1.0, 9.0, 3.0, 2.0, 7.0, 4.0, 6.0, 8.0])
+
+    def timer(fn):
+        timed.append(fn)
+        return next(fake_times)
+
+    results = run_benchmark([Shape(32, 64, 256)], providers, timer=timer, show_progress=False,
+                            device="cpu", rounds=3)
+    by_provider = {result.provider: result for result in results}
+    # Round r starts at provider r (the skipped one is never timed): p0 p1 p2 | p1 p2 p0 | p2 p0 p1
+    # p0 got 5, 7, 6 -> 6; p1 got 1, 3, 8 -> 3; p2 got 9, 2, 4 -> 4.
+    assert (by_provider["p0"].time_ms, by_provider["p1"].time_ms, by_provider["p2"].time_ms) == (6.0, 3.0, 4.0)
+    assert by_provider["skipper"].status == SKIPPED
+    assert len(timed) == 9
+    assert [result.provider for result in results] == ["p0", "p1", "p2", "skipper"]
+
+
+def test_rounds_must_be_positive():
+    with pytest.raises(ValueError, match="rounds"):
+        run_benchmark([Shape(32, 64, 256)], [TorchBf16Provider()], timer=lambda fn: 1.0,
+                      show_progress=False, device="cpu", rounds=0)
+
+
 # ---------------------------------------------------------------- how cuBLAS is called (on the CPU)
 
 
