@@ -346,6 +346,16 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         return promote_last_wave(final, acc, scales, n_first)
 
     @inline
+    def tile_b_rows(sfb, n, num_kb, unit, rank, num_m_units, num_n_units):
+        """The B-scale rows a tile reads (first and second 128-column block, last K block)."""
+        _, n_block = tile_of(unit, rank, num_m_units, num_n_units)
+        n0 = n_block * BN
+        num_sfb_rows = (n + 127) // 128
+        return (sfb + 4 * num_kb * (n0 // 128),
+                sfb + 4 * num_kb * min((n0 + BN - 1) // 128, num_sfb_rows - 1),
+                num_kb - 1)
+
+    @inline
     def math_loop(base, tmap_d, sfb, n, num_kb, rank, first_unit, unit_step,
                   num_m_units, num_n_units, tid):
         lane = tid % 32
@@ -354,19 +364,21 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         # from a warp-uniform index, so they live in uniform registers (no per-wgmma moves).
         warpgroup = warp_uniform(tid // 128)
         descs = (desc(base + SMEM_A + warpgroup * (64 * BLOCK_K)), desc(base + SMEM_B))
-        num_sfb_rows = (n + 127) // 128
         acc = zeros()
         acc_next = zeros()
         stage = 0
         phase = 0
+        num_units = num_m_units * num_n_units
         unit = first_unit
-        while unit < num_m_units * num_n_units:
+        # The first K block's B scales of each tile are loaded one tile ahead (before the
+        # previous tile's epilogue): a global load at the start of a tile would stall its first
+        # promotion, which costs most where K (and so a tile) is short.
+        b_rows = tile_b_rows(sfb, n, num_kb, min(unit, num_units - 1), rank, num_m_units,
+                             num_n_units)
+        sbs = load_b_scales(b_rows, 0)
+        while unit < num_units:
             m_block, n_block = tile_of(unit, rank, num_m_units, num_n_units)
             n0 = n_block * BN
-            b_rows = (sfb + 4 * num_kb * (n0 // 128),       # B-scale rows of the tile's columns
-                      sfb + 4 * num_kb * min((n0 + BN - 1) // 128, num_sfb_rows - 1),
-                      num_kb - 1)
-            sbs = load_b_scales(b_rows, 0)
             n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
             final = final_zeros()
             if OVERLAP_PROMOTION:
@@ -429,8 +441,11 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                         wait_mma()
                     final = retire_k_block(base, final, acc, scales, stage, lane, n_first)
                     stage, phase = next_slot(stage, phase)
-            epilogue(base, tmap_d, final, m_block, n_block, tid)
             unit += unit_step
+            b_rows = tile_b_rows(sfb, n, num_kb, min(unit, num_units - 1), rank, num_m_units,
+                                 num_n_units)
+            sbs = load_b_scales(b_rows, 0)
+            epilogue(base, tmap_d, final, m_block, n_block, tid)
         if tid < D_PANELS:
             tma_store_wait()          # the last stores must drain before the CTA exits
 
