@@ -37,6 +37,8 @@ from .scheduler import make_tile_scheduler
 from .tile import fragment_fence, fragment_promote, fragment_store_bf16, fragment_zeros
 
 BLOCK_K = 128                   # one K block = one scale block = 4 wgmma k32 steps
+D_STORE_ROWS = 64               # the output is TMA-stored in 64-row slabs (one per warpgroup wave)
+EPILOGUE_BARRIER = 2            # named barriers 2, 3: one per math warpgroup (0 is syncthreads)
 SMEM_LIMIT = 232448             # dynamic shared memory per CTA on sm_90 (227 KB)
 # setmaxnreg budgets: the TMA warpgroup needs few registers, the math warpgroups hold the
 # fragments. setmaxnreg moves registers inside the CTA's pool, which is what it got at launch
@@ -257,19 +259,28 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             unit += unit_step
 
     @inline
-    def epilogue(base, tmap_d, final, m_block, n_block, tid):
-        # The previous tile's TMA store must have finished reading the smem tile.
-        if tid < D_PANELS:
+    def epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup):
+        """Each math warpgroup stores its own 64-row slabs of the tile on its own: no barrier
+        across warpgroups, so one can start the next tile's wgmmas while the other is still
+        here (the tensor cores idled during a tile-wide epilogue)."""
+        lane_in_group = tid % 128
+        slab_rows = base + SMEM_D + 64 * SWIZZLE_D * warpgroup   # this group's rows, panel 0
+        # The group's previous TMA stores must have finished reading its slabs.
+        if lane_in_group < D_PANELS:
             tma_store_wait_read()
-        named_barrier_sync(1, MATH_THREADS)
+        named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
         store_first(base + SMEM_D, final, 16 * (tid // 32), tid % 32)
         if WAVES == 2:
             store_last(base + SMEM_D, final, 128 + 16 * (tid // 32), tid % 32)
         fence_proxy_async_smem()                  # stmatrix writes -> visible to TMA
-        named_barrier_sync(1, MATH_THREADS)
-        if tid < D_PANELS:                        # one thread per swizzle panel
-            tma_store_2d(tmap_d, base + SMEM_D + tid * BM * SWIZZLE_D,
-                         n_block * BN + tid * (SWIZZLE_D // 2), m_block * BM)
+        named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
+        if lane_in_group < D_PANELS:              # one thread per swizzle panel
+            panel = slab_rows + lane_in_group * (BM * SWIZZLE_D)
+            column = n_block * BN + lane_in_group * (SWIZZLE_D // 2)
+            row = m_block * BM + 64 * warpgroup
+            tma_store_2d(tmap_d, panel, column, row)
+            if WAVES == 2:
+                tma_store_2d(tmap_d, panel + 128 * SWIZZLE_D, column, row + 128)
             tma_store_commit()
 
     @inline
@@ -445,8 +456,8 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             b_rows = tile_b_rows(sfb, n, num_kb, min(unit, num_units - 1), rank, num_m_units,
                                  num_n_units)
             sbs = load_b_scales(b_rows, 0)
-            epilogue(base, tmap_d, final, m_block, n_block, tid)
-        if tid < D_PANELS:
+            epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup)
+        if tid % 128 < D_PANELS:
             tma_store_wait()          # the last stores must drain before the CTA exits
 
     def fp8_gemm_1d2d(tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, m, n, k):

@@ -18,7 +18,7 @@ import torch
 
 from ..cache.compiler import KernelSpec, compile_kernel
 from ..device.gemm_1d2d import (
-    BLOCK_K, KERNEL_SIGNATURE, TENSORMAP_PARAMS, GemmConfig, check_register_budget,
+    BLOCK_K, D_STORE_ROWS, KERNEL_SIGNATURE, TENSORMAP_PARAMS, GemmConfig, check_register_budget,
     make_fp8_gemm_1d2d,
 )
 from . import device_info, driver
@@ -68,7 +68,7 @@ class Plan:
             tensormap(driver.DTYPE_FP8, b_ptr, k, n, k, BLOCK_K, cfg.block_n, 128),
             tensormap(driver.DTYPE_F32, a_scale_ptr, m, -(-k // BLOCK_K), a_scale_stride * 4,
                       cfg.block_m, 1),
-            tensormap(driver.DTYPE_BF16, out_ptr, n, m, n * 2, cfg.swizzle_d // 2, cfg.block_m,
+            tensormap(driver.DTYPE_BF16, out_ptr, n, m, n * 2, cfg.swizzle_d // 2, D_STORE_ROWS,
                       cfg.swizzle_d),
             (driver.c_int64, b_scale_ptr),
             (driver.c_int32, m), (driver.c_int32, n), (driver.c_int32, k),
