@@ -453,9 +453,10 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                     final = retire_k_block(base, final, acc, scales, stage, lane, n_first)
                     stage, phase = next_slot(stage, phase)
             unit += unit_step
-            b_rows = tile_b_rows(sfb, n, num_kb, min(unit, num_units - 1), rank, num_m_units,
-                                 num_n_units)
-            sbs = load_b_scales(b_rows, 0)
+            if unit < num_units:
+                # (Only if there is a next tile: a load still in flight would hold up the exit.)
+                b_rows = tile_b_rows(sfb, n, num_kb, unit, rank, num_m_units, num_n_units)
+                sbs = load_b_scales(b_rows, 0)
             epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup)
         if tid % 128 < D_PANELS:
             tma_store_wait()          # the last stores must drain before the CTA exits

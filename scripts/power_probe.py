@@ -1,0 +1,86 @@
+"""Sustained-load probe (GPU): TFLOPS, board power and SM clock of GEMMs run back to back.
+
+    python scripts/power_probe.py [M N K] [--rep-ms 1500]
+
+An H200 running FP8 GEMMs flat out is power-limited, so a kernel's sustained speed depends on
+how much power it burns per FLOP: this prints, per run, do_bench's median next to the mean
+power and SM clock that NVML saw meanwhile (sampled every 10 ms), alternating providers.
+"""
+import argparse
+import threading
+import time
+
+import pynvml
+import torch
+from triton.testing import do_bench
+
+from pyfp8gemm.device.gemm_1d2d import GemmConfig
+from pyfp8gemm.host.fp8tensor import quantize
+from pyfp8gemm.host.heuristics import choose_config, make_config
+from pyfp8gemm.host.launch import fp8_gemm_nt_launch
+
+
+class Sampler:
+    def __init__(self, handle):
+        self.handle, self.samples, self.running = handle, [], False
+
+    def __enter__(self):
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while self.running:
+            power = pynvml.nvmlDeviceGetPowerUsage(self.handle) / 1000
+            clock = pynvml.nvmlDeviceGetClockInfo(self.handle, pynvml.NVML_CLOCK_SM)
+            self.samples.append((power, clock))
+            time.sleep(0.01)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+
+    def means(self):
+        n = max(1, len(self.samples))
+        return sum(p for p, _ in self.samples) / n, sum(c for _, c in self.samples) / n
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("shape", nargs="*", type=int, default=[4096, 4096, 7168])
+    parser.add_argument("--rep-ms", type=float, default=1500)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    m, n, k = args.shape
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+    a = quantize(torch.randn(m, k, device="cuda", dtype=torch.bfloat16), "1x128")
+    b = quantize(torch.randn(n, k, device="cuda", dtype=torch.bfloat16), "128x128")
+    out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+    scale_a = a.scale.t().contiguous().t()
+    heuristic = choose_config(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count)
+    runs = {
+        f"pyfp8gemm {heuristic.name}": lambda: fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale,
+                                                                   out, config=heuristic),
+        "pyfp8gemm 128x128 mcA": lambda: fp8_gemm_nt_launch(
+            a.data, a.scale, b.data, b.scale, out, config=make_config(128, 128, "a")),
+        "cuBLAS block-wise": lambda: torch._scaled_mm(a.data, b.data.t(), scale_a=scale_a,
+                                                      scale_b=b.scale.t(),
+                                                      out_dtype=torch.bfloat16),
+    }
+    for fn in runs.values():
+        fn()
+    torch.cuda.synchronize()
+    print(f"{m}x{n}x{k}, do_bench rep {args.rep_ms:.0f} ms per run")
+    for r in range(args.rounds):
+        for name, fn in runs.items():
+            with Sampler(handle) as sampler:
+                ms = do_bench(fn, warmup=100, rep=args.rep_ms, return_mode="median")
+            power, clock = sampler.means()
+            print(f"  {name:52} {2 * m * n * k / ms / 1e9:7.0f} TFLOPS  {power:5.0f} W  "
+                  f"{clock:5.0f} MHz", flush=True)
+
+
+if __name__ == "__main__":
+    main()
