@@ -418,3 +418,58 @@ def test_block_n_multiple_of_8(cfg):
     out = nan_filled(m, n)
     fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out, config=cfg)
     assert_correct(out, x, w, a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Split-K: fewer tiles than SMs, K shared by several CTAs per tile, partials summed in FP32.
+# ---------------------------------------------------------------------------------------------
+
+
+def _split_k_cases():
+    try:
+        from pyfp8gemm.host.heuristics import make_config
+    except Exception:
+        return []
+    return [(make_config(64, 16, "none", 3), (64, 576, 7168)),
+            (make_config(64, 32, "none", 8), (7, 264, 16000)),        # K tail, N tail
+            (make_config(128, 64, "none", 5), (130, 192, 4096)),      # M tail, straddle-free
+            (make_config(64, 48, "none", 2), (33, 200, 1040)),        # straddling BLOCK_N
+            (make_config(128, 16, "none", 16), (256, 16, 8192))]
+
+
+SPLIT_K_CASES = _split_k_cases()
+
+
+@pytest.mark.skipif(not SPLIT_K_CASES, reason="the launcher cannot be imported")
+@pytest.mark.parametrize("cfg, shape", SPLIT_K_CASES,
+                         ids=[f"{c.name}_x{c.split_k}_{m}x{n}x{k}" for c, (m, n, k) in SPLIT_K_CASES])
+def test_split_k(cfg, shape):
+    from pyfp8gemm.host.launch import fp8_gemm_nt_launch
+
+    m, n, k = shape
+    x, w = random_bf16(m, k), random_bf16(n, k)
+    a, b = quantize(x, "1x128"), quantize(w, "128x128")
+    outs = []
+    for _ in range(3):      # the per-tile counters must be back at 0 after every launch
+        out = nan_filled(m, n)
+        fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out, config=cfg)
+        assert_correct(out, x, w, a, b)
+        outs.append(out)
+    assert all(torch.equal(outs[0], other) for other in outs[1:]), "split-K is not reproducible"
+
+
+def test_split_k_chosen_for_few_tiles_and_on_a_side_stream():
+    from pyfp8gemm.host.heuristics import choose_config
+
+    m, n, k = 64, 576, 7168
+    assert choose_config(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count).split_k > 1
+    x, w = random_bf16(m, k), random_bf16(n, k)
+    a, b = quantize(x, "1x128"), quantize(w, "128x128")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = nan_filled(m, n)
+        fp8_gemm_nt(a, b, out)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    assert_correct(out, x, w, a, b)

@@ -34,13 +34,15 @@ from pyfp8gemm.device.ptx import (
     ld_global_nc_f32, ld_shared_f32, mbarrier_arrive, mbarrier_arrive_cluster,
     mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_sync, pack_bf16x2,
     prefetch_tensormap, ptx_instruction, setmaxnreg_dec, setmaxnreg_inc, smem_base,
-    descriptor_advance, smem_descriptor, stmatrix_x1, stmatrix_x2, stmatrix_x4, tma_load_2d,
+    atom_add_global_u32, descriptor_advance, fence_acq_rel_gpu, ld_shared_u32,
+    st_shared_u32, smem_descriptor, stmatrix_x1, stmatrix_x2, stmatrix_x4, tma_load_2d,
     tma_load_2d_multicast,
     tma_load_3d, tma_store_2d, tma_store_commit, tma_store_wait, tma_store_wait_read,
     warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
 )
 from pyfp8gemm.device.tile import (
-    fragment_fence, fragment_promote, fragment_store_bf16, fragment_zeros,
+    fragment_add_global_v4, fragment_fence, fragment_promote, fragment_store_bf16,
+    fragment_store_global_v4, fragment_zeros,
 )
 
 import microkernels
@@ -132,6 +134,34 @@ BAR = 8192
 def shared_load(out):
     smem = cuda.shared.array(0, types.uint8, alignment=1024)
     st_global_f32(out, ld_shared_f32(smem_base(smem) + 4 * cuda.threadIdx.x))
+
+
+@tiny_kernel("ld_shared_u32", "st_shared_u32")
+def shared_word_round_trip(out):
+    smem = cuda.shared.array(0, types.uint8, alignment=1024)
+    word = smem_base(smem) + 4 * cuda.threadIdx.x
+    st_shared_u32(word, cuda.threadIdx.x)
+    st_global_u32(out, ld_shared_u32(word ^ 4))
+
+
+@tiny_kernel("atom_add_global_u32", "fence_acq_rel_gpu", "st_global_u32")
+def count_arrivals(out):
+    ptx.st_global_u32(out + 8, 7)
+    fence_acq_rel_gpu()
+    if atom_add_global_u32(out, 1) == 31:
+        ptx.st_global_u32(out + 4, 0)
+
+
+zeros_8 = fragment_zeros(8)
+add_partial_8 = fragment_add_global_v4(8)
+store_partial_8 = fragment_store_global_v4(8)
+
+
+@tiny_kernel("fragment_store_global_v4", "fragment_add_global_v4")
+def partial_tile_round_trip(out):
+    tid = cuda.threadIdx.x
+    frag = add_partial_8(zeros_8(), out + 16 * tid, 16 * 128)
+    store_partial_8(out + 4096 + 16 * tid, frag, 16 * 128)
 
 
 @tiny_kernel("ld_global_nc_f32")
@@ -361,6 +391,13 @@ def broadcast_lane_0(out):
 # (tiny kernel, regular expression an instruction must match: opcode first, then operands)
 SASS_OF = [
     ("shared_load", r"LDS\b"),
+    ("shared_word_round_trip", r"STS\b"),
+    ("shared_word_round_trip", r"LDS\b"),
+    ("count_arrivals", r"(ATOMG\.E\.ADD|RED\.E\.ADD|ATOMG\.ADD)"),   # atom.global.add
+    ("count_arrivals", r"MEMBAR\.(\w+\.)?GPU\b"),                  # fence.acq_rel.gpu
+    ("count_arrivals", r"STG\.E\b"),                                # st.global.u32
+    ("partial_tile_round_trip", r"LDG\.E\.128\.STRONG\.GPU\b|LDG\.E\.EL\.128\b|LDG\.E\.128\b"),
+    ("partial_tile_round_trip", r"STG\.E\.128\b"),
     ("broadcast_lane_0", r"SHFL\.IDX\b"),                       # warp_uniform
     ("read_only_global_load", r"LDG\.E\.CONSTANT\b"),             # ld.global.nc
     ("pack_two_floats", r"F2FP\.BF16\.F32\.PACK_AB\b"),           # cvt.rn.bf16x2.f32

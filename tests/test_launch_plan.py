@@ -94,9 +94,11 @@ def test_parameter_block_holds_pointers_and_sizes(fake_gpu):
     a, b, out = operands(m, n, k)
     launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out)
     address = kernel.launches[-1][2]
-    pointers = (ctypes.c_void_p * 8).from_address(address)
+    pointers = (ctypes.c_void_p * 11).from_address(address)
     assert ctypes.c_int64.from_address(pointers[4]).value == b.scale.data_ptr()
-    assert [ctypes.c_int32.from_address(pointers[i]).value for i in (5, 6, 7)] == [m, n, k]
+    # No split-K here (enough tiles): no workspace, no counters, a split count of 1.
+    assert [ctypes.c_int64.from_address(pointers[i]).value for i in (5, 6)] == [0, 0]
+    assert [ctypes.c_int32.from_address(pointers[i]).value for i in (7, 8, 9, 10)] == [m, n, k, 1]
     # The activation-scale map uses the MN-major stride: align(M, 4) floats per K block.
     sfa_args = encoded[2]
     assert sfa_args[1] == a.scale.data_ptr() and sfa_args[4] == 4 * ((m + 3) // 4 * 4)
@@ -195,3 +197,67 @@ def test_param_block_copies_tensormaps_by_value():
     ctypes.memset(tensormap.getPtr(), 0, 128)        # the block keeps its own copy
     assert bytes((ctypes.c_uint8 * 128).from_address(pointers[0])) == bytes([7]) * 128
     assert ctypes.c_int32.from_address(pointers[1]).value == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Split-K: the split count and a per-stream workspace travel in the parameter block
+# ---------------------------------------------------------------------------------------------
+
+
+def test_split_k_parameters_and_a_workspace_per_stream(fake_gpu, monkeypatch):
+    kernel, encoded, plans = fake_gpu
+    cfg = GemmConfig(64, 16, 21, split_k=3)
+    m, n, k = 64, 576, 7168
+
+    def workspace_on_cpu(self, stream):
+        pair = self._workspaces.get(stream)
+        if pair is None:
+            tiles = -(-self.m // cfg.block_m) * -(-self.n // cfg.block_n)
+            pair = (torch.empty(tiles * cfg.split_k * cfg.block_m * cfg.block_n),
+                    torch.zeros(tiles, dtype=torch.int32))
+            self._workspaces[stream] = pair
+        return pair
+
+    current = {"stream": 1234}
+    monkeypatch.setattr(driver, "current_raw_stream", lambda index: current["stream"])
+    monkeypatch.setattr(launch.Plan, "workspace", workspace_on_cpu)
+    monkeypatch.setattr(launch, "_plan", lambda *args: plans.setdefault(
+        "split", launch.Plan(cfg, kernel, 108, m, n, k)))
+    a, b, out = operands(m, n, k)
+    launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out)
+    launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out)
+    current["stream"] = 5678
+    launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out)
+    plan = plans["split"]
+    blocks = []
+    for _, stream, address in kernel.launches:
+        pointers = (ctypes.c_void_p * 11).from_address(address)
+        workspace, counters = plan._workspaces[stream]
+        assert ctypes.c_int64.from_address(pointers[5]).value == workspace.data_ptr()
+        assert ctypes.c_int64.from_address(pointers[6]).value == counters.data_ptr()
+        assert ctypes.c_int32.from_address(pointers[10]).value == 3
+        blocks.append(address)
+    assert blocks[0] == blocks[1] != blocks[2]          # built once per stream
+    assert set(plan._workspaces) == {1234, 5678}
+    assert plan._workspaces[1234][0].numel() == 36 * 3 * 64 * 16   # 36 tiles x 3 splits
+
+
+def test_split_k_choice():
+    from pyfp8gemm.host.heuristics import choose_config, choose_split_k, split_k_fits
+
+    assert choose_config(64, 576, 7168, 132).split_k == 3            # 36 tiles -> 108 CTAs
+    assert choose_config(4096, 4096, 7168, 132).split_k == 1
+    assert choose_config(64, 2112, 7168, 132).split_k == 1           # 132 tiles already
+    assert choose_split_k(36, 512, 132) == 1                         # 4 K blocks: keep whole
+    assert split_k_fits(3, 7168) and not split_k_fits(4, 5 * 128)    # 5 blocks: 2+2+1+0
+    for tiles in range(1, 70):
+        for k in (128, 640, 1040, 4096, 7168, 16384):
+            split_k = choose_split_k(tiles, k, 132)
+            assert split_k == 1 or (split_k_fits(split_k, k) and tiles * split_k <= 132)
+
+
+def test_split_k_kernel_is_shared_by_every_split_count():
+    assert GemmConfig(64, 16, 21, split_k=5).kernel_config == GemmConfig(64, 16, 21, split_k=2)
+    assert GemmConfig(64, 16, 21, split_k=5).name == GemmConfig(64, 16, 21, split_k=2).name
+    with pytest.raises(ValueError, match="split_k > 1 needs multicast 'none'"):
+        GemmConfig(128, 128, 5, "a", split_k=2)

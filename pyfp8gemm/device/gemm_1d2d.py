@@ -19,6 +19,7 @@ Everything BLOCK_M/BLOCK_N/stages-dependent is a closure constant of `make_fp8_g
 numba folds it and each config compiles to its own specialized kernel.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -26,19 +27,24 @@ from numba import cuda
 from numba.cuda import types
 
 from .ptx import (
-    cluster_ctarank, cluster_sync, descriptor_advance, elect_one, fence_mbarrier_init, fence_proxy_async_smem,
-    ld_global_nc_f32, ld_shared_f32, mbarrier_arrive, mbarrier_arrive_cluster,
+    atom_add_global_u32, cluster_ctarank, cluster_sync, descriptor_advance, elect_one,
+    fence_acq_rel_gpu, fence_mbarrier_init, fence_proxy_async_smem, ld_global_nc_f32,
+    ld_shared_f32, ld_shared_u32, mbarrier_arrive, mbarrier_arrive_cluster,
     mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_sync,
     prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base, smem_descriptor,
-    tma_load_2d, tma_load_2d_multicast, tma_store_2d, tma_store_commit, tma_store_wait,
-    tma_store_wait_read, warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
+    st_global_u32, st_shared_u32, tma_load_2d, tma_load_2d_multicast, tma_store_2d,
+    tma_store_commit, tma_store_wait, tma_store_wait_read, warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
 )
 from .scheduler import make_tile_scheduler
-from .tile import fragment_fence, fragment_promote, fragment_store_bf16, fragment_zeros
+from .tile import (
+    fragment_add_global_v4, fragment_fence, fragment_promote, fragment_store_bf16,
+    fragment_store_global_v4, fragment_zeros,
+)
 
 BLOCK_K = 128                   # one K block = one scale block = 4 wgmma k32 steps
 D_STORE_ROWS = 64               # the output is TMA-stored in 64-row slabs (one per warpgroup wave)
 EPILOGUE_BARRIER = 2            # named barriers 2, 3: one per math warpgroup (0 is syncthreads)
+SPLIT_K_BARRIER = 4             # all math threads, around the split-K counter
 SMEM_LIMIT = 232448             # dynamic shared memory per CTA on sm_90 (227 KB)
 # setmaxnreg budgets: the TMA warpgroup needs few registers, the math warpgroups hold the
 # fragments. setmaxnreg moves registers inside the CTA's pool, which is what it got at launch
@@ -49,6 +55,7 @@ PRODUCER_REGISTERS = 40
 MATH_REGISTERS = {1: 248, 2: 232}
 # BLOCK_M 256 keeps two final fragments and one MMA fragment per thread: 1.5 * BLOCK_N floats.
 BLOCK_M_256_MAX_N = 128
+MAX_SPLIT_K = 16
 
 
 def _align(x, a):
@@ -79,6 +86,7 @@ class GemmConfig:
     multicast: str = "none"     # "none", "a" (2 CTAs along N share A), "b" (along M share B)
     group_m: int = 16           # rasterization group height, in cluster units
     overlap_promotion: bool = True  # two fragments in flight (only where registers allow)
+    split_k: int = 1            # K split over this many CTAs per tile (partials reduced in FP32)
 
     def __post_init__(self):
         if self.block_m not in (64, 128, 256):
@@ -95,6 +103,10 @@ class GemmConfig:
             object.__setattr__(self, "overlap_promotion", False)   # registers won't allow
         if self.multicast not in ("none", "a", "b"):
             raise ValueError(f"multicast must be 'none', 'a' or 'b', got {self.multicast!r}")
+        if not 1 <= self.split_k <= MAX_SPLIT_K:
+            raise ValueError(f"split_k must be in [1, {MAX_SPLIT_K}], got {self.split_k}")
+        if self.split_k > 1 and (self.multicast != "none" or self.block_m == 256):
+            raise ValueError("split_k > 1 needs multicast 'none' and block_m 64 or 128")
         if self.stages < 1 or self.smem_bytes > SMEM_LIMIT:
             raise ValueError(f"{self}: {self.smem_bytes} B of shared memory > {SMEM_LIMIT}")
 
@@ -154,8 +166,9 @@ class GemmConfig:
         sfa = b + self.stages * self.b_stage_bytes
         full = sfa + self.stages * self.sfa_stage_bytes
         empty = full + 8 * self.stages
-        end = empty + 8 * self.stages
-        return dict(d=d, a=a, b=b, sfa=sfa, full=full, empty=empty, end=end)
+        flag = empty + 8 * self.stages                  # split-K: "this CTA reduces the tile"
+        end = flag + (16 if self.split_k > 1 else 0)
+        return dict(d=d, a=a, b=b, sfa=sfa, full=full, empty=empty, flag=flag, end=end)
 
     @property
     def smem_bytes(self):
@@ -165,8 +178,17 @@ class GemmConfig:
     def name(self):
         mc = "" if self.multicast == "none" else f"_mc{self.multicast}2"
         overlap = "_ovl" if self.overlap_promotion else ""
+        split = "_splitk" if self.split_k > 1 else ""
         return (f"fp8_gemm_1d2d_m{self.block_m}_n{self.block_n}_k{BLOCK_K}"
-                f"_s{self.stages}{mc}_g{self.group_m}{overlap}")
+                f"_s{self.stages}{mc}_g{self.group_m}{overlap}{split}")
+
+    @property
+    def kernel_config(self) -> "GemmConfig":
+        """The configuration the kernel is compiled for: the split count is a kernel parameter,
+        so every split_k > 1 shares one kernel (compiled with split_k = 2)."""
+        if self.split_k > 2:
+            return dataclasses.replace(self, split_k=2)
+        return self
 
     @staticmethod
     def max_stages(block_m, block_n):
@@ -174,8 +196,9 @@ class GemmConfig:
         return (SMEM_LIMIT - block_m * block_n * 2) // per_stage
 
 
-# Kernel parameters: four tensor maps (by value after the PTX post-edit), B's scales, M, N, K.
-KERNEL_SIGNATURE = (types.int64,) * 5 + (types.int32,) * 3
+# Kernel parameters: four tensor maps (by value after the PTX post-edit), B's scales, the split-K
+# workspace and its per-tile counters (0 without split-K), M, N, K, the split count (1 without).
+KERNEL_SIGNATURE = (types.int64,) * 7 + (types.int32,) * 4
 TENSORMAP_PARAMS = (0, 1, 2, 3)
 
 
@@ -200,6 +223,8 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     FINAL_ACC = WAVES * N_ACC         # the FP32 accumulators a thread keeps for its tile
     # Promote K block i while block i+1's wgmmas run: needs a second fragment in registers.
     OVERLAP_PROMOTION = cfg.overlap_promotion
+    SPLIT_K = cfg.split_k > 1         # split-K code in (the split count is a kernel parameter)
+    FLAG = off["flag"]
 
     mma = wgmma_fp8(BN)
     desc = smem_descriptor(128)
@@ -216,7 +241,22 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     producer_registers = setmaxnreg_dec(PRODUCER_REGISTERS)
     math_registers = setmaxnreg_inc(MATH_REGISTERS[cfg.math_warpgroups])
     tile_of = make_tile_scheduler(CLUSTER_M, CLUSTER_N, cfg.group_m)
+    store_partial = fragment_store_global_v4(FINAL_ACC)
+    add_partial = fragment_add_global_v4(FINAL_ACC)
     inline = cuda.jit(device=True, inline="always")
+
+    @inline
+    def unit_work(unit, num_kb, split_k):
+        """What a unit is: (tile unit, split, first K block, end K block). With split-K the
+        split_k consecutive units of a tile (run by neighbouring CTAs at the same time) each
+        take a contiguous share of its K blocks (the host makes every share non-empty)."""
+        if not SPLIT_K:
+            return unit, 0, 0, num_kb
+        tile_unit = unit // split_k
+        split = unit - tile_unit * split_k
+        per_split = (num_kb + split_k - 1) // split_k
+        kb_begin = split * per_split
+        return tile_unit, split, kb_begin, min(num_kb, kb_begin + per_split)
 
     @inline
     def next_slot(stage, phase):
@@ -226,14 +266,15 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         return stage + 1, phase
 
     @inline
-    def producer_loop(base, tmap_a, tmap_b, tmap_sfa, num_kb, rank, first_unit, unit_step,
-                      num_m_units, num_n_units):
+    def producer_loop(base, tmap_a, tmap_b, tmap_sfa, num_kb, split_k, rank, first_unit,
+                      unit_step, num_m_units, num_n_units):
         stage = 0
         phase = 0
         unit = first_unit
-        while unit < num_m_units * num_n_units:
-            m_block, n_block = tile_of(unit, rank, num_m_units, num_n_units)
-            for kb in range(num_kb):
+        while unit < num_m_units * num_n_units * split_k:
+            tile_unit, _, kb_begin, kb_end = unit_work(unit, num_kb, split_k)
+            m_block, n_block = tile_of(tile_unit, rank, num_m_units, num_n_units)
+            for kb in range(kb_begin, kb_end):
                 full = base + FULL_BARS + 8 * stage
                 mbarrier_wait(base + EMPTY_BARS + 8 * stage, phase ^ 1)  # slot free?
                 mbarrier_arrive_expect_tx(full, STAGE_TX_BYTES)
@@ -367,8 +408,37 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 num_kb - 1)
 
     @inline
-    def math_loop(base, tmap_d, sfb, n, num_kb, rank, first_unit, unit_step,
-                  num_m_units, num_n_units, tid):
+    def reduce_split_k(base, final, workspace, counters, split_k, tile_unit, split, tid):
+        """Split-K: publish this CTA's FP32 partial tile; the last of the tile's split_k CTAs
+        to get here adds the others' partials to its own and is the one to store the tile
+        (returns (sum, 1) there, (final, 0) elsewhere). The classic threadfence reduction:
+        write, fence, count; the tile's counter is reset by its last CTA for the next launch."""
+        slots = workspace + 4 * (BM * BN) * (tile_unit * split_k)
+        lane_offset = 16 * tid                   # float4 group g of thread t: (g * threads + t)
+        store_partial(slots + 4 * (BM * BN) * split + lane_offset, final, 16 * MATH_THREADS)
+        fence_acq_rel_gpu()
+        named_barrier_sync(SPLIT_K_BARRIER, MATH_THREADS)
+        if tid == 0:
+            arrived = atom_add_global_u32(counters + 4 * tile_unit, 1)
+            last = 1 if arrived == split_k - 1 else 0
+            if last:
+                st_global_u32(counters + 4 * tile_unit, 0)
+            st_shared_u32(base + FLAG, last)
+        named_barrier_sync(SPLIT_K_BARRIER, MATH_THREADS)
+        reduces = ld_shared_u32(base + FLAG)
+        if reduces:
+            # Sum every split's partial (own included) in split order: the same additions in
+            # the same order whichever CTA comes last, so results are bitwise reproducible.
+            fence_acq_rel_gpu()
+            final = final_zeros()
+            for other in range(split_k):
+                final = add_partial(final, slots + 4 * (BM * BN) * other + lane_offset,
+                                    16 * MATH_THREADS)
+        return final, reduces
+
+    @inline
+    def math_loop(base, tmap_d, sfb, workspace, counters, n, num_kb, split_k, rank,
+                  first_unit, unit_step, num_m_units, num_n_units, tid):
         lane = tid % 32
         row = 16 * (tid // 32) + lane // 4        # this thread's first fragment row in the tile
         # wgmma descriptors of ring slot 0: this warpgroup's 64-row slice of A, and B. Built
@@ -379,16 +449,18 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         acc_next = zeros()
         stage = 0
         phase = 0
-        num_units = num_m_units * num_n_units
+        num_units = num_m_units * num_n_units * split_k
         unit = first_unit
         # The first K block's B scales of each tile are loaded one tile ahead (before the
         # previous tile's epilogue): a global load at the start of a tile would stall its first
         # promotion, which costs most where K (and so a tile) is short.
-        b_rows = tile_b_rows(sfb, n, num_kb, min(unit, num_units - 1), rank, num_m_units,
-                             num_n_units)
-        sbs = load_b_scales(b_rows, 0)
+        tile_unit, split, kb_begin, kb_end = unit_work(min(unit, num_units - 1), num_kb,
+                                                       split_k)
+        b_rows = tile_b_rows(sfb, n, num_kb, tile_unit, rank, num_m_units, num_n_units)
+        sbs = load_b_scales(b_rows, kb_begin)
         while unit < num_units:
-            m_block, n_block = tile_of(unit, rank, num_m_units, num_n_units)
+            tile_unit, split, kb_begin, kb_end = unit_work(unit, num_kb, split_k)
+            m_block, n_block = tile_of(tile_unit, rank, num_m_units, num_n_units)
             n0 = n_block * BN
             n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
             final = final_zeros()
@@ -397,12 +469,12 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 # tensor cores already run kb + 1. Unrolled by two with the tail peeled, so
                 # that no fragment whose wgmma is still running passes a branch merge (ptxas
                 # would copy its registers and serialize every wgmma, warning C7514).
-                acc, scales, sbs = issue_k_block(base, acc, descs, b_rows, sbs, 0, stage, phase,
-                                                 row)
+                acc, scales, sbs = issue_k_block(base, acc, descs, b_rows, sbs, kb_begin, stage,
+                                                 phase, row)
                 acc_stage = stage
                 stage, phase = next_slot(stage, phase)
-                kb = 0
-                while kb + 2 < num_kb:
+                kb = kb_begin
+                while kb + 2 < kb_end:
                     acc_next, scales_next, sbs = issue_k_block(
                         base, acc_next, descs, b_rows, sbs, kb + 1, stage, phase, row)
                     next_stage = stage
@@ -418,7 +490,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                                            lane, n_first)
                     kb += 2
                 # Tail: block kb is in flight, and maybe one more block is left.
-                if kb + 1 < num_kb:
+                if kb + 1 < kb_end:
                     acc_next, scales_next, sbs = issue_k_block(
                         base, acc_next, descs, b_rows, sbs, kb + 1, stage, phase, row)
                     next_stage = stage
@@ -434,7 +506,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             else:
                 # One fragment: issue, wait, promote. The other math warpgroup's wgmmas keep
                 # the tensor cores busy meanwhile.
-                for kb in range(num_kb):
+                for kb in range(kb_begin, kb_end):
                     if WAVES == 2:
                         # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile.
                         (sb, sb_second), sbs = wait_k_block(base, b_rows, sbs, kb, stage,
@@ -455,17 +527,27 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             unit += unit_step
             if unit < num_units:
                 # (Only if there is a next tile: a load still in flight would hold up the exit.)
-                b_rows = tile_b_rows(sfb, n, num_kb, unit, rank, num_m_units, num_n_units)
-                sbs = load_b_scales(b_rows, 0)
-            epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup)
+                next_tile, _, next_kb, _ = unit_work(unit, num_kb, split_k)
+                b_rows = tile_b_rows(sfb, n, num_kb, next_tile, rank, num_m_units, num_n_units)
+                sbs = load_b_scales(b_rows, next_kb)
+            if not SPLIT_K:
+                epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup)
+            else:
+                final, reduces = reduce_split_k(base, final, workspace, counters, split_k,
+                                                tile_unit, split, tid)
+                if reduces:     # the last of the tile's CTAs to finish stores the sum
+                    epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup)
         if tid % 128 < D_PANELS:
             tma_store_wait()          # the last stores must drain before the CTA exits
 
-    def fp8_gemm_1d2d(tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, m, n, k):
+    def fp8_gemm_1d2d(tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, workspace, counters, m, n, k,
+                      split_k):
         smem = cuda.shared.array(0, types.uint8, alignment=1024)
         base = smem_base(smem)
         tid = cuda.threadIdx.x
         num_kb = (k + BLOCK_K - 1) // BLOCK_K
+        if not SPLIT_K:
+            split_k = 1         # a constant, so the unit arithmetic folds away
         num_m_units = (m + BM * CLUSTER_M - 1) // (BM * CLUSTER_M)
         num_n_units = (n + BN * CLUSTER_N - 1) // (BN * CLUSTER_N)
         rank = cluster_ctarank() if CLUSTER > 1 else 0
@@ -490,13 +572,13 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             producer_registers()
             if tid < MATH_THREADS + 32:
                 if elect_one():
-                    producer_loop(base, tmap_a, tmap_b, tmap_sfa, num_kb, rank, first_unit,
-                                  unit_step, num_m_units, num_n_units)
+                    producer_loop(base, tmap_a, tmap_b, tmap_sfa, num_kb, split_k, rank,
+                                  first_unit, unit_step, num_m_units, num_n_units)
                 cuda.syncwarp()
         else:
             math_registers()
-            math_loop(base, tmap_d, sfb, n, num_kb, rank, first_unit, unit_step,
-                      num_m_units, num_n_units, tid)
+            math_loop(base, tmap_d, sfb, workspace, counters, n, num_kb, split_k, rank,
+                      first_unit, unit_step, num_m_units, num_n_units, tid)
 
         if CLUSTER > 1:           # no CTA may leave while its peer can still signal its smem
             cluster_sync()

@@ -140,6 +140,23 @@ warp_uniform = ptx_instruction(
 ld_shared_f32 = ptx_instruction(
     "ld_shared_f32", "ld.shared.f32 $0, [$1];", (u32,), f32, doc="ld.shared.f32")
 
+ld_shared_u32 = ptx_instruction(
+    "ld_shared_u32", "ld.shared.u32 $0, [$1];", (u32,), u32, doc="ld.shared.u32")
+
+st_shared_u32 = ptx_instruction(
+    "st_shared_u32", "st.shared.u32 [$0], $1;", (u32, u32), doc="st.shared.u32")
+
+st_global_u32 = ptx_instruction(
+    "st_global_u32", "st.global.u32 [$0], $1;", (u64, u32), doc="st.global.u32")
+
+atom_add_global_u32 = ptx_instruction(
+    "atom_add_global_u32", "atom.global.add.u32 $0, [$1], $2;", (u64, u32), u32,
+    doc="atom.global.add.u32 (relaxed, gpu scope): returns the old value.")
+
+fence_acq_rel_gpu = ptx_instruction(
+    "fence_acq_rel_gpu", "fence.acq_rel.gpu;",
+    doc="fence.acq_rel.gpu: order this thread's memory accesses at GPU scope (__threadfence).")
+
 ld_global_nc_f32 = ptx_instruction(
     "ld_global_nc_f32", "ld.global.nc.f32 $0, [$1];", (u64,), f32,
     doc="ld.global.nc.f32: read-only (non-coherent) global load of one float.")

@@ -143,3 +143,47 @@ def fragment_store_bf16(n_acc, block_m, swizzle_bytes, n_final=None, offset=0):
     sig = types.void(types.uint32, _fragment(n_final), types.uint32, types.uint32)
     return intrinsic(_typer(4, sig, codegen, f"fragment_store_bf16_{n_acc}_m{block_m}"
                                              f"_sw{swizzle_bytes}_{n_final}_at{offset}"))
+
+
+@functools.cache
+def fragment_store_global_v4(n_final):
+    """Make `store(address, fragment, stride)`: the fragment's floats in groups of four, group g
+    with st.global.v4.f32 at address + g * stride. With stride = threads * 16 and address =
+    base + 16 * thread, a warp writes 512 contiguous bytes per group (split-K partial sums)."""
+    frag = _fragment(n_final)
+    f32, u64 = types.float32, types.uint64
+    asm = "st.global.v4.f32 [$0], {$1, $2, $3, $4};"
+
+    def codegen(context, builder, sig, args):
+        address, fragment, stride = args
+        for g in range(n_final // 4):
+            at = builder.add(address, builder.mul(stride, ir.Constant(ir.IntType(64), g)))
+            values = [builder.extract_value(fragment, 4 * g + j) for j in range(4)]
+            emit_asm(builder, asm, (), (u64, f32, f32, f32, f32), [at] + values)
+        return context.get_dummy_value()
+
+    sig = types.void(u64, frag, u64)
+    return intrinsic(_typer(3, sig, codegen, f"fragment_store_global_v4_{n_final}"))
+
+
+@functools.cache
+def fragment_add_global_v4(n_final):
+    """Make `add(fragment, address, stride) -> fragment`: fragment + the floats that
+    fragment_store_global_v4 wrote there, read with ld.global.cg (L2, never a stale L1 line:
+    another CTA wrote them during this kernel)."""
+    frag = _fragment(n_final)
+    f32, u64 = types.float32, types.uint64
+    asm = "ld.global.cg.v4.f32 {$0, $1, $2, $3}, [$4];"
+
+    def codegen(context, builder, sig, args):
+        fragment, address, stride = args
+        out = [builder.extract_value(fragment, e) for e in range(n_final)]
+        for g in range(n_final // 4):
+            at = builder.add(address, builder.mul(stride, ir.Constant(ir.IntType(64), g)))
+            values = emit_asm(builder, asm, (f32,) * 4, (u64,), [at])
+            for j in range(4):
+                out[4 * g + j] = builder.fadd(out[4 * g + j], values[j])
+        return context.make_tuple(builder, frag, out)
+
+    sig = frag(frag, u64, u64)
+    return intrinsic(_typer(3, sig, codegen, f"fragment_add_global_v4_{n_final}"))

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 
-from ..device.gemm_1d2d import GemmConfig
+from ..device.gemm_1d2d import MAX_SPLIT_K, GemmConfig
 
 MAX_STAGES = 32                 # i.e. no cap below what shared memory holds
 # The fixed per-tile cost, in columns of BLOCK_N (fitted to the sweeps: 32 picks the best
@@ -42,6 +42,11 @@ NO_MULTICAST_PENALTY = 1.03
 NO_OVERLAP_PENALTY = 1.15
 STRADDLE_PENALTY = 1.15        # 64x24576x1536: BLOCK_N 64 246 TFLOPS vs 96 (straddling) 233
 SMALL_BLOCK_N = 32
+# Split-K: at least 12 K blocks (1536 of K) per CTA. Measured (do_bench, launch included):
+# 64x576x7168 split 3 11.3 us vs 13.9 unsplit, 64x256x16384 split 8 11.2 vs 23.1, but
+# 16x576x2048 split 3 9.2 vs 7.9: with little K per split the partial-sum round trip (fence,
+# counter, reload) costs more than the idle SMs did.
+MIN_K_BLOCKS_PER_SPLIT = 12
 # BLOCK_M 256 (two 64-row waves per math warpgroup, B tile shared by four wgmma waves) ran
 # 3-10% faster than BLOCK_M 128 at equal wave counts on every M = 4096/8192 ANCHORS shape.
 BLOCK_M_256_SPEEDUP = 0.92
@@ -62,8 +67,31 @@ def stages_for(block_m: int, block_n: int) -> int:
     return min(MAX_STAGES, GemmConfig.max_stages(block_m, block_n))
 
 
-def make_config(block_m: int, block_n: int, multicast: str = "none") -> GemmConfig:
-    return GemmConfig(block_m, block_n, stages_for(block_m, block_n), multicast)
+def make_config(block_m: int, block_n: int, multicast: str = "none",
+                split_k: int = 1) -> GemmConfig:
+    return GemmConfig(block_m, block_n, stages_for(block_m, block_n), multicast,
+                      split_k=split_k)
+
+
+def split_k_fits(split_k: int, k: int) -> bool:
+    """Whether every one of `split_k` contiguous shares of K's 128-wide blocks is non-empty
+    (the kernel gives split s blocks [s * ceil(kb / split_k), ...))."""
+    num_kb = _ceil_div(k, 128)
+    return (split_k - 1) * _ceil_div(num_kb, split_k) < num_kb
+
+
+def choose_split_k(tiles: int, k: int, num_sms: int) -> int:
+    """Split K over several CTAs per tile when the tiles alone would leave most SMs idle
+    (e.g. M <= 64 with N = 576: 36 tiles of 16 columns for 132 SMs), as long as every split
+    keeps at least MIN_K_BLOCKS_PER_SPLIT K blocks. The partial tiles go through an FP32
+    workspace and the last CTA of each tile adds them up (no extra kernel)."""
+    if tiles * 2 > num_sms:
+        return 1
+    split_k = min(num_sms // tiles, _ceil_div(k, 128) // MIN_K_BLOCKS_PER_SPLIT, MAX_SPLIT_K)
+    while split_k > 1 and not split_k_fits(split_k, k):
+        split_k -= 1
+    return max(split_k, 1)
+
 
 
 @functools.lru_cache(maxsize=1024)
@@ -100,7 +128,10 @@ def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
     multicast = "none"
     if wants_multicast and block_m == 128:
         multicast = _multicast_for(_ceil_div(m, block_m), _ceil_div(n, block_n))
-    return make_config(block_m, block_n, multicast)
+    split_k = 1
+    if multicast == "none":
+        split_k = choose_split_k(_ceil_div(m, block_m) * _ceil_div(n, block_n), k, num_sms)
+    return make_config(block_m, block_n, multicast, split_k)
 
 
 def _multicast_for(m_blocks: int, n_blocks: int) -> str:
@@ -114,9 +145,12 @@ def _multicast_for(m_blocks: int, n_blocks: int) -> str:
 
 
 def all_configs() -> list[GemmConfig]:
-    """Every configuration choose_config can return (what `inspect` compiles and tests run)."""
-    return [make_config(block_m, block_n, multicast)
+    """Every kernel choose_config can launch (what `inspect` compiles and tests run). The
+    split count is a kernel parameter: split_k=2 stands for every split_k > 1."""
+    return [make_config(block_m, block_n, multicast, split_k)
             for block_m, candidates in BLOCK_N_CANDIDATES.items()
             for block_n in candidates
             for multicast in ("none", "a", "b")
-            if not (block_m == 64 and multicast != "none")]   # M <= 64: no multicast
+            for split_k in (1, 2)
+            if not (block_m == 64 and multicast != "none")       # M <= 64: no multicast
+            and not (split_k > 1 and (multicast != "none" or block_m == 256))]

@@ -23,7 +23,7 @@ from ..device.gemm_1d2d import (
 )
 from . import device_info, driver
 from .device_info import get_num_sms
-from .heuristics import choose_config
+from .heuristics import choose_config, split_k_fits
 
 def kernel_spec(cfg: GemmConfig) -> KernelSpec:
     """How to build the kernel of one configuration (for the compile cache and `inspect`)."""
@@ -46,21 +46,41 @@ def grid_size(cfg: GemmConfig, m: int, n: int, num_sms: int) -> int:
     cluster_m = 2 if cfg.multicast == "b" else 1
     cluster_n = 2 if cfg.multicast == "a" else 1
     units = (-(-m // (cfg.block_m * cluster_m))) * (-(-n // (cfg.block_n * cluster_n)))
-    return min(units, num_sms // cfg.cluster_size) * cfg.cluster_size
+    return min(units * cfg.split_k, num_sms // cfg.cluster_size) * cfg.cluster_size
 
 
 class Plan:
     """Everything about one (M, N, K, device, config) that does not change between calls:
     the config, the loaded kernel, the grid."""
 
-    def __init__(self, cfg: GemmConfig, kernel: driver.LoadedKernel, grid: int, m, n, k):
+    def __init__(self, cfg: GemmConfig, kernel: driver.LoadedKernel, grid: int, m, n, k,
+                 device_index: int = 0):
         self.cfg, self.kernel, self.grid = cfg, kernel, grid
         self.m, self.n, self.k = m, n, k
+        self.device_index = device_index
+        self._workspaces: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def workspace(self, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Split-K scratch for launches on `stream`: FP32 partial tiles (split_k per tile) and
+        one int32 arrival counter per tile, zeroed once (each launch's last CTA per tile puts
+        its counter back to 0). One per stream, so GEMMs on two streams never share it."""
+        pair = self._workspaces.get(stream)
+        if pair is None:
+            cfg = self.cfg
+            tiles = -(-self.m // cfg.block_m) * -(-self.n // cfg.block_n)
+            device = torch.device("cuda", self.device_index)
+            pair = (torch.empty(tiles * cfg.split_k * cfg.block_m * cfg.block_n,
+                                dtype=torch.float32, device=device),
+                    torch.zeros(tiles, dtype=torch.int32, device=device))
+            self._workspaces[stream] = pair
+        return pair
 
     def param_block(self, a_ptr: int, a_scale_ptr: int, a_scale_stride: int, b_ptr: int,
-                    b_scale_ptr: int, out_ptr: int) -> driver.ParamBlock:
+                    b_scale_ptr: int, out_ptr: int, workspace_ptr: int = 0,
+                    counters_ptr: int = 0) -> driver.ParamBlock:
         """The kernel's parameters for these tensors (by pointer), tensor maps by value.
-        `a_scale_stride` is the activation scales' K-block stride in floats: align(M, 4)."""
+        `a_scale_stride` is the activation scales' K-block stride in floats: align(M, 4).
+        `workspace_ptr`/`counters_ptr`: the split-K scratch (Plan.workspace), 0 without."""
         cfg, m, n, k = self.cfg, self.m, self.n, self.k
         tensormap = driver.tensormap_2d
         return driver.ParamBlock((
@@ -71,7 +91,9 @@ class Plan:
             tensormap(driver.DTYPE_BF16, out_ptr, n, m, n * 2, cfg.swizzle_d // 2, D_STORE_ROWS,
                       cfg.swizzle_d),
             (driver.c_int64, b_scale_ptr),
+            (driver.c_int64, workspace_ptr), (driver.c_int64, counters_ptr),
             (driver.c_int32, m), (driver.c_int32, n), (driver.c_int32, k),
+            (driver.c_int32, cfg.split_k),
         ))
 
 
@@ -83,7 +105,7 @@ class BoundLaunch:
     """
 
     __slots__ = ("plan", "key", "device_index", "params", "_stream_of", "_fn", "_function",
-                 "_params_address", "_configs", "_parts")
+                 "_params_address", "_configs", "_parts", "_split_k", "_stream_params")
 
     def __init__(self, plan: Plan, key: tuple, device_index: int, params: driver.ParamBlock):
         self.plan, self.key, self.device_index, self.params = plan, key, device_index, params
@@ -92,21 +114,36 @@ class BoundLaunch:
         self._configs = parts.configs
         self._params_address = params.address
         self._stream_of = driver.current_raw_stream
+        self._split_k = plan.cfg.split_k > 1
+        self._stream_params: dict[int, driver.ParamBlock] = {}
 
     def __call__(self) -> None:
         stream = self._stream_of(self.device_index)
         config = self._configs.get(stream)
         if config is None:
             config = self._parts.config_for(stream)
-        err = self._fn(config, self._function, self._params_address, None)
+        params = self._params_address
+        if self._split_k:
+            block = self._stream_params.get(stream)
+            params = (block or self._split_k_params(stream)).address
+        err = self._fn(config, self._function, params, None)
         if err:
-            self._failed(err, config)
+            self._failed(err, config, params)
 
-    def _failed(self, err, config) -> None:
+    def _split_k_params(self, stream: int) -> driver.ParamBlock:
+        """The parameter block with the split-K workspace of `stream` (built once per stream)."""
+        a_ptr, sa_ptr, b_ptr, sb_ptr, out_ptr, _, _, _, sa_stride = self.key[:9]
+        workspace, counters = self.plan.workspace(stream)
+        block = self.plan.param_block(a_ptr, sa_ptr, sa_stride, b_ptr, sb_ptr, out_ptr,
+                                      workspace.data_ptr(), counters.data_ptr())
+        self._stream_params[stream] = block
+        return block
+
+    def _failed(self, err, config, params) -> None:
         if (err == driver.CUDA_ERROR_INVALID_CONTEXT and self.device_index >= 0
                 and driver.make_context_current_if_none(self.device_index)):
             # A thread with no CUDA context yet: now it has torch's; launch once more.
-            err = self._fn(config, self._function, self._params_address, None)
+            err = self._fn(config, self._function, params, None)
             if not err:
                 return
         self._parts.failed(err)
@@ -143,7 +180,11 @@ def _plan(m: int, n: int, k: int, device_index: int, num_sms: int,
         raise ValueError(f"{cfg.name}: multicast 'a' needs an even number of N tiles")
     if cfg.multicast == "b" and -(-m // cfg.block_m) % 2:
         raise ValueError(f"{cfg.name}: multicast 'b' needs an even number of M tiles")
-    return Plan(cfg, loaded_kernel(cfg, device_index), grid_size(cfg, m, n, num_sms), m, n, k)
+    if not split_k_fits(cfg.split_k, k):
+        raise ValueError(f"{cfg.name}: split_k={cfg.split_k} leaves a split without K blocks "
+                         f"(K={k} has {-(-k // BLOCK_K)} blocks of {BLOCK_K})")
+    kernel = loaded_kernel(cfg.kernel_config, device_index)
+    return Plan(cfg, kernel, grid_size(cfg, m, n, num_sms), m, n, k, device_index)
 
 
 def bind(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
