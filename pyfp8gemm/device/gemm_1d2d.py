@@ -398,6 +398,19 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         return promote_last_wave(final, acc, scales, n_first)
 
     @inline
+    def issue_and_retire(base, final, acc_new, acc_done, scales_done, stage_done, descs,
+                         b_rows, sbs, kb, stage, phase, row, lane, n_first):
+        """One step of the overlapped pipeline: start K block `kb` into `acc_new`, then wait
+        for the block before it (`acc_done`, in slot `stage_done`) and promote it."""
+        acc_new, scales_new, sbs = issue_k_block(base, acc_new, descs, b_rows, sbs, kb, stage,
+                                                 phase, row)
+        new_stage = stage
+        stage, phase = next_slot(stage, phase)
+        wait_mma_one()
+        final = retire_k_block(base, final, acc_done, scales_done, stage_done, lane, n_first)
+        return final, acc_new, scales_new, new_stage, sbs, stage, phase
+
+    @inline
     def tile_b_rows(sfb, n, num_kb, unit, rank, num_m_units, num_n_units):
         """The B-scale rows a tile reads (first and second 128-column block, last K block)."""
         _, n_block = tile_of(unit, rank, num_m_units, num_n_units)
@@ -475,28 +488,21 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 stage, phase = next_slot(stage, phase)
                 kb = kb_begin
                 while kb + 2 < kb_end:
-                    acc_next, scales_next, sbs = issue_k_block(
-                        base, acc_next, descs, b_rows, sbs, kb + 1, stage, phase, row)
-                    next_stage = stage
-                    stage, phase = next_slot(stage, phase)
-                    wait_mma_one()
-                    final = retire_k_block(base, final, acc, scales, acc_stage, lane, n_first)
-                    acc, scales, sbs = issue_k_block(
-                        base, acc, descs, b_rows, sbs, kb + 2, stage, phase, row)
-                    acc_stage = stage
-                    stage, phase = next_slot(stage, phase)
-                    wait_mma_one()
-                    final = retire_k_block(base, final, acc_next, scales_next, next_stage,
-                                           lane, n_first)
+                    (final, acc_next, scales_next, next_stage, sbs, stage,
+                     phase) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
+                                               descs, b_rows, sbs, kb + 1, stage, phase, row,
+                                               lane, n_first)
+                    (final, acc, scales, acc_stage, sbs, stage,
+                     phase) = issue_and_retire(base, final, acc, acc_next, scales_next,
+                                               next_stage, descs, b_rows, sbs, kb + 2, stage,
+                                               phase, row, lane, n_first)
                     kb += 2
                 # Tail: block kb is in flight, and maybe one more block is left.
                 if kb + 1 < kb_end:
-                    acc_next, scales_next, sbs = issue_k_block(
-                        base, acc_next, descs, b_rows, sbs, kb + 1, stage, phase, row)
-                    next_stage = stage
-                    stage, phase = next_slot(stage, phase)
-                    wait_mma_one()
-                    final = retire_k_block(base, final, acc, scales, acc_stage, lane, n_first)
+                    (final, acc_next, scales_next, next_stage, sbs, stage,
+                     phase) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
+                                               descs, b_rows, sbs, kb + 1, stage, phase, row,
+                                               lane, n_first)
                     wait_mma()
                     final = retire_k_block(base, final, acc_next, scales_next, next_stage,
                                            lane, n_first)
