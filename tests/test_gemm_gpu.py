@@ -345,9 +345,13 @@ def config_shape(cfg) -> tuple[int, int, int]:
 @pytest.mark.skipif(not CONFIGS, reason="heuristics.all_configs() or launcher config= missing")
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda cfg: getattr(cfg, "name", str(cfg)))
 def test_every_config(cfg):
+    check_config(cfg, *config_shape(cfg))
+
+
+def check_config(cfg, m: int, n: int, k: int) -> None:
+    """One GEMM with a forced configuration, on fresh random inputs, checked for correctness."""
     from pyfp8gemm.host.launch import fp8_gemm_nt_launch
 
-    m, n, k = config_shape(cfg)
     x, w = random_bf16(m, k), random_bf16(n, k)
     a, b = quantize(x, "1x128"), quantize(w, "128x128")
     out = nan_filled(m, n)
@@ -378,14 +382,8 @@ BLOCK_M_256_CONFIGS = _block_m_256_configs()
 @pytest.mark.skipif(not BLOCK_M_256_CONFIGS, reason="the launcher cannot be imported")
 @pytest.mark.parametrize("cfg", BLOCK_M_256_CONFIGS, ids=lambda cfg: cfg.name)
 def test_block_m_256(cfg):
-    from pyfp8gemm.host.launch import fp8_gemm_nt_launch
-
     for m, n, k in (config_shape(cfg), (4096, 2 * 12 * cfg.block_n, 7168)):
-        x, w = random_bf16(m, k), random_bf16(n, k)
-        a, b = quantize(x, "1x128"), quantize(w, "128x128")
-        out = nan_filled(m, n)
-        fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out, config=cfg)
-        assert_correct(out, x, w, a, b)
+        check_config(cfg, m, n, k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,14 +408,7 @@ BLOCK_N_8_CONFIGS = _block_n_8_configs()
 @pytest.mark.skipif(not BLOCK_N_8_CONFIGS, reason="the launcher cannot be imported")
 @pytest.mark.parametrize("cfg", BLOCK_N_8_CONFIGS, ids=lambda cfg: cfg.name)
 def test_block_n_multiple_of_8(cfg):
-    from pyfp8gemm.host.launch import fp8_gemm_nt_launch
-
-    m, n, k = config_shape(cfg)
-    x, w = random_bf16(m, k), random_bf16(n, k)
-    a, b = quantize(x, "1x128"), quantize(w, "128x128")
-    out = nan_filled(m, n)
-    fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out, config=cfg)
-    assert_correct(out, x, w, a, b)
+    check_config(cfg, *config_shape(cfg))
 
 
 # ---------------------------------------------------------------------------------------------
