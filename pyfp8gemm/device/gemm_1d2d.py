@@ -9,11 +9,16 @@ per 128x128 block. Both K-major. The kernel is persistent and warp-specialized:
   math warpgroups      per 128-wide K block: 4 wgmma m64nNk32 into a fresh FP32 fragment, then
                        "promotion" on CUDA cores: final += fragment * sa[row] * sb[block] (the
                        tensor core's FP8 accumulator keeps ~14 bits; this is DeepSeek-V3's fix).
-  epilogue             final -> bf16 -> stmatrix into swizzled smem -> TMA store, which drains
-                       while the next tile's main loop runs.
+  epilogue             per math warpgroup, its own rows: final -> bf16 -> stmatrix into
+                       swizzled smem -> TMA store, which drains while the next tile runs.
 
 With a 2-CTA cluster, one operand tile is loaded once and multicast to both CTAs: A when the
 two CTAs take neighbouring N tiles (multicast="a"), B when they take neighbouring M tiles.
+With split-K, several CTAs share one tile's K blocks and the last to finish sums their FP32
+partials before the epilogue (for GEMMs with fewer tiles than SMs).
+
+Reading order: `producer_loop`, then `math_loop` (with `issue_wave` / `retire_k_block`, the
+two halves of a K block), then `epilogue`; the kernel entry `fp8_gemm_1d2d` is at the end.
 
 Everything BLOCK_M/BLOCK_N/stages-dependent is a closure constant of `make_fp8_gemm_1d2d`, so
 numba folds it and each config compiles to its own specialized kernel.
