@@ -124,6 +124,18 @@ def _version(distribution: str, module: str | None = None) -> str | None:
     return None
 
 
+def _source_hash() -> str | None:
+    """sha256 (first 12 hex digits) of pyfp8gemm's sources as they ran: unlike the git commit,
+    true even where the checkout's .git is stale or absent (e.g. a copied working tree)."""
+    try:
+        import pyfp8gemm
+        from pyfp8gemm.cache.store import source_hash
+
+        return source_hash(pyfp8gemm)[:12]
+    except Exception:
+        return None
+
+
 def _git_commit() -> str | None:
     try:
         commit = subprocess.run(
@@ -158,6 +170,7 @@ def collect_run_info(args, timing_method: str, baseline: str, shapes, providers)
             "triton": _version("triton", "triton"),
             "pyfp8gemm": _version("pyfp8gemm", "pyfp8gemm"),
             "pyfp8gemm commit": _git_commit(),
+            "pyfp8gemm sources": _source_hash(),
             "deep_gemm": _version("deep_gemm", "deep_gemm"),
         },
         "timing": timing_method,
