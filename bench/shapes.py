@@ -47,8 +47,20 @@ SMALL_SHAPES: tuple[Shape, ...] = (
     Shape(4096, 4096, 7168),
 )
 
+# Decode-sized GEMMs with few output tiles (DeepSeek-V3's 576- and 1536-wide projections, and
+# narrow N with long K): where split-K spreads K over the otherwise idle SMs.
+FEW_TILE_SHAPES: tuple[Shape, ...] = (
+    Shape(1, 576, 7168),
+    Shape(16, 576, 7168),
+    Shape(64, 576, 7168),
+    Shape(64, 1536, 7168),
+    Shape(64, 256, 16384),
+    Shape(128, 512, 7168),
+)
+
 SHAPE_SETS: dict[str, tuple[Shape, ...]] = {
     "anchors": ANCHOR_SHAPES,
+    "few-tiles": FEW_TILE_SHAPES,
     "small": SMALL_SHAPES,
     # The anchors split by regime: M <= 128 is memory-bound (weights dominate the bytes),
     # M >= 4096 is compute-bound.
