@@ -64,6 +64,19 @@ def _empty_output(inputs: GemmInputs) -> torch.Tensor:
     return torch.empty((m, n), dtype=torch.bfloat16, device=inputs.a_fp8.device)
 
 
+def _prepare_nt_call(gemm, inputs: GemmInputs) -> PreparedGemm:
+    """`gemm((a, a_scale), (b, b_scale), out)` in DeepGEMM's fp8_gemm_nt convention."""
+    a = (inputs.a_fp8, inputs.a_scale)
+    b = (inputs.b_fp8, inputs.b_scale)
+    out = _empty_output(inputs)
+
+    def run() -> torch.Tensor:
+        gemm(a, b, out)
+        return out
+
+    return PreparedGemm(run, out)
+
+
 def _require_scaled_mm_alignment(inputs: GemmInputs) -> None:
     _, n, k = inputs.shape
     if k % 16 or n % 16:
@@ -92,15 +105,7 @@ class Pyfp8gemmProvider(Provider):
         _, n, k = inputs.shape
         if k % 16 or n % 8:
             raise ShapeNotSupported("pyfp8gemm needs K % 16 == 0 and N % 8 == 0 (16-byte TMA rows)")
-        a = (inputs.a_fp8, inputs.a_scale)
-        b = (inputs.b_fp8, inputs.b_scale)
-        out = _empty_output(inputs)
-
-        def run() -> torch.Tensor:
-            pyfp8gemm.fp8_gemm_nt(a, b, out)
-            return out
-
-        return PreparedGemm(run, out)
+        return _prepare_nt_call(pyfp8gemm.fp8_gemm_nt, inputs)
 
 
 class DeepGemmProvider(Provider):
@@ -124,15 +129,7 @@ class DeepGemmProvider(Provider):
         gemm = getattr(deep_gemm, "fp8_gemm_nt", None) or deep_gemm.gemm_fp8_fp8_bf16_nt
         # The activation scales are already MN-major and TMA-aligned, as DeepGEMM wants them on
         # SM90, so it does no layout work inside the timed call.
-        a = (inputs.a_fp8, inputs.a_scale)
-        b = (inputs.b_fp8, inputs.b_scale)
-        out = _empty_output(inputs)
-
-        def run() -> torch.Tensor:
-            gemm(a, b, out)
-            return out
-
-        return PreparedGemm(run, out)
+        return _prepare_nt_call(gemm, inputs)
 
 
 class CublasBlockwiseProvider(Provider):

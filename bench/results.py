@@ -75,19 +75,11 @@ class Measurement:
 
 
 def shapes_in_order(results: list[Measurement]) -> list[Shape]:
-    shapes: list[Shape] = []
-    for result in results:
-        if result.shape not in shapes:
-            shapes.append(result.shape)
-    return shapes
+    return list(dict.fromkeys(result.shape for result in results))
 
 
 def providers_in_order(results: list[Measurement]) -> list[str]:
-    providers: list[str] = []
-    for result in results:
-        if result.provider not in providers:
-            providers.append(result.provider)
-    return providers
+    return list(dict.fromkeys(result.provider for result in results))
 
 
 def providers_with_data(results: list[Measurement]) -> list[str]:

@@ -330,11 +330,6 @@ class LoadedKernel:
         return check(cu.cuOccupancyMaxActiveClusters(self.function, config),
                      "cuOccupancyMaxActiveClusters", self.name)
 
-    def launch_packed(self, grid: int, stream: int, params_address: int):
-        """cuLaunchKernelEx with a prebuilt `void*[]` of parameter pointers (see ParamBlock),
-        through the raw launch (launch_parts). The GEMM's hot path inlines this (BoundLaunch)."""
-        self.launch_parts(grid).launch(stream, params_address)
-
     def launch(self, grid: int, stream: int, values: tuple, ctypes_types: tuple):
         """cuLaunchKernelEx on `stream` (a raw CUstream handle, e.g. torch's cuda_stream).
 

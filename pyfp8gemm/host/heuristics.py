@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 
-from ..device.gemm_1d2d import MAX_SPLIT_K, GemmConfig
+from ..device.gemm_1d2d import BLOCK_K, MAX_SPLIT_K, GemmConfig
 
 MAX_STAGES = 32                 # i.e. no cap below what shared memory holds
 # The fixed per-tile cost, in columns of BLOCK_N (fitted to the sweeps: 32 picks the best
@@ -76,7 +76,7 @@ def make_config(block_m: int, block_n: int, multicast: str = "none",
 def split_k_fits(split_k: int, k: int) -> bool:
     """Whether every one of `split_k` contiguous shares of K's 128-wide blocks is non-empty
     (the kernel gives split s blocks [s * ceil(kb / split_k), ...))."""
-    num_kb = _ceil_div(k, 128)
+    num_kb = _ceil_div(k, BLOCK_K)
     return (split_k - 1) * _ceil_div(num_kb, split_k) < num_kb
 
 
@@ -87,7 +87,7 @@ def choose_split_k(tiles: int, k: int, num_sms: int) -> int:
     workspace and the last CTA of each tile adds them up (no extra kernel)."""
     if tiles * 2 > num_sms:
         return 1
-    split_k = min(num_sms // tiles, _ceil_div(k, 128) // MIN_K_BLOCKS_PER_SPLIT, MAX_SPLIT_K)
+    split_k = min(num_sms // tiles, _ceil_div(k, BLOCK_K) // MIN_K_BLOCKS_PER_SPLIT, MAX_SPLIT_K)
     while split_k > 1 and not split_k_fits(split_k, k):
         split_k -= 1
     return max(split_k, 1)
