@@ -425,7 +425,12 @@ def _split_k_cases():
             (make_config(64, 32, "none", 8), (7, 264, 16000)),        # K tail, N tail
             (make_config(128, 64, "none", 5), (130, 192, 4096)),      # M tail, straddle-free
             (make_config(64, 48, "none", 2), (33, 200, 1040)),        # straddling BLOCK_N
-            (make_config(128, 16, "none", 16), (256, 16, 8192))]
+            (make_config(128, 16, "none", 16), (256, 16, 8192)),
+            # Only the last, partial wave split (on 132 SMs: 4 full waves + 16 tiles; 1 full
+            # wave + 4 tiles, M and N tails; 4 full waves + 48 straddling tiles, K tail).
+            (make_config(128, 128, "none", 4, split_last_wave=True), (4096, 2112, 7168)),
+            (make_config(128, 128, "none", 4, split_last_wave=True), (2100, 1000, 2048)),
+            (make_config(64, 48, "none", 2, split_last_wave=True), (1100, 1504, 1040))]
 
 
 SPLIT_K_CASES = _split_k_cases()
@@ -433,7 +438,8 @@ SPLIT_K_CASES = _split_k_cases()
 
 @pytest.mark.skipif(not SPLIT_K_CASES, reason="the launcher cannot be imported")
 @pytest.mark.parametrize("cfg, shape", SPLIT_K_CASES,
-                         ids=[f"{c.name}_x{c.split_k}_{m}x{n}x{k}" for c, (m, n, k) in SPLIT_K_CASES])
+                         ids=[f"{c.name}_x{c.split_k}{'_lastwave' if c.split_last_wave else ''}"
+                              f"_{m}x{n}x{k}" for c, (m, n, k) in SPLIT_K_CASES])
 def test_split_k(cfg, shape):
     from pyfp8gemm.host.launch import fp8_gemm_nt_launch
 

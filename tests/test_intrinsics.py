@@ -32,7 +32,8 @@ from pyfp8gemm.device import ptx, tile
 from pyfp8gemm.device.ptx import (
     cluster_ctarank, cluster_sync, elect_one, fence_mbarrier_init, fence_proxy_async_smem,
     ld_global_nc_f32, ld_shared_f32, mbarrier_arrive, mbarrier_arrive_cluster,
-    mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_sync, pack_bf16x2,
+    mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_arrive,
+    named_barrier_sync, pack_bf16x2,
     prefetch_tensormap, ptx_instruction, setmaxnreg_dec, setmaxnreg_inc, smem_base,
     atom_add_global_u32, descriptor_advance, fence_acq_rel_gpu, ld_shared_u32,
     st_shared_u32, smem_descriptor, stmatrix_x1, stmatrix_x2, stmatrix_x4, tma_load_2d,
@@ -182,6 +183,14 @@ def elect_a_lane(out):
 @tiny_kernel("named_barrier_sync")
 def named_barrier_1_of_128(out):
     named_barrier_sync(1, 128)          # barrier id 1, 128 threads
+
+
+@tiny_kernel("named_barrier_arrive", threads=256)
+def named_barrier_arrive_2_of_256(out):
+    if cuda.threadIdx.x < 128:
+        named_barrier_arrive(2, 256)    # the first 128 count in and go on
+    else:
+        named_barrier_sync(2, 256)      # the other 128 wait for them
 
 
 @tiny_kernel("cluster_ctarank")
@@ -403,6 +412,7 @@ SASS_OF = [
     ("pack_two_floats", r"F2FP\.BF16\.F32\.PACK_AB\b"),           # cvt.rn.bf16x2.f32
     ("elect_a_lane", r"ELECT\b"),
     ("named_barrier_1_of_128", r"BAR\.SYNC\S* 0x1, 0x80\b"),      # id 1, 128 threads
+    ("named_barrier_arrive_2_of_256", r"BAR\.ARV 0x2, 0x100\b"),    # id 2, 256 threads
     ("cluster_rank", r"S2U?R \w+, SR_CgaCtaId\b"),                # %cluster_ctarank
     ("cluster_barrier", r"UCGABAR_ARV\b"),
     ("cluster_barrier", r"UCGABAR_WAIT\b"),

@@ -231,11 +231,12 @@ def test_split_k_parameters_and_a_workspace_per_stream(fake_gpu, monkeypatch):
     plan = plans["split"]
     blocks = []
     for _, stream, address in kernel.launches:
-        pointers = (ctypes.c_void_p * 11).from_address(address)
+        pointers = (ctypes.c_void_p * 12).from_address(address)
         workspace, counters = plan._workspaces[stream]
         assert ctypes.c_int64.from_address(pointers[5]).value == workspace.data_ptr()
         assert ctypes.c_int64.from_address(pointers[6]).value == counters.data_ptr()
         assert ctypes.c_int32.from_address(pointers[10]).value == 3
+        assert ctypes.c_int32.from_address(pointers[11]).value == 0       # every tile split
         blocks.append(address)
     assert blocks[0] == blocks[1] != blocks[2]          # built once per stream
     assert set(plan._workspaces) == {1234, 5678}
@@ -256,8 +257,54 @@ def test_split_k_choice():
             assert split_k == 1 or (split_k_fits(split_k, k) and tiles * split_k <= 132)
 
 
+def test_last_wave_split_choice_and_plan():
+    """4096x2112x7168: 544 tiles of 128x128 = 4 full waves + 16 tiles on 132 SMs; the 16 are
+    split 4 ways (14 K blocks each) instead of idling 116 SMs for a fifth tile time."""
+    from pyfp8gemm.host.heuristics import choose_config, choose_last_wave_split
+
+    cfg = choose_config(4096, 2112, 7168, 132)
+    assert (cfg.block_m, cfg.block_n, cfg.multicast, cfg.split_k, cfg.split_last_wave) == \
+        (128, 128, "none", 4, True)
+    assert launch.whole_tiles(cfg, 4096, 2112, 132) == 528
+    assert launch.grid_size(cfg, 4096, 2112, 132) == 132
+    assert choose_last_wave_split(544, 7168, 132) == 4
+    assert choose_last_wave_split(132, 7168, 132) == 1               # one full wave
+    assert choose_last_wave_split(264 + 100, 7168, 132) == 1         # last wave 3/4 full
+    assert choose_last_wave_split(544, 1024, 132) == 1               # 8 K blocks: too short
+    assert choose_config(4096, 4096, 7168, 132).split_k == 1         # 3.9 waves: keep whole
+    whole = GemmConfig(128, 128, 5, split_k=1)
+    assert launch.whole_tiles(whole, 4096, 2112, 132) == 544
+    plain = GemmConfig(64, 16, 21, split_k=3)
+    assert launch.whole_tiles(plain, 64, 576, 132) == 0
+    assert launch.grid_size(plain, 64, 576, 132) == 108
+    with pytest.raises(ValueError, match="split_last_wave needs split_k > 1"):
+        GemmConfig(128, 128, 5, split_last_wave=True)
+
+
+def test_last_wave_split_parameters_and_workspace(fake_gpu, monkeypatch):
+    kernel, encoded, plans = fake_gpu
+    cfg = GemmConfig(128, 128, 5, split_k=4, split_last_wave=True)
+    m, n, k = 4096, 2112, 7168
+    monkeypatch.setattr(launch, "_plan", lambda *args: plans.setdefault(
+        "tail", launch.Plan(cfg, kernel, 132, m, n, k)))
+    a, b, out = operands(m, n, k)
+    made, empty, zeros = {}, torch.empty, torch.zeros
+    monkeypatch.setattr(torch, "empty", lambda size, **kw: (
+        made.setdefault("workspace", size), empty(1))[1])
+    monkeypatch.setattr(torch, "zeros", lambda size, **kw: (
+        made.setdefault("counters", size), zeros(1))[1])
+    launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out)
+    assert made == {"workspace": 16 * 4 * 128 * 128, "counters": 16}   # the 16 tail tiles
+    _, _, address = kernel.launches[-1]
+    pointers = (ctypes.c_void_p * 12).from_address(address)
+    assert ctypes.c_int32.from_address(pointers[10]).value == 4
+    assert ctypes.c_int32.from_address(pointers[11]).value == 528
+
+
 def test_split_k_kernel_is_shared_by_every_split_count():
     assert GemmConfig(64, 16, 21, split_k=5).kernel_config == GemmConfig(64, 16, 21, split_k=2)
+    assert GemmConfig(128, 128, 5, split_k=4, split_last_wave=True).kernel_config == \
+        GemmConfig(128, 128, 5, split_k=2)
     assert GemmConfig(64, 16, 21, split_k=5).name == GemmConfig(64, 16, 21, split_k=2).name
     with pytest.raises(ValueError, match="split_k > 1 needs multicast 'none'"):
         GemmConfig(128, 128, 5, "a", split_k=2)

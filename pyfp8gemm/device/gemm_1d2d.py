@@ -35,7 +35,8 @@ from .ptx import (
     atom_add_global_u32, cluster_ctarank, cluster_sync, descriptor_advance, elect_one,
     fence_acq_rel_gpu, fence_mbarrier_init, fence_proxy_async_smem, ld_global_nc_f32,
     ld_shared_f32, ld_shared_u32, mbarrier_arrive, mbarrier_arrive_cluster,
-    mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_sync,
+    mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_arrive,
+    named_barrier_sync,
     prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base, smem_descriptor,
     st_global_u32, st_shared_u32, tma_load_2d, tma_load_2d_multicast, tma_store_2d,
     tma_store_commit, tma_store_wait, tma_store_wait_read, warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
@@ -50,6 +51,7 @@ BLOCK_K = 128                   # one K block = one scale block = 4 wgmma k32 st
 D_STORE_ROWS = 64               # the output is TMA-stored in 64-row slabs (one per warpgroup wave)
 EPILOGUE_BARRIER = 2            # named barriers 2, 3: one per math warpgroup (0 is syncthreads)
 SPLIT_K_BARRIER = 4             # all math threads, around the split-K counter
+MMA_TURN_BARRIER = 5            # 5, 6: "math warpgroup 0 / 1 has issued its wgmmas" (mma_turns)
 SMEM_LIMIT = 232448             # dynamic shared memory per CTA on sm_90 (227 KB)
 # setmaxnreg budgets: the TMA warpgroup needs few registers, the math warpgroups hold the
 # fragments. setmaxnreg moves registers inside the CTA's pool, which is what it got at launch
@@ -92,6 +94,8 @@ class GemmConfig:
     group_m: int = 16           # rasterization group height, in cluster units
     overlap_promotion: bool = True  # two fragments in flight (only where registers allow)
     split_k: int = 1            # K split over this many CTAs per tile (partials reduced in FP32)
+    split_last_wave: bool = False  # split only the tiles of the last, partial wave (host only)
+    mma_turns: bool = True      # two math warpgroups without overlap issue wgmmas in turns
 
     def __post_init__(self):
         if self.block_m not in (64, 128, 256):
@@ -106,12 +110,19 @@ class GemmConfig:
                              "blocks (the kernel promotes with at most two)")
         if self.overlap_promotion and (self.block_n > 128 or self.waves > 1):
             object.__setattr__(self, "overlap_promotion", False)   # registers won't allow
+        if self.mma_turns and (self.overlap_promotion or self.math_warpgroups == 1
+                               or self.waves > 1):
+            # Nothing to take turns on; BLOCK_M 256 (two waves per warpgroup) measured no
+            # better with turns (bench/JOURNAL.md).
+            object.__setattr__(self, "mma_turns", False)
         if self.multicast not in ("none", "a", "b"):
             raise ValueError(f"multicast must be 'none', 'a' or 'b', got {self.multicast!r}")
         if not 1 <= self.split_k <= MAX_SPLIT_K:
             raise ValueError(f"split_k must be in [1, {MAX_SPLIT_K}], got {self.split_k}")
         if self.split_k > 1 and (self.multicast != "none" or self.block_m == 256):
             raise ValueError("split_k > 1 needs multicast 'none' and block_m 64 or 128")
+        if self.split_last_wave and self.split_k == 1:
+            raise ValueError("split_last_wave needs split_k > 1")
         if self.stages < 1 or self.smem_bytes > SMEM_LIMIT:
             raise ValueError(f"{self}: {self.smem_bytes} B of shared memory > {SMEM_LIMIT}")
 
@@ -184,15 +195,17 @@ class GemmConfig:
         mc = "" if self.multicast == "none" else f"_mc{self.multicast}2"
         overlap = "_ovl" if self.overlap_promotion else ""
         split = "_splitk" if self.split_k > 1 else ""
+        turns = "_turns" if self.mma_turns else ""
         return (f"fp8_gemm_1d2d_m{self.block_m}_n{self.block_n}_k{BLOCK_K}"
-                f"_s{self.stages}{mc}_g{self.group_m}{overlap}{split}")
+                f"_s{self.stages}{mc}_g{self.group_m}{overlap}{turns}{split}")
 
     @property
     def kernel_config(self) -> "GemmConfig":
-        """The configuration the kernel is compiled for: the split count is a kernel parameter,
-        so every split_k > 1 shares one kernel (compiled with split_k = 2)."""
-        if self.split_k > 2:
-            return dataclasses.replace(self, split_k=2)
+        """The configuration the kernel is compiled for: the split count and which tiles are
+        split are kernel parameters, so every split_k > 1 shares one kernel (compiled with
+        split_k = 2)."""
+        if self.split_k > 2 or self.split_last_wave:
+            return dataclasses.replace(self, split_k=2, split_last_wave=False)
         return self
 
     @staticmethod
@@ -202,8 +215,9 @@ class GemmConfig:
 
 
 # Kernel parameters: four tensor maps (by value after the PTX post-edit), B's scales, the split-K
-# workspace and its per-tile counters (0 without split-K), M, N, K, the split count (1 without).
-KERNEL_SIGNATURE = (types.int64,) * 7 + (types.int32,) * 4
+# workspace and its per-tile counters (0 without split-K), M, N, K, the split count (1 without)
+# and the number of leading tiles that are not split (0: all are; see `unit_work`).
+KERNEL_SIGNATURE = (types.int64,) * 7 + (types.int32,) * 5
 TENSORMAP_PARAMS = (0, 1, 2, 3)
 
 
@@ -228,6 +242,11 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     FINAL_ACC = WAVES * N_ACC         # the FP32 accumulators a thread keeps for its tile
     # Promote K block i while block i+1's wgmmas run: needs a second fragment in registers.
     OVERLAP_PROMOTION = cfg.overlap_promotion
+    # Without overlap, each math warpgroup has one batch of wgmmas in flight and promotes
+    # while the other's runs, but only if they do not issue together: woken by the same full
+    # barrier, both batches would interleave, finish together and leave the tensor cores idle
+    # during both promotions. So they take turns (named barriers 5 and 6).
+    MMA_TURNS = cfg.mma_turns
     SPLIT_K = cfg.split_k > 1         # split-K code in (the split count is a kernel parameter)
     FLAG = off["flag"]
 
@@ -251,17 +270,31 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     inline = cuda.jit(device=True, inline="always")
 
     @inline
-    def unit_work(unit, num_kb, split_k):
-        """What a unit is: (tile unit, split, first K block, end K block). With split-K the
-        split_k consecutive units of a tile (run by neighbouring CTAs at the same time) each
-        take a contiguous share of its K blocks (the host makes every share non-empty)."""
+    def unit_work(unit, num_kb, splitting):
+        """What a unit is: (tile unit, split, first K block, end K block). With split-K,
+        `splitting` = (split_k, whole_tiles): the first whole_tiles units are whole tiles (all
+        of K; the host sets whole_tiles to the tiles of the full waves when only the last,
+        partial wave is split), then each later tile is split_k consecutive units (run by
+        neighbouring CTAs at the same time), each a contiguous share of its K blocks (the host
+        makes every share non-empty)."""
         if not SPLIT_K:
             return unit, 0, 0, num_kb
-        tile_unit = unit // split_k
-        split = unit - tile_unit * split_k
+        split_k, whole_tiles = splitting
+        if unit < whole_tiles:
+            return unit, 0, 0, num_kb
+        tail_tile = (unit - whole_tiles) // split_k
+        split = unit - whole_tiles - tail_tile * split_k
         per_split = (num_kb + split_k - 1) // split_k
         kb_begin = split * per_split
-        return tile_unit, split, kb_begin, min(num_kb, kb_begin + per_split)
+        return whole_tiles + tail_tile, split, kb_begin, min(num_kb, kb_begin + per_split)
+
+    @inline
+    def count_units(num_m_units, num_n_units, splitting):
+        tiles = num_m_units * num_n_units
+        if not SPLIT_K:
+            return tiles
+        split_k, whole_tiles = splitting
+        return whole_tiles + (tiles - whole_tiles) * split_k
 
     @inline
     def next_slot(stage, phase):
@@ -271,13 +304,14 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         return stage + 1, phase
 
     @inline
-    def producer_loop(base, tmap_a, tmap_b, tmap_sfa, num_kb, split_k, rank, first_unit,
+    def producer_loop(base, tmap_a, tmap_b, tmap_sfa, num_kb, splitting, rank, first_unit,
                       unit_step, num_m_units, num_n_units):
         stage = 0
         phase = 0
         unit = first_unit
-        while unit < num_m_units * num_n_units * split_k:
-            tile_unit, _, kb_begin, kb_end = unit_work(unit, num_kb, split_k)
+        # (The bound is recomputed per tile: one more live register would spill at 40.)
+        while unit < count_units(num_m_units, num_n_units, splitting):
+            tile_unit, _, kb_begin, kb_end = unit_work(unit, num_kb, splitting)
             m_block, n_block = tile_of(tile_unit, rank, num_m_units, num_n_units)
             for kb in range(kb_begin, kb_end):
                 full = base + FULL_BARS + 8 * stage
@@ -348,7 +382,19 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         return pending, upcoming
 
     @inline
-    def issue_wave(base, acc, desc_a, desc_b, sb, sb_second, stage, row, wave):
+    def wait_turn(warpgroup):
+        """mma_turns: wait until the other math warpgroup has issued its latest batch."""
+        if MMA_TURNS:
+            named_barrier_sync(MMA_TURN_BARRIER + 1 - warpgroup, MATH_THREADS)
+
+    @inline
+    def pass_turn(warpgroup):
+        """mma_turns: let the other math warpgroup issue its next batch."""
+        if MMA_TURNS:
+            named_barrier_arrive(MMA_TURN_BARRIER + warpgroup, MATH_THREADS)
+
+    @inline
+    def issue_wave(base, acc, desc_a, desc_b, sb, sb_second, stage, row, wave, warpgroup):
         """Start the 4 wgmmas of one 64-row wave of the K block in slot `stage`, into a fresh
         `acc`. Returns acc (valid after a wgmma wait) and the wave's promotion scales
         sa[row] * sb, sa[row + 8] * sb (for the first and the second B-scale block).
@@ -359,20 +405,23 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         a = descriptor_advance(desc_a, A_BYTES * stage + 128 * BLOCK_K * wave)
         b = descriptor_advance(desc_b, B_BYTES * stage)
         acc = fence(acc)
+        wait_turn(warpgroup)
         wgmma_fence()
         acc = mma(a, b, acc, 0)                                 # fresh fragment
         acc = mma(descriptor_advance(a, 32), descriptor_advance(b, 32), acc, 1)
         acc = mma(descriptor_advance(a, 64), descriptor_advance(b, 64), acc, 1)
         acc = mma(descriptor_advance(a, 96), descriptor_advance(b, 96), acc, 1)
         wgmma_commit()
+        pass_turn(warpgroup)
         return acc, (sa_row0 * sb, sa_row8 * sb, sa_row0 * sb_second, sa_row8 * sb_second)
 
     @inline
-    def issue_k_block(base, acc, descs, b_rows, pending, kb, stage, phase, row):
+    def issue_k_block(base, acc, descs, b_rows, pending, kb, stage, phase, row, warpgroup):
         """Wait for K block `kb` in slot `stage` and start its (only) wave. Returns acc, the
         promotion scales and the next block's B scales (see wait_k_block)."""
         (sb, sb_second), upcoming = wait_k_block(base, b_rows, pending, kb, stage, phase)
-        acc, scales = issue_wave(base, acc, descs[0], descs[1], sb, sb_second, stage, row, 0)
+        acc, scales = issue_wave(base, acc, descs[0], descs[1], sb, sb_second, stage, row, 0,
+                                 warpgroup)
         return acc, scales, upcoming
 
     def make_promotion(promote):
@@ -391,15 +440,20 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     promote_last_wave = make_promotion(promote_last)
 
     @inline
-    def retire_k_block(base, final, acc, scales, stage, lane, n_first):
-        """Release slot `stage` and promote a finished fragment into `final` (FP32, CUDA cores)."""
-        acc = fence(acc)
+    def release_slot(base, stage, lane):
+        """Tell the producer(s) that this warp is done reading ring slot `stage`."""
         empty = base + EMPTY_BARS + 8 * stage
         if CLUSTER > 1:         # one arrival per warp at each CTA that loaded into the slot
             if lane < CLUSTER:
                 mbarrier_arrive_cluster(empty, lane)
         elif lane == 0:
             mbarrier_arrive(empty)
+
+    @inline
+    def retire_k_block(base, final, acc, scales, stage, lane, n_first):
+        """Release slot `stage` and promote a finished fragment into `final` (FP32, CUDA cores)."""
+        acc = fence(acc)
+        release_slot(base, stage, lane)
         return promote_last_wave(final, acc, scales, n_first)
 
     @inline
@@ -408,7 +462,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         """One step of the overlapped pipeline: start K block `kb` into `acc_new`, then wait
         for the block before it (`acc_done`, in slot `stage_done`) and promote it."""
         acc_new, scales_new, sbs = issue_k_block(base, acc_new, descs, b_rows, sbs, kb, stage,
-                                                 phase, row)
+                                                 phase, row, 0)
         new_stage = stage
         stage, phase = next_slot(stage, phase)
         wait_mma_one()
@@ -430,7 +484,8 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         """Split-K: publish this CTA's FP32 partial tile; the last of the tile's split_k CTAs
         to get here adds the others' partials to its own and is the one to store the tile
         (returns (sum, 1) there, (final, 0) elsewhere). The classic threadfence reduction:
-        write, fence, count; the tile's counter is reset by its last CTA for the next launch."""
+        write, fence, count; the tile's counter is reset by its last CTA for the next launch.
+        `tile_unit` counts split tiles only (the workspace has slots for those)."""
         slots = workspace + 4 * (BM * BN) * (tile_unit * split_k)
         lane_offset = 16 * tid                   # float4 group g of thread t: (g * threads + t)
         store_partial(slots + 4 * (BM * BN) * split + lane_offset, final, 16 * MATH_THREADS)
@@ -455,7 +510,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         return final, reduces
 
     @inline
-    def math_loop(base, tmap_d, sfb, workspace, counters, n, num_kb, split_k, rank,
+    def math_loop(base, tmap_d, sfb, workspace, counters, n, num_kb, splitting, rank,
                   first_unit, unit_step, num_m_units, num_n_units, tid):
         lane = tid % 32
         row = 16 * (tid // 32) + lane // 4        # this thread's first fragment row in the tile
@@ -467,17 +522,19 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         acc_next = zeros()
         stage = 0
         phase = 0
-        num_units = num_m_units * num_n_units * split_k
+        num_units = count_units(num_m_units, num_n_units, splitting)
         unit = first_unit
         # The first K block's B scales of each tile are loaded one tile ahead (before the
         # previous tile's epilogue): a global load at the start of a tile would stall its first
         # promotion, which costs most where K (and so a tile) is short.
         tile_unit, split, kb_begin, kb_end = unit_work(min(unit, num_units - 1), num_kb,
-                                                       split_k)
+                                                       splitting)
         b_rows = tile_b_rows(sfb, n, num_kb, tile_unit, rank, num_m_units, num_n_units)
         sbs = load_b_scales(b_rows, kb_begin)
+        if warpgroup == 1:
+            pass_turn(1)              # mma_turns: warpgroup 0 issues first
         while unit < num_units:
-            tile_unit, split, kb_begin, kb_end = unit_work(unit, num_kb, split_k)
+            tile_unit, split, kb_begin, kb_end = unit_work(unit, num_kb, splitting)
             m_block, n_block = tile_of(tile_unit, rank, num_m_units, num_n_units)
             n0 = n_block * BN
             n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
@@ -488,7 +545,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 # that no fragment whose wgmma is still running passes a branch merge (ptxas
                 # would copy its registers and serialize every wgmma, warning C7514).
                 acc, scales, sbs = issue_k_block(base, acc, descs, b_rows, sbs, kb_begin, stage,
-                                                 phase, row)
+                                                 phase, row, 0)
                 acc_stage = stage
                 stage, phase = next_slot(stage, phase)
                 kb = kb_begin
@@ -523,42 +580,49 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                         (sb, sb_second), sbs = wait_k_block(base, b_rows, sbs, kb, stage,
                                                             phase)
                         acc, scales = issue_wave(base, acc, descs[0], descs[1], sb, sb_second,
-                                                 stage, row, 0)
+                                                 stage, row, 0, warpgroup)
                         wait_mma()
                         final = promote_first_wave(final, fence(acc), scales, n_first)
                         acc, scales = issue_wave(base, acc, descs[0], descs[1], sb, sb_second,
-                                                 stage, row, 1)
+                                                 stage, row, 1, warpgroup)
                         wait_mma()
                     else:
                         acc, scales, sbs = issue_k_block(base, acc, descs, b_rows, sbs, kb,
-                                                         stage, phase, row)
+                                                         stage, phase, row, warpgroup)
                         wait_mma()
                     final = retire_k_block(base, final, acc, scales, stage, lane, n_first)
                     stage, phase = next_slot(stage, phase)
             unit += unit_step
             if unit < num_units:
                 # (Only if there is a next tile: a load still in flight would hold up the exit.)
-                next_tile, _, next_kb, _ = unit_work(unit, num_kb, split_k)
+                next_tile, _, next_kb, _ = unit_work(unit, num_kb, splitting)
                 b_rows = tile_b_rows(sfb, n, num_kb, next_tile, rank, num_m_units, num_n_units)
                 sbs = load_b_scales(b_rows, next_kb)
             if not SPLIT_K:
                 epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup)
             else:
-                final, reduces = reduce_split_k(base, final, workspace, counters, split_k,
-                                                tile_unit, split, tid)
-                if reduces:     # the last of the tile's CTAs to finish stores the sum
+                split_k, whole_tiles = splitting
+                reduces = 1
+                if tile_unit >= whole_tiles:
+                    final, reduces = reduce_split_k(base, final, workspace, counters, split_k,
+                                                    tile_unit - whole_tiles, split, tid)
+                if reduces:     # a whole tile, or the last of a split tile's CTAs: store
                     epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup)
+        if warpgroup == 0:
+            wait_turn(0)              # mma_turns: take warpgroup 1's last pass (balanced barrier)
         if tid % 128 < D_PANELS:
             tma_store_wait()          # the last stores must drain before the CTA exits
 
     def fp8_gemm_1d2d(tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, workspace, counters, m, n, k,
-                      split_k):
+                      split_k, whole_tiles):
         smem = cuda.shared.array(0, types.uint8, alignment=1024)
         base = smem_base(smem)
         tid = cuda.threadIdx.x
         num_kb = (k + BLOCK_K - 1) // BLOCK_K
         if not SPLIT_K:
-            split_k = 1         # a constant, so the unit arithmetic folds away
+            split_k = 1         # constants, so the unit arithmetic folds away
+            whole_tiles = 0
+        splitting = (split_k, whole_tiles)
         num_m_units = (m + BM * CLUSTER_M - 1) // (BM * CLUSTER_M)
         num_n_units = (n + BN * CLUSTER_N - 1) // (BN * CLUSTER_N)
         rank = cluster_ctarank() if CLUSTER > 1 else 0
@@ -583,12 +647,12 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             producer_registers()
             if tid < MATH_THREADS + 32:
                 if elect_one():
-                    producer_loop(base, tmap_a, tmap_b, tmap_sfa, num_kb, split_k, rank,
+                    producer_loop(base, tmap_a, tmap_b, tmap_sfa, num_kb, splitting, rank,
                                   first_unit, unit_step, num_m_units, num_n_units)
                 cuda.syncwarp()
         else:
             math_registers()
-            math_loop(base, tmap_d, sfb, workspace, counters, n, num_kb, split_k, rank,
+            math_loop(base, tmap_d, sfb, workspace, counters, n, num_kb, splitting, rank,
                       first_unit, unit_step, num_m_units, num_n_units, tid)
 
         if CLUSTER > 1:           # no CTA may leave while its peer can still signal its smem

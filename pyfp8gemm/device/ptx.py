@@ -119,6 +119,11 @@ named_barrier_sync = ptx_instruction(
     "named_barrier_sync", "bar.sync $0, $1;", (u32, u32),
     doc="bar.sync id, count: a barrier over `count` threads (a multiple of 32), id 1..15.")
 
+named_barrier_arrive = ptx_instruction(
+    "named_barrier_arrive", "bar.arrive $0, $1;", (u32, u32),
+    doc="bar.arrive id, count: count this warp into barrier `id` without waiting for it "
+        "(the other threads of the `count` wait with bar.sync).")
+
 cluster_ctarank = ptx_instruction(
     "cluster_ctarank", "mov.u32 $0, %cluster_ctarank;", result=u32,
     doc="%cluster_ctarank: this CTA's rank inside its cluster.")

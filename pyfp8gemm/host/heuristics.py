@@ -47,6 +47,10 @@ SMALL_BLOCK_N = 32
 # 16x576x2048 split 3 9.2 vs 7.9: with little K per split the partial-sum round trip (fence,
 # counter, reload) costs more than the idle SMs did.
 MIN_K_BLOCKS_PER_SPLIT = 12
+# Splitting the last, partial wave's tiles (e.g. 4096x2112x7168: 544 tiles of 128x128 = 4 full
+# waves and 16 tiles): they take 1 / split of a tile time, plus the partial-sum round trip,
+# modelled as this fraction of a tile time.
+TAIL_REDUCE_WAVES = 0.15
 # BLOCK_M 256 (two 64-row waves per math warpgroup, B tile shared by four wgmma waves) ran
 # 3-10% faster than BLOCK_M 128 at equal wave counts on every M = 4096/8192 ANCHORS shape.
 BLOCK_M_256_SPEEDUP = 0.92
@@ -68,9 +72,9 @@ def stages_for(block_m: int, block_n: int) -> int:
 
 
 def make_config(block_m: int, block_n: int, multicast: str = "none",
-                split_k: int = 1) -> GemmConfig:
+                split_k: int = 1, split_last_wave: bool = False) -> GemmConfig:
     return GemmConfig(block_m, block_n, stages_for(block_m, block_n), multicast,
-                      split_k=split_k)
+                      split_k=split_k, split_last_wave=split_last_wave)
 
 
 def split_k_fits(split_k: int, k: int) -> bool:
@@ -93,38 +97,53 @@ def choose_split_k(tiles: int, k: int, num_sms: int) -> int:
     return max(split_k, 1)
 
 
+def choose_last_wave_split(tiles: int, k: int, num_sms: int) -> int:
+    """How many ways to split each tile of the last wave when the tiles fill more than one
+    wave but the last one less than half (the SMs would idle for most of it)."""
+    if tiles <= num_sms or tiles % num_sms == 0:
+        return 1
+    return choose_split_k(tiles % num_sms, k, num_sms)
+
 
 @functools.lru_cache(maxsize=1024)
 def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
     """The configuration pyfp8gemm launches for an (M, N, K) GEMM on `num_sms` SMs."""
     wants_multicast = m >= MULTICAST_MIN_M and num_sms % 2 == 0
 
-    def cost(block_m, block_n):
+    def cost(block_m, block_n, last_wave_split):
         m_blocks, n_blocks = _ceil_div(m, block_m), _ceil_div(n, block_n)
-        waves = _ceil_div(m_blocks * n_blocks, num_sms)
+        tiles = m_blocks * n_blocks
+        waves = _ceil_div(tiles, num_sms)
+        if last_wave_split > 1:
+            waves = tiles // num_sms + 1 / last_wave_split + TAIL_REDUCE_WAVES
         time = waves * block_m * (block_n + TILE_OVERHEAD_COLUMNS[block_m])
         if block_m == 256:
             time *= BLOCK_M_256_SPEEDUP
         elif block_n > 128:
             time *= NO_OVERLAP_PENALTY          # promotion not overlapped (registers)
-        if (wants_multicast and block_m == 128
-                and _multicast_for(m_blocks, n_blocks) == "none"):
+        if (wants_multicast and block_m == 128 and (
+                last_wave_split > 1 or _multicast_for(m_blocks, n_blocks) == "none")):
             time *= NO_MULTICAST_PENALTY
         if 128 % block_n and block_n % 128:
             time *= STRADDLE_PENALTY            # tiles cross B-scale blocks
         return time, -block_m, -block_n
 
     def best_tile(block_ms):
-        return min(((bm, bn) for bm in block_ms for bn in BLOCK_N_CANDIDATES[bm]),
-                   key=lambda c: cost(*c))
+        options = [(bm, bn, 1) for bm in block_ms for bn in BLOCK_N_CANDIDATES[bm]]
+        options += [(bm, bn, split) for bm, bn, _ in options if bm <= 128
+                    for split in [choose_last_wave_split(
+                        _ceil_div(m, bm) * _ceil_div(n, bn), k, num_sms)] if split > 1]
+        return min(options, key=lambda c: cost(*c))
 
     block_ms = (64,) if m <= 64 else (128, 256) if m >= BLOCK_M_256_MIN_M else (128,)
-    block_m, block_n = best_tile(block_ms)
+    block_m, block_n, last_wave_split = best_tile(block_ms)
     if block_m == 128 and m <= 128 and block_n <= SMALL_BLOCK_N:
         # One 128-row block and a thin N tile (m64n16/n32 wgmmas mostly re-read A from smem):
         # two 64-row blocks with a wider N tile fill the SMs as well and ran faster
         # (128x2112x7168: 64x32 252 TFLOPS vs 128x16 225; 128x4096x7168: 64x64 377 vs 128x32 369).
-        block_m, block_n = best_tile((64,))
+        block_m, block_n, last_wave_split = best_tile((64,))
+    if last_wave_split > 1:
+        return make_config(block_m, block_n, "none", last_wave_split, split_last_wave=True)
     multicast = "none"
     if wants_multicast and block_m == 128:
         multicast = _multicast_for(_ceil_div(m, block_m), _ceil_div(n, block_n))

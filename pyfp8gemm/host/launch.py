@@ -41,12 +41,25 @@ def loaded_kernel(cfg: GemmConfig, device_index: int) -> driver.LoadedKernel:
                                cfg.smem_bytes, cfg.cluster_size)
 
 
+def whole_tiles(cfg: GemmConfig, m: int, n: int, num_sms: int) -> int:
+    """How many tiles (the first, in scheduling order) run unsplit: all without split-K,
+    none with plain split-K, the full waves' with `split_last_wave`."""
+    tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
+    if cfg.split_k == 1:
+        return tiles
+    if cfg.split_last_wave:
+        return tiles - tiles % num_sms
+    return 0
+
+
 def grid_size(cfg: GemmConfig, m: int, n: int, num_sms: int) -> int:
-    """Persistent grid: one CTA per SM, but no more clusters than there are tile units."""
+    """Persistent grid: one CTA per SM, but no more clusters than there are work units."""
     cluster_m = 2 if cfg.multicast == "b" else 1
     cluster_n = 2 if cfg.multicast == "a" else 1
-    units = (-(-m // (cfg.block_m * cluster_m))) * (-(-n // (cfg.block_n * cluster_n)))
-    return min(units * cfg.split_k, num_sms // cfg.cluster_size) * cfg.cluster_size
+    tiles = (-(-m // (cfg.block_m * cluster_m))) * (-(-n // (cfg.block_n * cluster_n)))
+    whole = whole_tiles(cfg, m, n, num_sms)
+    units = whole + (tiles - whole) * cfg.split_k
+    return min(units, num_sms // cfg.cluster_size) * cfg.cluster_size
 
 
 class Plan:
@@ -57,17 +70,20 @@ class Plan:
                  device_index: int = 0):
         self.cfg, self.kernel, self.grid = cfg, kernel, grid
         self.m, self.n, self.k = m, n, k
+        # With split_last_wave the grid is every SM (grid_size), so the full waves are these.
+        self.whole_tiles = whole_tiles(cfg, m, n, grid)
         self.device_index = device_index
         self._workspaces: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def workspace(self, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Split-K scratch for launches on `stream`: FP32 partial tiles (split_k per tile) and
-        one int32 arrival counter per tile, zeroed once (each launch's last CTA per tile puts
-        its counter back to 0). One per stream, so GEMMs on two streams never share it."""
+        """Split-K scratch for launches on `stream`: FP32 partial tiles (split_k per split tile)
+        and one int32 arrival counter per split tile, zeroed once (each launch's last CTA per
+        tile puts its counter back to 0). One per stream, so GEMMs on two streams never share
+        it."""
         pair = self._workspaces.get(stream)
         if pair is None:
             cfg = self.cfg
-            tiles = -(-self.m // cfg.block_m) * -(-self.n // cfg.block_n)
+            tiles = -(-self.m // cfg.block_m) * -(-self.n // cfg.block_n) - self.whole_tiles
             device = torch.device("cuda", self.device_index)
             pair = (torch.empty(tiles * cfg.split_k * cfg.block_m * cfg.block_n,
                                 dtype=torch.float32, device=device),
@@ -93,7 +109,7 @@ class Plan:
             (driver.c_int64, b_scale_ptr),
             (driver.c_int64, workspace_ptr), (driver.c_int64, counters_ptr),
             (driver.c_int32, m), (driver.c_int32, n), (driver.c_int32, k),
-            (driver.c_int32, cfg.split_k),
+            (driver.c_int32, cfg.split_k), (driver.c_int32, self.whole_tiles),
         ))
 
 
