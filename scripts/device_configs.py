@@ -1,7 +1,13 @@
 """Time explicit configs side by side on one shape (tuning experiments).
 
-python scripts/device_configs.py M N K BMxBN[:mc[:group[:stages[:noovl]]]] ...
+python scripts/device_configs.py M N K BMxBN[:mc[:group[:stages[:noovl[:split]]]]] ...
+
+split: "4" splits every tile's K in 4, "4w" only the last wave's tiles (split_last_wave).
+A trailing ":noturn" turns mma_turns off (two math warpgroups issue wgmmas as they please).
+Each spec may be given twice (e.g. A B A B) to interleave repeated timings.
+TIMING=profiler times kernels alone (torch profiler bursts, bench/timing.py) instead of do_bench.
 """
+import os
 import sys
 
 import torch
@@ -16,12 +22,17 @@ from pyfp8gemm.host.launch import fp8_gemm_nt_launch
 
 def parse(spec):
     parts = spec.split(":")
+    turns = "noturn" not in parts
+    parts = [p for p in parts if p != "noturn"]
     bm, bn = map(int, parts[0].split("x"))
     mc = parts[1] if len(parts) > 1 else "none"
     group = int(parts[2]) if len(parts) > 2 else 16
     stages = int(parts[3]) if len(parts) > 3 and parts[3] else stages_for(bm, bn)
     overlap = not (len(parts) > 4 and parts[4] == "noovl")
-    return GemmConfig(bm, bn, stages, mc, group, overlap)
+    split = parts[5] if len(parts) > 5 else "1"
+    last_wave = split.endswith("w")
+    return GemmConfig(bm, bn, stages, mc, group, overlap, split_k=int(split.rstrip("w")),
+                      split_last_wave=last_wave, mma_turns=turns)
 
 
 m, n, k = map(int, sys.argv[1:4])
@@ -29,6 +40,9 @@ a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 b = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
 qa, qb = quantize(a, "1x128"), quantize(b, "128x128")
 ref = qa.dequantize().double() @ qb.dequantize().double().T
+if os.environ.get("TIMING") == "profiler":
+    from bench.timing import time_with_profiler
+    do_bench = lambda fn, warmup, rep, return_mode: time_with_profiler(fn, warmup)
 cub = do_bench(lambda: torch._scaled_mm(qa.data, qb.data.t(), scale_a=qa.scale, scale_b=qb.scale.t(),
                                         out_dtype=torch.bfloat16), warmup=25, rep=100,
                return_mode="median")
@@ -43,4 +57,6 @@ for spec in sys.argv[4:]:
     clusters = loaded_kernel(cfg, 0).max_active_clusters() if cfg.cluster_size > 1 else "-"
     ms = do_bench(lambda: fp8_gemm_nt_launch(qa.data, qa.scale, qb.data, qb.scale, out, config=cfg),
                   warmup=25, rep=100, return_mode="median")
-    print(f"  {cfg.name:44} {tf(ms):6.0f} TFLOPS  x{cub / ms:.2f}  diff {diff:.1e} max clusters {clusters}", flush=True)
+    label = cfg.name + (f"_x{cfg.split_k}" + ("w" if cfg.split_last_wave else "")
+                        if cfg.split_k > 1 else "")
+    print(f"  {label:52} {tf(ms):6.0f} TFLOPS  x{cub / ms:.2f}  diff {diff:.1e} max clusters {clusters}", flush=True)
