@@ -430,7 +430,11 @@ def _split_k_cases():
             # wave + 4 tiles, M and N tails; 4 full waves + 48 straddling tiles, K tail).
             (make_config(128, 128, "none", 4, split_last_wave=True), (4096, 2112, 7168)),
             (make_config(128, 128, "none", 4, split_last_wave=True), (2100, 1000, 2048)),
-            (make_config(64, 48, "none", 2, split_last_wave=True), (1100, 1504, 1040))]
+            (make_config(64, 48, "none", 2, split_last_wave=True), (1100, 1504, 1040)),
+            # BLOCK_M 256 (two waves per warpgroup): plain split-K with an M tail, and the
+            # last wave of 4096x2112x7168 (2 full waves + 8 tiles of 256x128) split 4 ways.
+            (make_config(256, 128, "none", 3), (300, 256, 4096)),
+            (make_config(256, 128, "none", 4, split_last_wave=True), (4096, 2112, 7168))]
 
 
 SPLIT_K_CASES = _split_k_cases()

@@ -259,7 +259,8 @@ def test_split_k_choice():
 
 def test_last_wave_split_choice_and_plan():
     """4096x2112x7168: 544 tiles of 128x128 = 4 full waves + 16 tiles on 132 SMs; the 16 are
-    split 4 ways (14 K blocks each) instead of idling 116 SMs for a fifth tile time."""
+    split 4 ways (14 K blocks each) instead of idling 116 SMs for a fifth tile time.
+    2048x2112x7168: 2 waves of 128x128 + 8 tiles, split 4 ways."""
     from pyfp8gemm.host.heuristics import choose_config, choose_last_wave_split
 
     cfg = choose_config(4096, 2112, 7168, 132)
@@ -267,6 +268,11 @@ def test_last_wave_split_choice_and_plan():
         (128, 128, "none", 4, True)
     assert launch.whole_tiles(cfg, 4096, 2112, 132) == 528
     assert launch.grid_size(cfg, 4096, 2112, 132) == 132
+    cfg = choose_config(2048, 2112, 7168, 132)
+    assert (cfg.block_m, cfg.block_n, cfg.split_k, cfg.split_last_wave) == (128, 128, 4, True)
+    assert launch.whole_tiles(cfg, 2048, 2112, 132) == 264
+    cfg = GemmConfig(256, 128, 3, split_k=4, split_last_wave=True)        # 2 waves + 8 tiles
+    assert launch.whole_tiles(cfg, 4096, 2112, 132) == 264
     assert choose_last_wave_split(544, 7168, 132) == 4
     assert choose_last_wave_split(132, 7168, 132) == 1               # one full wave
     assert choose_last_wave_split(264 + 100, 7168, 132) == 1         # last wave 3/4 full
@@ -306,5 +312,6 @@ def test_split_k_kernel_is_shared_by_every_split_count():
     assert GemmConfig(128, 128, 5, split_k=4, split_last_wave=True).kernel_config == \
         GemmConfig(128, 128, 5, split_k=2)
     assert GemmConfig(64, 16, 21, split_k=5).name == GemmConfig(64, 16, 21, split_k=2).name
+    assert GemmConfig(256, 128, 3, split_k=3).kernel_config == GemmConfig(256, 128, 3, split_k=2)
     with pytest.raises(ValueError, match="split_k > 1 needs multicast 'none'"):
         GemmConfig(128, 128, 5, "a", split_k=2)

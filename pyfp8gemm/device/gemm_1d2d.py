@@ -119,8 +119,8 @@ class GemmConfig:
             raise ValueError(f"multicast must be 'none', 'a' or 'b', got {self.multicast!r}")
         if not 1 <= self.split_k <= MAX_SPLIT_K:
             raise ValueError(f"split_k must be in [1, {MAX_SPLIT_K}], got {self.split_k}")
-        if self.split_k > 1 and (self.multicast != "none" or self.block_m == 256):
-            raise ValueError("split_k > 1 needs multicast 'none' and block_m 64 or 128")
+        if self.split_k > 1 and self.multicast != "none":
+            raise ValueError("split_k > 1 needs multicast 'none'")
         if self.split_last_wave and self.split_k == 1:
             raise ValueError("split_last_wave needs split_k > 1")
         if self.stages < 1 or self.smem_bytes > SMEM_LIMIT:
