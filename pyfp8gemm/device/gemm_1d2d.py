@@ -460,7 +460,8 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     def issue_and_retire(base, final, acc_new, acc_done, scales_done, stage_done, descs,
                          b_rows, sbs, kb, stage, phase, row, lane, n_first):
         """One step of the overlapped pipeline: start K block `kb` into `acc_new`, then wait
-        for the block before it (`acc_done`, in slot `stage_done`) and promote it."""
+        for the block before it (`acc_done`, in slot `stage_done`) and promote it. (Overlapped
+        kernels never take turns, so the warpgroup passed on is a placeholder 0.)"""
         acc_new, scales_new, sbs = issue_k_block(base, acc_new, descs, b_rows, sbs, kb, stage,
                                                  phase, row, 0)
         new_stage = stage
