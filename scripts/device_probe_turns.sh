@@ -10,5 +10,5 @@ TIMING=profiler run 4096 4096 7168 $S $S
 S2="128x128:none:16::ovl:4w 128x192:b 128x192:b:noturn 128x192 256x128 256x128:none:noturn"
 TIMING=profiler run 4096 2112 7168 $S2 $S2
 timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider -n 8 --timeout 120 --timeout-method thread 2>&1 | tail -6 | tee $OUT/gpu_tests.txt
-TIMING=profiler run 4096 7168 2048 $S 128x160:a 128x160:a:noturn $S
+TIMING=profiler run 4096 7168 2048 $S 128x160:b 128x160:b:noturn $S
 run 4096 4096 7168 $S $S
