@@ -29,7 +29,7 @@ def parse(spec):
     group = int(parts[2]) if len(parts) > 2 else 16
     stages = int(parts[3]) if len(parts) > 3 and parts[3] else stages_for(bm, bn)
     overlap = not (len(parts) > 4 and parts[4] == "noovl")
-    split = parts[5] if len(parts) > 5 else "1"
+    split = parts[5] if len(parts) > 5 and parts[5] else "1"
     last_wave = split.endswith("w")
     return GemmConfig(bm, bn, stages, mc, group, overlap, split_k=int(split.rstrip("w")),
                       split_last_wave=last_wave, mma_turns=turns)

@@ -58,8 +58,10 @@ BLOCK_M_256_MIN_M = 1024
 # BLOCK_N candidates per BLOCK_M; capped where the two FP32 fragments (BLOCK_N regs/thread)
 # still fit the math warpgroups' register budget without spilling.
 # 176 is left out: a 176-wide tile can span three B-scale blocks (GemmConfig rejects it).
+# 192 at BLOCK_M 128 (wgmma turns, no overlap): 128x24576x1536 in one wave of 128x192 ran
+# 527-528 TFLOPS vs 501-502 for two waves of 128x96 (profiler, interleaved).
 BLOCK_N_CANDIDATES = {64: tuple(n for n in range(16, 193, 16) if n != 176),
-                      128: tuple(range(16, 161, 16)),
+                      128: tuple(range(16, 161, 16)) + (192,),
                       256: (128,)}
 
 
