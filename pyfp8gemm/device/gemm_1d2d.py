@@ -373,13 +373,21 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         return sb, (ld_global_nc_f32(second_row + 4 * kb) if STRADDLE else sb)
 
     @inline
+    def load_b_scales_ahead(b_rows, kb):
+        """The `pending` B scales at the start of a tile: K block kb's and kb + 1's."""
+        return load_b_scales(b_rows, kb), load_b_scales(b_rows, kb + 1)
+
+    @inline
     def wait_k_block(base, b_rows, pending, kb, stage, phase):
-        """Wait until ring slot `stage` holds K block `kb`. Returns kb's B scales, `pending`
-        (loaded one K block ahead: their global-load latency hides behind a whole K block),
-        and starts the loads of kb + 1's."""
-        upcoming = load_b_scales(b_rows, kb + 1)
+        """Wait until ring slot `stage` holds K block `kb`. Returns kb's B scales and the new
+        `pending`: the scales are loaded two K blocks ahead. (One ahead was not enough: ptxas
+        schedules the scale product, their first use, among the next block's wgmma issues,
+        and an L1 miss there held up the issue: ncu put 12% of the 64x64 kernel's stall
+        samples on that FMUL.)"""
+        now, soon = pending
+        later = load_b_scales(b_rows, kb + 2)
         mbarrier_wait(base + FULL_BARS + 8 * stage, phase)   # tiles landed?
-        return pending, upcoming
+        return now, (soon, later)
 
     @inline
     def wait_turn(warpgroup):
@@ -525,13 +533,13 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         phase = 0
         num_units = count_units(num_m_units, num_n_units, splitting)
         unit = first_unit
-        # The first K block's B scales of each tile are loaded one tile ahead (before the
+        # The first K blocks' B scales of each tile are loaded one tile ahead (before the
         # previous tile's epilogue): a global load at the start of a tile would stall its first
         # promotion, which costs most where K (and so a tile) is short.
         tile_unit, split, kb_begin, kb_end = unit_work(min(unit, num_units - 1), num_kb,
                                                        splitting)
         b_rows = tile_b_rows(sfb, n, num_kb, tile_unit, rank, num_m_units, num_n_units)
-        sbs = load_b_scales(b_rows, kb_begin)
+        sbs = load_b_scales_ahead(b_rows, kb_begin)
         if warpgroup == 1:
             pass_turn(1)              # mma_turns: warpgroup 0 issues first
         while unit < num_units:
@@ -598,7 +606,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 # (Only if there is a next tile: a load still in flight would hold up the exit.)
                 next_tile, _, next_kb, _ = unit_work(unit, num_kb, splitting)
                 b_rows = tile_b_rows(sfb, n, num_kb, next_tile, rank, num_m_units, num_n_units)
-                sbs = load_b_scales(b_rows, next_kb)
+                sbs = load_b_scales_ahead(b_rows, next_kb)
             if not SPLIT_K:
                 epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup)
             else:
