@@ -315,3 +315,17 @@ def test_split_k_kernel_is_shared_by_every_split_count():
     assert GemmConfig(256, 128, 3, split_k=3).kernel_config == GemmConfig(256, 128, 3, split_k=2)
     with pytest.raises(ValueError, match="split_k > 1 needs multicast 'none'"):
         GemmConfig(128, 128, 5, "a", split_k=2)
+
+
+def test_small_m_multicast_b_choice():
+    """BLOCK_M 64 with two M tiles shares the weight tile only with BLOCK_N >= 64 and long K
+    (measured: +6-13% at K = 7168, -8% at 128x4096x2048; bench/JOURNAL.md, session 4)."""
+    from pyfp8gemm.host.heuristics import choose_config
+
+    shared = choose_config(128, 4096, 7168, 132)
+    assert (shared.block_m, shared.block_n, shared.multicast) == (64, 64, "b")
+    assert choose_config(96, 4096, 7168, 132).multicast == "b"
+    assert choose_config(128, 4096, 2048, 132).multicast == "none"    # short K
+    assert choose_config(64, 4096, 7168, 132).multicast == "none"     # one M tile
+    assert choose_config(128, 2112, 7168, 132).multicast == "none"    # BLOCK_N 32
+    assert choose_config(128, 4096, 7168, 131).multicast == "none"    # odd SM count

@@ -22,7 +22,8 @@ to the larger tile. The constants come from side-by-side sweeps on the H200
 - multicast (BLOCK_M 128, M >= 512 only): a 2-CTA cluster loads A once for two N-neighbours
   ("a") when the number of N tiles is even, else B once for two M-neighbours ("b"). BLOCK_M 256
   runs without a cluster: multicast made it 3-7% slower (the pair waits on each other).
-  BLOCK_M 64 with an even number of M tiles (M = 65..128) and BLOCK_N >= 64 shares B ("b").
+  BLOCK_M 64 with an even number of M tiles (M = 65..128), BLOCK_N >= 64 and K >= 4096 shares
+  B ("b").
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ NO_OVERLAP_PENALTY = 1.15
 STRADDLE_PENALTY = 1.15        # 64x24576x1536: BLOCK_N 64 246 TFLOPS vs 96 (straddling) 233
 SMALL_BLOCK_N = 32
 # BLOCK_M 64 with an even number of M tiles (e.g. M = 128): two M-neighbour CTAs share the weight
-# tile (multicast "b"). 128x4096x7168 64x64: 471-472 TFLOPS vs 426-448 (profiler, interleaved);
-# multicast "a" 426; 128x2112x7168 64x32: no difference (319 vs 320), so only from BLOCK_N 64.
+# tile (multicast "b"), for long K only. Profiler, interleaved: 128x4096x7168 64x64 471-472 TFLOPS
+# vs 426-448 (multicast "a" 426), 96x4096x7168 334-335 vs 296; but 128x4096x2048 270-273 vs 294
+# and 72x4096x2048 146 vs 143-145 (with 16 K blocks the pair's coupling costs more than it saves);
+# 128x2112x7168 64x32: 316-319 vs 320 (a 32-wide B tile is little of the traffic).
 SMALL_M_MULTICAST_B_MIN_N = 64
+SMALL_M_MULTICAST_B_MIN_K = 4096
 # Split-K: at least 12 K blocks (1536 of K) per CTA. Measured (do_bench, launch included):
 # 64x576x7168 split 3 11.3 us vs 13.9 unsplit, 64x256x16384 split 8 11.2 vs 23.1, but
 # 16x576x2048 split 3 9.2 vs 7.9: with little K per split the partial-sum round trip (fence,
@@ -157,7 +161,7 @@ def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
     if wants_multicast and block_m == 128:
         multicast = _multicast_for(_ceil_div(m, block_m), _ceil_div(n, block_n))
     elif (block_m == 64 and _ceil_div(m, 64) % 2 == 0 and block_n >= SMALL_M_MULTICAST_B_MIN_N
-          and num_sms % 2 == 0):
+          and k >= SMALL_M_MULTICAST_B_MIN_K and num_sms % 2 == 0):
         multicast = "b"
     split_k = 1
     if multicast == "none":
