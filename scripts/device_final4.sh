@@ -2,11 +2,8 @@
 # Session 4 final call: GPU suite; A/B of B scales two K blocks ahead + multicast B at BLOCK_M 64
 # (old tree in .ab/old, profiler timing); `python -m bench` (do_bench) for the README.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PATH=$PATH:/usr/local/cuda/bin PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+source scripts/device_env.sh
 NEW=$PWD
-export PYTHONPATH=/tmp/site:$NEW
 timeout 170 python3 -m pytest -q -m gpu -p no:cacheprovider -n 8 --timeout 120 --timeout-method thread \
     > $OUT/gpu_tests.txt 2>&1
 tail -3 $OUT/gpu_tests.txt

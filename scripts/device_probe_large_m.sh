@@ -2,9 +2,7 @@
 # Session 4 probe: profiler-timed multicast/stages at large M, BLOCK_N 192 at 128x24576x1536.
 # Everything goes to $OUT/probe.txt; stdout gets the TFLOPS lines only.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PATH=$PATH:/usr/local/cuda/bin PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+source scripts/device_env.sh
 {
 timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider -n 8 --timeout 120 --timeout-method thread \
     tests/test_gemm_gpu.py -k "n192" 2>&1 | tail -4

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Session 4: the BLOCK_M 64 multicast-B rule on the other shapes it applies to (N = 4096).
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PATH=$PATH:/usr/local/cuda/bin PYTHONUNBUFFERED=1 TIMING=profiler
-OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+source scripts/device_env.sh
+export TIMING=profiler
 C="timeout 60 python3 scripts/device_configs.py"
 {
 $C 128 4096 2048 64x64 64x64:b 64x64 64x64:b

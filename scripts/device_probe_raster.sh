@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
 # Session 4 probe: rasterization group height (units of BLOCK_M) at large M, profiler timing.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PATH=$PATH:/usr/local/cuda/bin PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+source scripts/device_env.sh
 export TIMING=profiler
 C="timeout 110 python3 scripts/device_configs.py"
 {

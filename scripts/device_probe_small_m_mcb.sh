@@ -3,9 +3,7 @@
 # BLOCK_M 64, profiler timing, interleaved. Plus the top stall lines of last session's ncu
 # report of 128x4096x7168 (64x64, .ab/m128n4096.ncu-rep).
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PATH=$PATH:/usr/local/cuda/bin PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+source scripts/device_env.sh
 {
 export TIMING=profiler
 C="timeout 100 python3 scripts/device_configs.py"
