@@ -380,10 +380,9 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     @inline
     def wait_k_block(base, b_rows, pending, kb, stage, phase):
         """Wait until ring slot `stage` holds K block `kb`. Returns kb's B scales and the new
-        `pending`: the scales are loaded two K blocks ahead. (One ahead was not enough: ptxas
-        schedules the scale product, their first use, among the next block's wgmma issues,
-        and an L1 miss there held up the issue: ncu put 12% of the 64x64 kernel's stall
-        samples on that FMUL.)"""
+        `pending`: the scales are loaded two K blocks ahead. (With one, ncu put 12% of the 64x64
+        kernel's stall samples on their first use, the scale product, which ptxas schedules
+        among the next block's wgmma issues; two ahead measured neither faster nor slower.)"""
         now, soon = pending
         later = load_b_scales(b_rows, kb + 2)
         mbarrier_wait(base + FULL_BARS + 8 * stage, phase)   # tiles landed?
