@@ -112,7 +112,10 @@ def make_gemm_inputs(shape: Shape, seed: int, device: str = "cuda") -> GemmInput
 
 
 def fp32_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """A @ B^T in true fp32 (TF32 off), the yardstick for every provider's calc_diff."""
+    """A @ B^T in true fp32 (TF32 off), the yardstick for every provider's calc_diff.
+
+    pyfp8gemm.testing.fp32_product computes the same; like bench.metrics.calc_diff, this copy
+    keeps the yardstick independent of the library under test (see the module docstring)."""
     previous = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
