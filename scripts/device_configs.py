@@ -1,9 +1,7 @@
 """Time explicit configs side by side on one shape (tuning experiments).
 
-python scripts/device_configs.py M N K BMxBN[:mc[:group[:stages[:noovl[:split]]]]] ...
+python scripts/device_configs.py M N K SPEC ...   (SPEC: see scripts/config_spec.py)
 
-split: "4" splits every tile's K in 4, "4w" only the last wave's tiles (split_last_wave).
-A trailing ":noturn" turns mma_turns off (two math warpgroups issue wgmmas as they please).
 Each spec may be given twice (e.g. A B A B) to interleave repeated timings.
 TIMING=profiler times kernels alone (torch profiler bursts, bench/timing.py) instead of do_bench.
 """
@@ -13,26 +11,10 @@ import sys
 import torch
 from triton.testing import do_bench
 
-from pyfp8gemm.device.gemm_1d2d import GemmConfig
+from config_spec import parse
 from pyfp8gemm.host.fp8tensor import quantize
 from pyfp8gemm.testing import calc_diff
-from pyfp8gemm.host.heuristics import stages_for
 from pyfp8gemm.host.launch import fp8_gemm_nt_launch
-
-
-def parse(spec):
-    parts = spec.split(":")
-    turns = "noturn" not in parts
-    parts = [p for p in parts if p != "noturn"]
-    bm, bn = map(int, parts[0].split("x"))
-    mc = parts[1] if len(parts) > 1 else "none"
-    group = int(parts[2]) if len(parts) > 2 else 16
-    stages = int(parts[3]) if len(parts) > 3 and parts[3] else stages_for(bm, bn)
-    overlap = not (len(parts) > 4 and parts[4] == "noovl")
-    split = parts[5] if len(parts) > 5 and parts[5] else "1"
-    last_wave = split.endswith("w")
-    return GemmConfig(bm, bn, stages, mc, group, overlap, split_k=int(split.rstrip("w")),
-                      split_last_wave=last_wave, mma_turns=turns)
 
 
 m, n, k = map(int, sys.argv[1:4])

@@ -30,7 +30,7 @@ from pyfp8gemm.cache import compiler, toolchain
 from pyfp8gemm.cache.toolchain import CompileError
 from pyfp8gemm.device import ptx, tile
 from pyfp8gemm.device.ptx import (
-    cluster_ctarank, cluster_sync, elect_one, fence_mbarrier_init, fence_proxy_async_smem,
+    cluster_ctarank, cluster_sync, cp_async_4, cp_async_mbarrier_arrive_noinc, elect_one, fence_mbarrier_init, fence_proxy_async_smem,
     ld_global_nc_f32, ld_shared_f32, mbarrier_arrive, mbarrier_arrive_cluster,
     mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_arrive,
     named_barrier_sync, pack_bf16x2,
@@ -221,6 +221,14 @@ def init_barrier(out):
 def arrive(out):
     smem = cuda.shared.array(0, types.uint8, alignment=1024)
     mbarrier_arrive(smem_base(smem) + BAR)
+
+
+@tiny_kernel("cp_async_4", "cp_async_mbarrier_arrive_noinc")
+def copy_scale_then_arrive(out):
+    # The B-scale thread: a 4-byte global -> shared copy, then an arrival once it landed.
+    smem = cuda.shared.array(0, types.uint8, alignment=1024)
+    cp_async_4(smem_base(smem) + 16, out + 4)
+    cp_async_mbarrier_arrive_noinc(smem_base(smem) + BAR)
 
 
 @tiny_kernel("mbarrier_arrive_expect_tx")
@@ -420,6 +428,8 @@ SASS_OF = [
     ("init_barrier", r"SYNCS\.EXCH\.64\b"),                       # mbarrier.init
     ("arrive", r"SYNCS\.ARRIVE\.TRANS64\.A1T0\b"),                # 1 arrival, 0 bytes
     ("arrive_expecting_bytes", r"SYNCS\.ARRIVE\.TRANS64 "),       # bytes in a register
+    ("copy_scale_then_arrive", r"LDGSTS\.E\b"),                    # cp.async 4 bytes
+    ("copy_scale_then_arrive", r"ARRIVES\.LDGSTSBAR\.64\.ARVCNT\b"),  # .noinc: counts
     ("arrive_on_peer", r"SYNCS\.ARRIVE\.TRANS64\.RED\.A1T0\b"),   # remote: a reduction
     ("wait_for_phase", r"SYNCS\.PHASECHK\.TRANS64\.TRYWAIT\b"),
     ("prefetch_map", r"UTMACCTL\.PF\b"),

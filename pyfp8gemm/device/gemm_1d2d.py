@@ -3,9 +3,10 @@
 A (M, K) e4m3 with one FP32 scale per row per 128 K ("1x128"); B (N, K) e4m3 with one scale
 per 128x128 block. Both K-major. The kernel is persistent and warp-specialized:
 
-  producer warpgroup   one elected thread streams A, B and A's scales through a ring of
-                       `stages` shared-memory buffers with TMA; `full[s]` says buffer s landed,
-                       `empty[s]` says every math warp (of every CTA it was sent to) is done.
+  producer warpgroup   one thread streams A, B and A's scales through a ring of `stages`
+                       shared-memory buffers with TMA, a second thread B's scales with cp.async;
+                       `full[s]` says buffer s landed (both threads arrive on it), `empty[s]`
+                       says every math warp (of every CTA it was sent to) is done.
   math warpgroups      per 128-wide K block: 4 wgmma m64nNk32 into a fresh FP32 fragment, then
                        "promotion" on CUDA cores: final += fragment * sa[row] * sb[block] (the
                        tensor core's FP8 accumulator keeps ~14 bits; this is DeepSeek-V3's fix).
@@ -17,8 +18,9 @@ two CTAs take neighbouring N tiles (multicast="a"), B when they take neighbourin
 With split-K, several CTAs share one tile's K blocks and the last to finish sums their FP32
 partials before the epilogue (for GEMMs with fewer tiles than SMs).
 
-Reading order: `producer_loop`, then `math_loop` (with `issue_wave` / `retire_k_block`, the
-two halves of a K block), then `epilogue`; the kernel entry `fp8_gemm_1d2d` is at the end.
+Reading order: `ring_loader` with its two slot fillers `load_tiles` and
+`load_b_scales_into_slot`, then `math_loop` (with `issue_wave` / `retire_k_block`, the two halves
+of a K block), then `epilogue`; the kernel entry `fp8_gemm_1d2d` is at the end.
 
 Everything BLOCK_M/BLOCK_N/stages-dependent is a closure constant of `make_fp8_gemm_1d2d`, so
 numba folds it and each config compiles to its own specialized kernel.
@@ -32,8 +34,9 @@ from numba import cuda
 from numba.cuda import types
 
 from .ptx import (
-    atom_add_global_u32, cluster_ctarank, cluster_sync, descriptor_advance, elect_one,
-    fence_acq_rel_gpu, fence_mbarrier_init, fence_proxy_async_smem, ld_global_nc_f32,
+    atom_add_global_u32, cluster_ctarank, cluster_sync, cp_async_4, cp_async_mbarrier_arrive_noinc,
+    descriptor_advance, elect_one,
+    fence_acq_rel_gpu, fence_mbarrier_init, fence_proxy_async_smem,
     ld_shared_f32, ld_shared_u32, mbarrier_arrive, mbarrier_arrive_cluster,
     mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_arrive,
     named_barrier_sync,
@@ -53,16 +56,20 @@ EPILOGUE_BARRIER = 2            # named barriers 2, 3: one per math warpgroup (0
 SPLIT_K_BARRIER = 4             # all math threads, around the split-K counter
 MMA_TURN_BARRIER = 5            # 5, 6: "math warpgroup 0 / 1 has issued its wgmmas" (mma_turns)
 SMEM_LIMIT = 232448             # dynamic shared memory per CTA on sm_90 (227 KB)
-# setmaxnreg budgets: the TMA warpgroup needs few registers, the math warpgroups hold the
-# fragments. setmaxnreg moves registers inside the CTA's pool, which is what it got at launch
-# (ptxas's count x threads: 168 x 384 = 64512 with two math warpgroups), NOT the SM's 65536:
-# 40 * 128 + 232 * 256 = 64512 fits exactly. 48 for the producer (which would avoid a few bytes
-# of spill there) left the second setmaxnreg.inc waiting forever: a hang seen on the H200.
-PRODUCER_REGISTERS = 40
-MATH_REGISTERS = {1: 248, 2: 232}
+# setmaxnreg budgets: the producer warpgroup (a TMA thread and a B-scale thread) needs few
+# registers, the math warpgroups hold the fragments. setmaxnreg moves registers inside the CTA's
+# pool, which is what it got at launch (ptxas's count x threads: 168 x 384 = 64512 with two math
+# warpgroups), NOT the SM's 65536: 56 * 128 + 224 * 256 = 64512 fits exactly (a budget beyond
+# the pool leaves a setmaxnreg.inc waiting forever: a hang seen on the H200, which
+# check_register_budget refuses). With two loader threads, 40 producer registers spilled; 224
+# for the math warpgroups spills only BLOCK_M 128 x BLOCK_N 192's epilogue addresses (a few
+# local loads per tile).
+PRODUCER_REGISTERS = 56
+MATH_REGISTERS = {1: 248, 2: 224}
 # BLOCK_M 256 keeps two final fragments and one MMA fragment per thread: 1.5 * BLOCK_N floats.
 BLOCK_M_256_MAX_N = 128
 MAX_SPLIT_K = 16
+SFB_STAGE_BYTES = 16            # a ring slot's B scales: the tile's one or two 128-column blocks
 
 
 def _align(x, a):
@@ -95,7 +102,8 @@ class GemmConfig:
     overlap_promotion: bool = True  # two fragments in flight (only where registers allow)
     split_k: int = 1            # K split over this many CTAs per tile (partials reduced in FP32)
     split_last_wave: bool = False  # split only the tiles of the last, partial wave (host only)
-    mma_turns: bool = True      # two math warpgroups without overlap issue wgmmas in turns
+    mma_turns: bool | None = None  # two math warpgroups without overlap issue wgmmas in
+                                # turns; None: where measured faster (one wave per warpgroup)
 
     def __post_init__(self):
         if self.block_m not in (64, 128, 256):
@@ -110,11 +118,12 @@ class GemmConfig:
                              "blocks (the kernel promotes with at most two)")
         if self.overlap_promotion and (self.block_n > 128 or self.waves > 1):
             object.__setattr__(self, "overlap_promotion", False)   # registers won't allow
-        if self.mma_turns and (self.overlap_promotion or self.math_warpgroups == 1
-                               or self.waves > 1):
-            # Nothing to take turns on; BLOCK_M 256 (two waves per warpgroup) measured no
-            # better with turns (bench/JOURNAL.md).
-            object.__setattr__(self, "mma_turns", False)
+        if self.mma_turns is None:
+            # BLOCK_M 256 (two waves per warpgroup) measured no better with turns
+            # (bench/JOURNAL.md), so they are only asked for explicitly there.
+            object.__setattr__(self, "mma_turns", self.waves == 1)
+        if self.mma_turns and (self.overlap_promotion or self.math_warpgroups == 1):
+            object.__setattr__(self, "mma_turns", False)     # nothing to take turns on
         if self.multicast not in ("none", "a", "b"):
             raise ValueError(f"multicast must be 'none', 'a' or 'b', got {self.multicast!r}")
         if not 1 <= self.split_k <= MAX_SPLIT_K:
@@ -180,11 +189,13 @@ class GemmConfig:
         a = d + self.block_m * self.block_n * 2
         b = a + self.stages * self.a_stage_bytes
         sfa = b + self.stages * self.b_stage_bytes
-        full = sfa + self.stages * self.sfa_stage_bytes
+        sfb = sfa + self.stages * self.sfa_stage_bytes
+        full = sfb + self.stages * SFB_STAGE_BYTES
         empty = full + 8 * self.stages
         flag = empty + 8 * self.stages                  # split-K: "this CTA reduces the tile"
         end = flag + (16 if self.split_k > 1 else 0)
-        return dict(d=d, a=a, b=b, sfa=sfa, full=full, empty=empty, flag=flag, end=end)
+        return dict(d=d, a=a, b=b, sfa=sfa, sfb=sfb, full=full, empty=empty, flag=flag,
+                    end=end)
 
     @property
     def smem_bytes(self):
@@ -210,7 +221,8 @@ class GemmConfig:
 
     @staticmethod
     def max_stages(block_m, block_n):
-        per_stage = block_m * BLOCK_K + block_n * BLOCK_K + _align(block_m * 4, 128) + 16
+        per_stage = (block_m * BLOCK_K + block_n * BLOCK_K + _align(block_m * 4, 128)
+                     + SFB_STAGE_BYTES + 16)
         return (SMEM_LIMIT - block_m * block_n * 2) // per_stage
 
 
@@ -229,11 +241,13 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     CLUSTER_M, CLUSTER_N = (2 if MULTICAST_B else 1), (2 if MULTICAST_A else 1)
     CTA_MASK = (1 << CLUSTER) - 1
     off = cfg.smem_offsets
-    SMEM_D, SMEM_A, SMEM_B, SMEM_SFA = off["d"], off["a"], off["b"], off["sfa"]
+    SMEM_D, SMEM_A, SMEM_B = off["d"], off["a"], off["b"]
+    SMEM_SFA, SMEM_SFB = off["sfa"], off["sfb"]
     FULL_BARS, EMPTY_BARS = off["full"], off["empty"]
     A_BYTES, B_BYTES, SFA_BYTES = cfg.a_stage_bytes, cfg.b_stage_bytes, cfg.sfa_stage_bytes
     STAGE_TX_BYTES = A_BYTES + B_BYTES + BM * 4      # what TMA delivers per stage
     EMPTY_ARRIVALS = CLUSTER * MATH_THREADS // 32    # one per math warp of each reading CTA
+    FULL_ARRIVALS = 2                                # the TMA thread and the B-scale thread
     STRADDLE = 128 % BN != 0          # a BLOCK_N tile may cross two 128-column B-scale blocks
     SWIZZLE_D = cfg.swizzle_d
     D_PANELS = BN * 2 // SWIZZLE_D    # TMA stores per output tile (one per swizzle panel)
@@ -303,40 +317,66 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             return 0, phase ^ 1
         return stage + 1, phase
 
+    def ring_loader(load_slot):
+        """A loader thread's loop: walk this CTA's tiles and K blocks in the order the math
+        warpgroups consume them; for each, wait until ring slot `stage` is free and call
+        `load_slot(base, operands, rank, stage, m_block, n_block, kb)` to fill it."""
+        @inline
+        def loader_loop(base, operands, work):
+            num_kb, splitting, rank, first_unit, unit_step, num_m_units, num_n_units = work
+            stage = 0
+            phase = 0
+            unit = first_unit
+            # (The bound is recomputed per tile: one register less to keep live.)
+            while unit < count_units(num_m_units, num_n_units, splitting):
+                tile_unit, _, kb_begin, kb_end = unit_work(unit, num_kb, splitting)
+                m_block, n_block = tile_of(tile_unit, rank, num_m_units, num_n_units)
+                for kb in range(kb_begin, kb_end):
+                    mbarrier_wait(base + EMPTY_BARS + 8 * stage, phase ^ 1)  # slot free?
+                    load_slot(base, operands, rank, stage, m_block, n_block, kb)
+                    stage, phase = next_slot(stage, phase)
+                unit += unit_step
+        return loader_loop
+
     @inline
-    def producer_loop(base, tmap_a, tmap_b, tmap_sfa, num_kb, splitting, rank, first_unit,
-                      unit_step, num_m_units, num_n_units):
-        stage = 0
-        phase = 0
-        unit = first_unit
-        # (The bound is recomputed per tile: one more live register would spill at 40.)
-        while unit < count_units(num_m_units, num_n_units, splitting):
-            tile_unit, _, kb_begin, kb_end = unit_work(unit, num_kb, splitting)
-            m_block, n_block = tile_of(tile_unit, rank, num_m_units, num_n_units)
-            for kb in range(kb_begin, kb_end):
-                full = base + FULL_BARS + 8 * stage
-                mbarrier_wait(base + EMPTY_BARS + 8 * stage, phase ^ 1)  # slot free?
-                mbarrier_arrive_expect_tx(full, STAGE_TX_BYTES)
-                a_dst = base + SMEM_A + A_BYTES * stage
-                b_dst = base + SMEM_B + B_BYTES * stage
-                sfa_dst = base + SMEM_SFA + SFA_BYTES * stage
-                if MULTICAST_A:           # rank 0 loads A (and its scales) for both CTAs
-                    if rank == 0:
-                        tma_load_2d_multicast(a_dst, tmap_a, full, kb * BLOCK_K, m_block * BM,
-                                              CTA_MASK)
-                        tma_load_2d_multicast(sfa_dst, tmap_sfa, full, m_block * BM, kb,
-                                              CTA_MASK)
-                else:
-                    tma_load_2d(a_dst, tmap_a, full, kb * BLOCK_K, m_block * BM)
-                    tma_load_2d(sfa_dst, tmap_sfa, full, m_block * BM, kb)
-                if MULTICAST_B:           # rank 0 loads B for both CTAs
-                    if rank == 0:
-                        tma_load_2d_multicast(b_dst, tmap_b, full, kb * BLOCK_K, n_block * BN,
-                                              CTA_MASK)
-                else:
-                    tma_load_2d(b_dst, tmap_b, full, kb * BLOCK_K, n_block * BN)
-                stage, phase = next_slot(stage, phase)
-            unit += unit_step
+    def load_tiles(base, operands, rank, stage, m_block, n_block, kb):
+        """TMA thread: A's and B's tiles and A's scales of K block kb into slot `stage`."""
+        tmap_a, tmap_b, tmap_sfa = operands
+        full = base + FULL_BARS + 8 * stage
+        mbarrier_arrive_expect_tx(full, STAGE_TX_BYTES)
+        a_dst = base + SMEM_A + A_BYTES * stage
+        b_dst = base + SMEM_B + B_BYTES * stage
+        sfa_dst = base + SMEM_SFA + SFA_BYTES * stage
+        if MULTICAST_A:           # rank 0 loads A (and its scales) for both CTAs
+            if rank == 0:
+                tma_load_2d_multicast(a_dst, tmap_a, full, kb * BLOCK_K, m_block * BM, CTA_MASK)
+                tma_load_2d_multicast(sfa_dst, tmap_sfa, full, m_block * BM, kb, CTA_MASK)
+        else:
+            tma_load_2d(a_dst, tmap_a, full, kb * BLOCK_K, m_block * BM)
+            tma_load_2d(sfa_dst, tmap_sfa, full, m_block * BM, kb)
+        if MULTICAST_B:           # rank 0 loads B for both CTAs
+            if rank == 0:
+                tma_load_2d_multicast(b_dst, tmap_b, full, kb * BLOCK_K, n_block * BN, CTA_MASK)
+        else:
+            tma_load_2d(b_dst, tmap_b, full, kb * BLOCK_K, n_block * BN)
+
+    @inline
+    def load_b_scales_into_slot(base, operands, rank, stage, m_block, n_block, kb):
+        """B-scale thread: the one or two B scales of K block kb into slot `stage`, by
+        cp.async (a TMA box is at least 16 bytes); the slot's full barrier expects this
+        thread's arrival too, which cp.async makes once the copies have landed."""
+        sfb, n, num_kb = operands
+        n0 = n_block * BN
+        first = sfb + 4 * (num_kb * (n0 // 128) + kb)
+        dst = base + SMEM_SFB + SFB_STAGE_BYTES * stage
+        cp_async_4(dst, first)
+        if STRADDLE:
+            second_row = min((n0 + BN - 1) // 128, (n + 127) // 128 - 1)
+            cp_async_4(dst + 4, first + 4 * num_kb * (second_row - n0 // 128))
+        cp_async_mbarrier_arrive_noinc(base + FULL_BARS + 8 * stage)
+
+    tma_loader_loop = ring_loader(load_tiles)
+    b_scale_loader_loop = ring_loader(load_b_scales_into_slot)
 
     @inline
     def epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup):
@@ -364,29 +404,9 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             tma_store_commit()
 
     @inline
-    def load_b_scales(b_rows, kb):
-        """B's scales of K block `kb` for this tile: (first, second) 128-column scale block
-        (the same one when tiles never straddle). Past the last K block, the last one's."""
-        first_row, second_row, last_kb = b_rows
-        kb = min(kb, last_kb)
-        sb = ld_global_nc_f32(first_row + 4 * kb)
-        return sb, (ld_global_nc_f32(second_row + 4 * kb) if STRADDLE else sb)
-
-    @inline
-    def load_b_scales_ahead(b_rows, kb):
-        """The `pending` B scales at the start of a tile: K block kb's and kb + 1's."""
-        return load_b_scales(b_rows, kb), load_b_scales(b_rows, kb + 1)
-
-    @inline
-    def wait_k_block(base, b_rows, pending, kb, stage, phase):
-        """Wait until ring slot `stage` holds K block `kb`. Returns kb's B scales and the new
-        `pending`: the scales are loaded two K blocks ahead. (With one, ncu put 12% of the 64x64
-        kernel's stall samples on their first use, the scale product, which ptxas schedules
-        among the next block's wgmma issues; two ahead measured neither faster nor slower.)"""
-        now, soon = pending
-        later = load_b_scales(b_rows, kb + 2)
-        mbarrier_wait(base + FULL_BARS + 8 * stage, phase)   # tiles landed?
-        return now, (soon, later)
+    def wait_slot(base, stage, phase):
+        """Wait until ring slot `stage` holds its K block (tiles and scales landed)."""
+        mbarrier_wait(base + FULL_BARS + 8 * stage, phase)
 
     @inline
     def wait_turn(warpgroup):
@@ -401,7 +421,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             named_barrier_arrive(MMA_TURN_BARRIER + warpgroup, MATH_THREADS)
 
     @inline
-    def issue_wave(base, acc, desc_a, desc_b, sb, sb_second, stage, row, wave, warpgroup):
+    def issue_wave(base, acc, descs, stage, row, wave, warpgroup):
         """Start the 4 wgmmas of one 64-row wave of the K block in slot `stage`, into a fresh
         `acc`. Returns acc (valid after a wgmma wait) and the wave's promotion scales
         sa[row] * sb, sa[row + 8] * sb (for the first and the second B-scale block).
@@ -409,12 +429,15 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         sfa = base + SMEM_SFA + SFA_BYTES * stage + 4 * (row + 128 * wave)
         sa_row0 = ld_shared_f32(sfa)
         sa_row8 = ld_shared_f32(sfa + 32)
-        a = descriptor_advance(desc_a, A_BYTES * stage + 128 * BLOCK_K * wave)
-        b = descriptor_advance(desc_b, B_BYTES * stage)
+        sfb = base + SMEM_SFB + SFB_STAGE_BYTES * stage
+        sb = ld_shared_f32(sfb)
+        sb_second = ld_shared_f32(sfb + 4) if STRADDLE else sb
+        a = descriptor_advance(descs[0], A_BYTES * stage + 128 * BLOCK_K * wave)
+        b = descriptor_advance(descs[1], B_BYTES * stage)
         acc = fence(acc)
         wait_turn(warpgroup)
         wgmma_fence()
-        acc = mma(a, b, acc, 0)                                 # fresh fragment
+        acc = mma(a, b, acc, 0)                             # fresh fragment
         acc = mma(descriptor_advance(a, 32), descriptor_advance(b, 32), acc, 1)
         acc = mma(descriptor_advance(a, 64), descriptor_advance(b, 64), acc, 1)
         acc = mma(descriptor_advance(a, 96), descriptor_advance(b, 96), acc, 1)
@@ -423,13 +446,11 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         return acc, (sa_row0 * sb, sa_row8 * sb, sa_row0 * sb_second, sa_row8 * sb_second)
 
     @inline
-    def issue_k_block(base, acc, descs, b_rows, pending, kb, stage, phase, row, warpgroup):
-        """Wait for K block `kb` in slot `stage` and start its (only) wave. Returns acc, the
-        promotion scales and the next block's B scales (see wait_k_block)."""
-        (sb, sb_second), upcoming = wait_k_block(base, b_rows, pending, kb, stage, phase)
-        acc, scales = issue_wave(base, acc, descs[0], descs[1], sb, sb_second, stage, row, 0,
-                                 warpgroup)
-        return acc, scales, upcoming
+    def issue_k_block(base, acc, descs, stage, phase, row, warpgroup):
+        """Wait for the K block in slot `stage` and start its (only) wave. Returns acc and the
+        promotion scales."""
+        wait_slot(base, stage, phase)
+        return issue_wave(base, acc, descs, stage, row, 0, warpgroup)
 
     def make_promotion(promote):
         """`promote_scaled(final, acc, scales, n_first)`: promote a finished (fenced) fragment
@@ -464,28 +485,18 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         return promote_last_wave(final, acc, scales, n_first)
 
     @inline
-    def issue_and_retire(base, final, acc_new, acc_done, scales_done, stage_done, descs,
-                         b_rows, sbs, kb, stage, phase, row, lane, n_first):
-        """One step of the overlapped pipeline: start K block `kb` into `acc_new`, then wait
-        for the block before it (`acc_done`, in slot `stage_done`) and promote it. (Overlapped
-        kernels never take turns, so the warpgroup passed on is a placeholder 0.)"""
-        acc_new, scales_new, sbs = issue_k_block(base, acc_new, descs, b_rows, sbs, kb, stage,
-                                                 phase, row, 0)
+    def issue_and_retire(base, final, acc_new, acc_done, scales_done, stage_done, descs, stage,
+                         phase, row, lane, n_first):
+        """One step of the overlapped pipeline: start the K block in slot `stage` into
+        `acc_new`, then wait for the block before it (`acc_done`, in slot `stage_done`) and
+        promote it. (Overlapped kernels never take turns, so the warpgroup passed on is a
+        placeholder 0.)"""
+        acc_new, scales_new = issue_k_block(base, acc_new, descs, stage, phase, row, 0)
         new_stage = stage
         stage, phase = next_slot(stage, phase)
         wait_mma_one()
         final = retire_k_block(base, final, acc_done, scales_done, stage_done, lane, n_first)
-        return final, acc_new, scales_new, new_stage, sbs, stage, phase
-
-    @inline
-    def tile_b_rows(sfb, n, num_kb, unit, rank, num_m_units, num_n_units):
-        """The B-scale rows a tile reads (first and second 128-column block, last K block)."""
-        _, n_block = tile_of(unit, rank, num_m_units, num_n_units)
-        n0 = n_block * BN
-        num_sfb_rows = (n + 127) // 128
-        return (sfb + 4 * num_kb * (n0 // 128),
-                sfb + 4 * num_kb * min((n0 + BN - 1) // 128, num_sfb_rows - 1),
-                num_kb - 1)
+        return final, acc_new, scales_new, new_stage, stage, phase
 
     @inline
     def reduce_split_k(base, final, workspace, counters, split_k, tile_unit, split, tid):
@@ -518,8 +529,8 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         return final, reduces
 
     @inline
-    def math_loop(base, tmap_d, sfb, workspace, counters, n, num_kb, splitting, rank,
-                  first_unit, unit_step, num_m_units, num_n_units, tid):
+    def math_loop(base, tmap_d, workspace, counters, work, tid):
+        num_kb, splitting, rank, first_unit, unit_step, num_m_units, num_n_units = work
         lane = tid % 32
         row = 16 * (tid // 32) + lane // 4        # this thread's first fragment row in the tile
         # wgmma descriptors of ring slot 0: this warpgroup's 64-row slice of A, and B. Built
@@ -532,13 +543,6 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         phase = 0
         num_units = count_units(num_m_units, num_n_units, splitting)
         unit = first_unit
-        # The first K blocks' B scales of each tile are loaded one tile ahead (before the
-        # previous tile's epilogue): a global load at the start of a tile would stall its first
-        # promotion, which costs most where K (and so a tile) is short.
-        tile_unit, split, kb_begin, kb_end = unit_work(min(unit, num_units - 1), num_kb,
-                                                       splitting)
-        b_rows = tile_b_rows(sfb, n, num_kb, tile_unit, rank, num_m_units, num_n_units)
-        sbs = load_b_scales_ahead(b_rows, kb_begin)
         if warpgroup == 1:
             pass_turn(1)              # mma_turns: warpgroup 0 issues first
         while unit < num_units:
@@ -552,27 +556,24 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 # tensor cores already run kb + 1. Unrolled by two with the tail peeled, so
                 # that no fragment whose wgmma is still running passes a branch merge (ptxas
                 # would copy its registers and serialize every wgmma, warning C7514).
-                acc, scales, sbs = issue_k_block(base, acc, descs, b_rows, sbs, kb_begin, stage,
-                                                 phase, row, 0)
+                acc, scales = issue_k_block(base, acc, descs, stage, phase, row, 0)
                 acc_stage = stage
                 stage, phase = next_slot(stage, phase)
                 kb = kb_begin
                 while kb + 2 < kb_end:
-                    (final, acc_next, scales_next, next_stage, sbs, stage,
+                    (final, acc_next, scales_next, next_stage, stage,
                      phase) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
-                                               descs, b_rows, sbs, kb + 1, stage, phase, row,
-                                               lane, n_first)
-                    (final, acc, scales, acc_stage, sbs, stage,
+                                               descs, stage, phase, row, lane, n_first)
+                    (final, acc, scales, acc_stage, stage,
                      phase) = issue_and_retire(base, final, acc, acc_next, scales_next,
-                                               next_stage, descs, b_rows, sbs, kb + 2, stage,
-                                               phase, row, lane, n_first)
+                                               next_stage, descs, stage, phase, row, lane,
+                                               n_first)
                     kb += 2
                 # Tail: block kb is in flight, and maybe one more block is left.
                 if kb + 1 < kb_end:
-                    (final, acc_next, scales_next, next_stage, sbs, stage,
+                    (final, acc_next, scales_next, next_stage, stage,
                      phase) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
-                                               descs, b_rows, sbs, kb + 1, stage, phase, row,
-                                               lane, n_first)
+                                               descs, stage, phase, row, lane, n_first)
                     wait_mma()
                     final = retire_k_block(base, final, acc_next, scales_next, next_stage,
                                            lane, n_first)
@@ -585,27 +586,19 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 for kb in range(kb_begin, kb_end):
                     if WAVES == 2:
                         # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile.
-                        (sb, sb_second), sbs = wait_k_block(base, b_rows, sbs, kb, stage,
-                                                            phase)
-                        acc, scales = issue_wave(base, acc, descs[0], descs[1], sb, sb_second,
-                                                 stage, row, 0, warpgroup)
+                        wait_slot(base, stage, phase)
+                        acc, scales = issue_wave(base, acc, descs, stage, row, 0, warpgroup)
                         wait_mma()
                         final = promote_first_wave(final, fence(acc), scales, n_first)
-                        acc, scales = issue_wave(base, acc, descs[0], descs[1], sb, sb_second,
-                                                 stage, row, 1, warpgroup)
+                        acc, scales = issue_wave(base, acc, descs, stage, row, 1, warpgroup)
                         wait_mma()
                     else:
-                        acc, scales, sbs = issue_k_block(base, acc, descs, b_rows, sbs, kb,
-                                                         stage, phase, row, warpgroup)
+                        acc, scales = issue_k_block(base, acc, descs, stage, phase, row,
+                                                    warpgroup)
                         wait_mma()
                     final = retire_k_block(base, final, acc, scales, stage, lane, n_first)
                     stage, phase = next_slot(stage, phase)
             unit += unit_step
-            if unit < num_units:
-                # (Only if there is a next tile: a load still in flight would hold up the exit.)
-                next_tile, _, next_kb, _ = unit_work(unit, num_kb, splitting)
-                b_rows = tile_b_rows(sfb, n, num_kb, next_tile, rank, num_m_units, num_n_units)
-                sbs = load_b_scales_ahead(b_rows, next_kb)
             if not SPLIT_K:
                 epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup)
             else:
@@ -621,21 +614,27 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         if tid % 128 < D_PANELS:
             tma_store_wait()          # the last stores must drain before the CTA exits
 
+    @inline
+    def this_ctas_work(m, n, k, split_k, whole_tiles):
+        """What this CTA walks: (K blocks per tile, (split_k, whole_tiles), cluster rank, first
+        unit, unit stride, M and N units). numba computes in int64; the counts are narrowed to
+        int32 so that each lives in one register, not two."""
+        num_kb = types.int32((k + BLOCK_K - 1) // BLOCK_K)
+        if not SPLIT_K:
+            split_k = 1         # constants, so the unit arithmetic folds away
+            whole_tiles = 0
+        num_m_units = types.int32((m + BM * CLUSTER_M - 1) // (BM * CLUSTER_M))
+        num_n_units = types.int32((n + BN * CLUSTER_N - 1) // (BN * CLUSTER_N))
+        rank = cluster_ctarank() if CLUSTER > 1 else 0
+        return (num_kb, (split_k, whole_tiles), rank, types.int32(cuda.blockIdx.x // CLUSTER),
+                types.int32(cuda.gridDim.x // CLUSTER), num_m_units, num_n_units)
+
     def fp8_gemm_1d2d(tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, workspace, counters, m, n, k,
                       split_k, whole_tiles):
         smem = cuda.shared.array(0, types.uint8, alignment=1024)
         base = smem_base(smem)
         tid = cuda.threadIdx.x
-        num_kb = (k + BLOCK_K - 1) // BLOCK_K
-        if not SPLIT_K:
-            split_k = 1         # constants, so the unit arithmetic folds away
-            whole_tiles = 0
-        splitting = (split_k, whole_tiles)
-        num_m_units = (m + BM * CLUSTER_M - 1) // (BM * CLUSTER_M)
-        num_n_units = (n + BN * CLUSTER_N - 1) // (BN * CLUSTER_N)
-        rank = cluster_ctarank() if CLUSTER > 1 else 0
-        first_unit = cuda.blockIdx.x // CLUSTER
-        unit_step = cuda.gridDim.x // CLUSTER
+        work = this_ctas_work(m, n, k, split_k, whole_tiles)
 
         if tid == MATH_THREADS:                   # producer's first thread: set up barriers
             prefetch_tensormap(tmap_a)
@@ -643,7 +642,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             prefetch_tensormap(tmap_sfa)
             prefetch_tensormap(tmap_d)
             for s in range(STAGES):
-                mbarrier_init(base + FULL_BARS + 8 * s, 1)
+                mbarrier_init(base + FULL_BARS + 8 * s, FULL_ARRIVALS)
                 mbarrier_init(base + EMPTY_BARS + 8 * s, EMPTY_ARRIVALS)
             fence_mbarrier_init()
         if CLUSTER > 1:
@@ -653,15 +652,17 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
 
         if tid >= MATH_THREADS:
             producer_registers()
-            if tid < MATH_THREADS + 32:
+            if tid < MATH_THREADS + 32:             # warp 0: the TMA thread
                 if elect_one():
-                    producer_loop(base, tmap_a, tmap_b, tmap_sfa, num_kb, splitting, rank,
-                                  first_unit, unit_step, num_m_units, num_n_units)
+                    tma_loader_loop(base, (tmap_a, tmap_b, tmap_sfa), work)
+                cuda.syncwarp()
+            elif tid < MATH_THREADS + 64:           # warp 1: the B-scale thread
+                if elect_one():
+                    b_scale_loader_loop(base, (sfb, n, work[0]), work)
                 cuda.syncwarp()
         else:
             math_registers()
-            math_loop(base, tmap_d, sfb, workspace, counters, n, num_kb, splitting, rank,
-                      first_unit, unit_step, num_m_units, num_n_units, tid)
+            math_loop(base, tmap_d, workspace, counters, work, tid)
 
         if CLUSTER > 1:           # no CTA may leave while its peer can still signal its smem
             cluster_sync()

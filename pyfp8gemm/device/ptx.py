@@ -166,6 +166,16 @@ ld_global_nc_f32 = ptx_instruction(
     "ld_global_nc_f32", "ld.global.nc.f32 $0, [$1];", (u64,), f32,
     doc="ld.global.nc.f32: read-only (non-coherent) global load of one float.")
 
+cp_async_4 = ptx_instruction(
+    "cp_async_4", "cp.async.ca.shared.global [$0], [$1], 4;", (u32, u64),
+    doc="cp.async 4 bytes global -> shared (LDGSTS): the thread does not wait for the data.")
+
+cp_async_mbarrier_arrive_noinc = ptx_instruction(
+    "cp_async_mbarrier_arrive_noinc", "cp.async.mbarrier.arrive.noinc.shared::cta.b64 [$0];",
+    (u32,),
+    doc="cp.async.mbarrier.arrive.noinc: once this thread's cp.async copies so far have landed, "
+        "arrive on the barrier (one of the arrivals its phase expects).")
+
 pack_bf16x2 = ptx_instruction(
     "pack_bf16x2", "cvt.rn.bf16x2.f32 $0, $2, $1;", (f32, f32), u32,
     doc="cvt.rn.bf16x2.f32: (lo, hi) floats -> one 32-bit word, lo in the low half.")

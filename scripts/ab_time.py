@@ -1,0 +1,77 @@
+"""A/B timing of kernel configurations, launches interleaved so that drift cancels.
+
+python scripts/ab_time.py M N K SPEC [SPEC ...] [--rounds R]   (SPEC: scripts/config_spec.py)
+
+Profiler bursts and do_bench time one config after another; the H200's clock drifts with power
+and temperature over those seconds (the same config read 1128 and 1320 TFLOPS in one process).
+Here every round launches cuBLAS block-wise and each config once, in rotating order, each after
+an L2 flush and between its own CUDA events, so all contenders see the same conditions. Printed:
+median TFLOPS, the 25-75% range, and the median over rounds of each config's time relative to
+the first config's in the same round (the paired ratio: the number to compare).
+"""
+import argparse
+import statistics
+
+import torch
+
+from bench.timing import flush_l2
+from config_spec import parse
+from pyfp8gemm.host.fp8tensor import quantize
+from pyfp8gemm.host.launch import fp8_gemm_nt_launch
+from pyfp8gemm.testing import calc_diff
+
+parser = argparse.ArgumentParser()
+parser.add_argument("m", type=int)
+parser.add_argument("n", type=int)
+parser.add_argument("k", type=int)
+parser.add_argument("specs", nargs="+")
+parser.add_argument("--rounds", type=int, default=300)
+args = parser.parse_args()
+m, n, k = args.m, args.n, args.k
+
+a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+b = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+qa, qb = quantize(a, "1x128"), quantize(b, "128x128")
+ref = qa.dequantize().double() @ qb.dequantize().double().T
+
+contenders = {"cuBLAS block-wise": lambda: torch._scaled_mm(
+    qa.data, qb.data.t(), scale_a=qa.scale, scale_b=qb.scale.t(), out_dtype=torch.bfloat16)}
+diffs = {}
+for spec in args.specs:
+    cfg = parse(spec)
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+    launch = (lambda cfg=cfg, out=out:
+              fp8_gemm_nt_launch(qa.data, qa.scale, qb.data, qb.scale, out, config=cfg))
+    launch()
+    torch.cuda.synchronize()
+    diffs[spec] = calc_diff(out, ref)
+    contenders[spec] = launch
+
+names = list(contenders)
+for name in names:                       # warm-up: compile, load, clocks up
+    for _ in range(20):
+        contenders[name]()
+torch.cuda.synchronize()
+events = {name: [] for name in names}
+for r in range(args.rounds):
+    for i in range(len(names)):
+        name = names[(i + r) % len(names)]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        flush_l2()
+        start.record()
+        contenders[name]()
+        end.record()
+        events[name].append((start, end))
+torch.cuda.synchronize()
+times = {name: [s.elapsed_time(e) for s, e in ev] for name, ev in events.items()}
+
+tflops = lambda ms: 2 * m * n * k / ms / 1e9
+first = args.specs[0]
+print(f"{m}x{n}x{k}, {args.rounds} interleaved rounds")
+for name in names:
+    t = sorted(times[name])
+    q1, med, q3 = t[len(t) // 4], statistics.median(t), t[3 * len(t) // 4]
+    paired = statistics.median(x / y for x, y in zip(times[first], times[name]))
+    diff = f"diff {diffs[name]:.1e}" if name in diffs else ""
+    print(f"  {name:34} {tflops(med):6.0f} TFLOPS ({tflops(q3):4.0f}-{tflops(q1):4.0f})  "
+          f"speed vs first x{paired:.3f}  {diff}", flush=True)
