@@ -1,8 +1,7 @@
 """Kernel configurations written on the command line, for the tuning scripts.
 
 Spec: BMxBN[:mc[:group[:stages[:noovl[:split]]]]], plus flags anywhere after the tile:
-":turn" / ":noturn" force mma_turns on / off (default: GemmConfig's choice), ":sfbglobal" reads
-B's scales from global memory in the math loop (sfb_in_ring=False), and, with
+":turn" / ":noturn" force mma_turns on / off (default: GemmConfig's choice), and, with
 bench/experiments/ablation-nopromote.patch applied, ":nopromote" / ":nomma".
 split: "4" splits every tile's K in 4, "4w" only the last wave's tiles (split_last_wave).
 """
@@ -19,8 +18,6 @@ def parse(spec: str) -> GemmConfig:
     turns = True if "turn" in flags else False if "noturn" in flags else None
     extra = {"ablation": f} if (f := next((p for p in flags if p.startswith("no")
                                            and p != "noturn"), "")) else {}
-    if "sfbglobal" in flags:
-        extra["sfb_in_ring"] = False
     bm, bn = map(int, parts[0].split("x"))
     mc = parts[1] if len(parts) > 1 and parts[1] else "none"
     group = int(parts[2]) if len(parts) > 2 and parts[2] else 16

@@ -61,9 +61,9 @@ SMEM_LIMIT = 232448             # dynamic shared memory per CTA on sm_90 (227 KB
 # pool, which is what it got at launch (ptxas's count x threads: 168 x 384 = 64512 with two math
 # warpgroups), NOT the SM's 65536: 56 * 128 + 224 * 256 = 64512 fits exactly (a budget beyond
 # the pool leaves a setmaxnreg.inc waiting forever: a hang seen on the H200, which
-# check_register_budget refuses). With two loader threads, 40 producer registers spilled; 224
-# for the math warpgroups spills only BLOCK_M 128 x BLOCK_N 192's epilogue addresses (a few
-# local loads per tile).
+# check_register_budget refuses). With two loader threads, 40 producer registers spilled; at 224
+# the math warpgroups hold every configuration the heuristic picks without spilling (BLOCK_M 128
+# x BLOCK_N 192, no longer picked, spills a few epilogue addresses).
 PRODUCER_REGISTERS = 56
 MATH_REGISTERS = {1: 248, 2: 224}
 # BLOCK_M 256 keeps two final fragments and one MMA fragment per thread: 1.5 * BLOCK_N floats.

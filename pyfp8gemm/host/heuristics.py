@@ -67,10 +67,12 @@ BLOCK_M_256_MIN_M = 1024
 # BLOCK_N candidates per BLOCK_M; capped where the two FP32 fragments (BLOCK_N regs/thread)
 # still fit the math warpgroups' register budget without spilling.
 # 176 is left out: a 176-wide tile can span three B-scale blocks (GemmConfig rejects it).
-# 192 at BLOCK_M 128 (wgmma turns, no overlap): 128x24576x1536 in one wave of 128x192 ran
-# 527-528 TFLOPS vs 501-502 for two waves of 128x96 (profiler, interleaved).
+# 192 at BLOCK_M 128 was a candidate while B scales came from global memory (128x24576x1536:
+# one wave of 128x192 527 TFLOPS vs 501 for two waves of 128x96, profiler). With B scales in
+# the ring, two waves of 128x96 ran 451-458 vs 444-445 (interleaved A/B, two runs), and 128x192
+# needs 232 registers per math thread (spills at 224): dropped.
 BLOCK_N_CANDIDATES = {64: tuple(n for n in range(16, 193, 16) if n != 176),
-                      128: tuple(range(16, 161, 16)) + (192,),
+                      128: tuple(range(16, 161, 16)),
                       256: (128,)}
 
 
