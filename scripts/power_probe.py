@@ -1,6 +1,9 @@
 """Sustained-load probe (GPU): TFLOPS, board power and SM clock of GEMMs run back to back.
 
-    python scripts/power_probe.py [M N K] [--rep-ms 1500]
+    python scripts/power_probe.py [M N K] [--rep-ms 1500] [--specs SPEC ...]
+
+SPECs (scripts/config_spec.py) replace the default pyfp8gemm contenders (the heuristic's choice
+and 128x128 multicast A); cuBLAS block-wise always runs.
 
 An H200 running FP8 GEMMs flat out is power-limited, so a kernel's sustained speed depends on
 how much power it burns per FLOP: this prints, per run, do_bench's median next to the mean
@@ -14,7 +17,6 @@ import pynvml
 import torch
 from triton.testing import do_bench
 
-from pyfp8gemm.device.gemm_1d2d import GemmConfig
 from pyfp8gemm.host.fp8tensor import quantize
 from pyfp8gemm.host.heuristics import choose_config, make_config
 from pyfp8gemm.host.launch import fp8_gemm_nt_launch
@@ -51,6 +53,7 @@ def main():
     parser.add_argument("shape", nargs="*", type=int, default=[4096, 4096, 7168])
     parser.add_argument("--rep-ms", type=float, default=1500)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--specs", nargs="*", default=None)
     args = parser.parse_args()
     m, n, k = args.shape
     pynvml.nvmlInit()
@@ -60,15 +63,18 @@ def main():
     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     scale_a = a.scale.t().contiguous().t()
     heuristic = choose_config(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count)
-    runs = {
-        f"pyfp8gemm {heuristic.name}": lambda: fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale,
-                                                                   out, config=heuristic),
-        "pyfp8gemm 128x128 mcA": lambda: fp8_gemm_nt_launch(
-            a.data, a.scale, b.data, b.scale, out, config=make_config(128, 128, "a")),
-        "cuBLAS block-wise": lambda: torch._scaled_mm(a.data, b.data.t(), scale_a=scale_a,
-                                                      scale_b=b.scale.t(),
-                                                      out_dtype=torch.bfloat16),
-    }
+    if args.specs:
+        from config_spec import parse
+        configs = {f"pyfp8gemm {spec}": parse(spec) for spec in args.specs}
+    else:
+        configs = {f"pyfp8gemm {heuristic.name}": heuristic,
+                   "pyfp8gemm 128x128 mcA": make_config(128, 128, "a")}
+    runs = {name: (lambda cfg=cfg: fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out,
+                                                       config=cfg))
+            for name, cfg in configs.items()}
+    runs["cuBLAS block-wise"] = lambda: torch._scaled_mm(a.data, b.data.t(), scale_a=scale_a,
+                                                         scale_b=b.scale.t(),
+                                                         out_dtype=torch.bfloat16)
     for fn in runs.values():
         fn()
     torch.cuda.synchronize()
