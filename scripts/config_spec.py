@@ -16,8 +16,7 @@ def parse(spec: str) -> GemmConfig:
     flags = [p for p in parts if p in FLAGS]
     parts = [p for p in parts if p not in FLAGS]
     turns = True if "turn" in flags else False if "noturn" in flags else None
-    extra = {"ablation": f} if (f := next((p for p in flags if p.startswith("no")
-                                           and p != "noturn"), "")) else {}
+    extra = {"ablation": p for p in flags if p in ("nopromote", "nomma")}
     bm, bn = map(int, parts[0].split("x"))
     mc = parts[1] if len(parts) > 1 and parts[1] else "none"
     group = int(parts[2]) if len(parts) > 2 and parts[2] else 16

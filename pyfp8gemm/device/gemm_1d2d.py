@@ -617,8 +617,8 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     @inline
     def this_ctas_work(m, n, k, split_k, whole_tiles):
         """What this CTA walks: (K blocks per tile, (split_k, whole_tiles), cluster rank, first
-        unit, unit stride, M and N units). numba computes in int64; the counts are narrowed to
-        int32 so that each lives in one register, not two."""
+        unit, unit stride, M and N units), computed once at the kernel's entry for all roles.
+        (The int32 casts narrow numba's int64; no configuration spilled without them either.)"""
         num_kb = types.int32((k + BLOCK_K - 1) // BLOCK_K)
         if not SPLIT_K:
             split_k = 1         # constants, so the unit arithmetic folds away
