@@ -35,8 +35,8 @@ from pyfp8gemm.device.ptx import (
     mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_arrive,
     named_barrier_sync, pack_bf16x2,
     prefetch_tensormap, ptx_instruction, setmaxnreg_dec, setmaxnreg_inc, smem_base,
-    atom_add_global_u32, descriptor_advance, fence_acq_rel_gpu, ld_shared_u32,
-    st_shared_u32, smem_descriptor, stmatrix_x1, stmatrix_x2, stmatrix_x4, tma_load_2d,
+    atom_add_global_u32, fence_acq_rel_gpu, ld_shared_u32,
+    st_shared_u32, smem_descriptor, smem_descriptor_words, stmatrix_x1, stmatrix_x2, stmatrix_x4, tma_load_2d,
     tma_load_2d_multicast,
     tma_load_3d, tma_store_2d, tma_store_commit, tma_store_wait, tma_store_wait_read,
     warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
@@ -367,6 +367,7 @@ def make_wgmma_kernel(n):
     n_acc = n // 2
     mma = wgmma_fp8(n)
     desc = smem_descriptor(128)
+    low, desc_of_low = smem_descriptor_words(128)
     zeros = fragment_zeros(n_acc)
     fence = fragment_fence(n_acc)
     store = fragment_store_global(n_acc)
@@ -378,9 +379,9 @@ def make_wgmma_kernel(n):
         acc = zeros()
         wgmma_fence()
         acc = mma(desc(a_tile), desc(b_tile), acc, 0)             # D = A B^T (zeros unread)
-        # D += ..., next 32 of K (descriptors stepped the way the GEMM kernel steps them)
-        acc = mma(descriptor_advance(desc(a_tile), 32), descriptor_advance(desc(b_tile), 32),
-                  acc, 1)
+        # D += ..., next 32 of K (descriptors stepped the way the GEMM kernel steps them:
+        # low words + 2, i.e. 32 bytes)
+        acc = mma(desc_of_low(low(a_tile) + 2), desc_of_low(low(b_tile) + 2), acc, 1)
         wgmma_commit()
         wait_none_pending()
         acc = fence(acc)
@@ -392,7 +393,7 @@ def make_wgmma_kernel(n):
 
 WGMMA_NS = (16, 64, 112, 128, 256)
 for _n in WGMMA_NS:
-    tiny_kernel("wgmma_fp8", "smem_descriptor", "descriptor_advance", "fragment_zeros",
+    tiny_kernel("wgmma_fp8", "smem_descriptor", "smem_descriptor_words", "fragment_zeros",
                 "fragment_fence", "wgmma_commit")(make_wgmma_kernel(_n))
 
 
@@ -523,19 +524,23 @@ def _descriptor(address, swizzle_bytes):
             | (mode << 62))
 
 
-def test_descriptor_advance_is_the_descriptor_of_the_advanced_address():
-    desc = smem_descriptor(128)
+def test_descriptor_words_step_like_addresses():
+    # The GEMM kernel keeps only descriptors' low words and adds bytes // 16 to them (ring
+    # slots, 32-byte K steps); rebuilt, they must be the descriptors of the advanced addresses.
+    low, desc = smem_descriptor_words(128)
     st_global_u64 = ptx_instruction("st_global_u64", "st.global.u64 [$0], $1;",
                                     (types.uint64, types.uint64))
 
     def advanced(out):
-        st_global_u64(out, descriptor_advance(desc(0x400), 0x1F000))
-        st_global_u64(out + 8, descriptor_advance(desc(0x2420), 96))
+        st_global_u64(out, desc(low(0x400) + 0x1F000 // 16))
+        st_global_u64(out + 8, desc(low(0x2420) + 96 // 16))
+        st_global_u64(out + 16, desc(low(0x3FFF0)))
 
-    kernel = build("descriptor_advance_constants", advanced, (I64,))
+    kernel = build("descriptor_words_constants", advanced, (I64,))
     constants = {int(c) % 2**64 for c in re.findall(r"mov\.u64\s+%rd\d+, (-?\d+);", kernel.ptx)}
     assert _descriptor(0x400 + 0x1F000, 128) in constants
     assert _descriptor(0x2420 + 96, 128) in constants
+    assert _descriptor(0x3FFF0, 128) in constants
 
 
 @pytest.mark.parametrize("swizzle_bytes", (128, 64, 32))

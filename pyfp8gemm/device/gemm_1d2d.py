@@ -35,12 +35,12 @@ from numba.cuda import types
 
 from .ptx import (
     atom_add_global_u32, cluster_ctarank, cluster_sync, cp_async_4, cp_async_mbarrier_arrive_noinc,
-    descriptor_advance, elect_one,
+    elect_one,
     fence_acq_rel_gpu, fence_mbarrier_init, fence_proxy_async_smem,
     ld_shared_f32, ld_shared_u32, mbarrier_arrive, mbarrier_arrive_cluster,
     mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_arrive,
     named_barrier_sync,
-    prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base, smem_descriptor,
+    prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base, smem_descriptor_words,
     st_global_u32, st_shared_u32, tma_load_2d, tma_load_2d_multicast, tma_store_2d,
     tma_store_commit, tma_store_wait, tma_store_wait_read, warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
 )
@@ -265,7 +265,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     FLAG = off["flag"]
 
     mma = wgmma_fp8(BN)
-    desc = smem_descriptor(128)
+    desc_low, desc = smem_descriptor_words(128)
     wait_mma = wgmma_wait(0)
     wait_mma_one = wgmma_wait(1)
     zeros = fragment_zeros(N_ACC)
@@ -292,15 +292,16 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         neighbouring CTAs at the same time), each a contiguous share of its K blocks (the host
         makes every share non-empty)."""
         if not SPLIT_K:
-            return unit, 0, 0, num_kb
+            return unit, 0, types.int32(0), num_kb
         split_k, whole_tiles = splitting
         if unit < whole_tiles:
-            return unit, 0, 0, num_kb
+            return unit, 0, types.int32(0), num_kb
         tail_tile = (unit - whole_tiles) // split_k
         split = unit - whole_tiles - tail_tile * split_k
         per_split = (num_kb + split_k - 1) // split_k
         kb_begin = split * per_split
-        return whole_tiles + tail_tile, split, kb_begin, min(num_kb, kb_begin + per_split)
+        return (whole_tiles + tail_tile, split, types.int32(kb_begin),
+                types.int32(min(num_kb, kb_begin + per_split)))
 
     @inline
     def count_units(num_m_units, num_n_units, splitting):
@@ -314,8 +315,8 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     def next_slot(stage, phase):
         """Advance around the ring; the parity flips each time it wraps."""
         if stage + 1 == STAGES:
-            return 0, phase ^ 1
-        return stage + 1, phase
+            return types.int32(0), types.int32(phase ^ 1)
+        return types.int32(stage + 1), phase
 
     def ring_loader(load_slot):
         """A loader thread's loop: walk this CTA's tiles and K blocks in the order the math
@@ -324,8 +325,8 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         @inline
         def loader_loop(base, operands, work):
             num_kb, splitting, rank, first_unit, unit_step, num_m_units, num_n_units = work
-            stage = 0
-            phase = 0
+            stage = types.int32(0)
+            phase = types.int32(0)
             unit = first_unit
             # (The bound is recomputed per tile: one register less to keep live.)
             while unit < count_units(num_m_units, num_n_units, splitting):
@@ -432,15 +433,15 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         sfb = base + SMEM_SFB + SFB_STAGE_BYTES * stage
         sb = ld_shared_f32(sfb)
         sb_second = ld_shared_f32(sfb + 4) if STRADDLE else sb
-        a = descriptor_advance(descs[0], A_BYTES * stage + 128 * BLOCK_K * wave)
-        b = descriptor_advance(descs[1], B_BYTES * stage)
+        a = descs[0] + A_BYTES // 16 * stage + 128 * BLOCK_K // 16 * wave  # descriptor low words
+        b = descs[1] + B_BYTES // 16 * stage
         acc = fence(acc)
         wait_turn(warpgroup)
         wgmma_fence()
-        acc = mma(a, b, acc, 0)                             # fresh fragment
-        acc = mma(descriptor_advance(a, 32), descriptor_advance(b, 32), acc, 1)
-        acc = mma(descriptor_advance(a, 64), descriptor_advance(b, 64), acc, 1)
-        acc = mma(descriptor_advance(a, 96), descriptor_advance(b, 96), acc, 1)
+        acc = mma(desc(a), desc(b), acc, 0)                 # fresh fragment
+        acc = mma(desc(a + 2), desc(b + 2), acc, 1)         # +32 bytes along K
+        acc = mma(desc(a + 4), desc(b + 4), acc, 1)
+        acc = mma(desc(a + 6), desc(b + 6), acc, 1)
         wgmma_commit()
         pass_turn(warpgroup)
         return acc, (sa_row0 * sb, sa_row8 * sb, sa_row0 * sb_second, sa_row8 * sb_second)
@@ -536,11 +537,11 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         # wgmma descriptors of ring slot 0: this warpgroup's 64-row slice of A, and B. Built
         # from a warp-uniform index, so they live in uniform registers (no per-wgmma moves).
         warpgroup = warp_uniform(tid // 128)
-        descs = (desc(base + SMEM_A + warpgroup * (64 * BLOCK_K)), desc(base + SMEM_B))
+        descs = (desc_low(base + SMEM_A + warpgroup * (64 * BLOCK_K)), desc_low(base + SMEM_B))
         acc = zeros()
         acc_next = zeros()
-        stage = 0
-        phase = 0
+        stage = types.int32(0)
+        phase = types.int32(0)
         num_units = count_units(num_m_units, num_n_units, splitting)
         unit = first_unit
         if warpgroup == 1:
@@ -583,7 +584,9 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             else:
                 # One fragment: issue, wait, promote. The other math warpgroup's wgmmas keep
                 # the tensor cores busy meanwhile.
-                for kb in range(kb_begin, kb_end):
+                kb = kb_begin
+                while kb < kb_end:
+                    kb = types.int32(kb + 1)
                     if WAVES == 2:
                         # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile.
                         wait_slot(base, stage, phase)

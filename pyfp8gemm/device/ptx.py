@@ -349,18 +349,30 @@ def smem_descriptor(swizzle_bytes=128):
     return fn
 
 
-def _descriptor_advance_codegen(context, builder, sig, args):
-    desc, offset = args
-    step = builder.lshr(builder.zext(offset, ir.IntType(64)), ir.Constant(ir.IntType(64), 4))
-    return builder.add(desc, step)
+@functools.cache
+def smem_descriptor_words(swizzle_bytes=128):
+    """Make `(low(smem_addr) -> u32, desc(low) -> u64)`: the same descriptor as
+    `smem_descriptor`, split so that a kernel keeps only the low word (start address >> 4, and
+    the leading byte offset 1) and steps it with 32-bit adds: +2 is 32 bytes further along K,
+    + bytes // 16 another ring slot. The high word (stride, swizzle mode) is a constant that
+    `desc` ORs in, which ptxas materializes as one UMOV per wgmma (as NVCC does for
+    DeepGEMM) instead of carrying 64-bit additions through the K loop."""
+    stride = 8 * swizzle_bytes
+    high = ((stride >> 4) << 32) | (SWIZZLE_MODE[swizzle_bytes] << 62)
 
+    def low_codegen(context, builder, sig, args):
+        start = builder.lshr(args[0], ir.Constant(ir.IntType(32), 4))   # < 2^14: smem < 256 KB
+        return builder.add(start, ir.Constant(ir.IntType(32), 1 << 16))
 
-descriptor_advance = intrinsic(_typer(
-    2, types.uint64(types.uint64, types.uint32), _descriptor_advance_codegen,
-    "descriptor_advance"))
-descriptor_advance.__doc__ = """`descriptor_advance(desc, nbytes)`: the descriptor of the tile
-`nbytes` (a multiple of 16) further in shared memory. The start-address field holds addr >> 4 in
-14 bits and shared addresses stay below 2^18, so this is a plain add that never carries out."""
+    def desc_codegen(context, builder, sig, args):
+        return builder.or_(builder.zext(args[0], ir.IntType(64)),
+                           ir.Constant(ir.IntType(64), high))
+
+    low = intrinsic(_typer(1, types.uint32(types.uint32), low_codegen,
+                           f"smem_descriptor_low_sw{swizzle_bytes}"))
+    desc = intrinsic(_typer(1, types.uint64(types.uint32), desc_codegen,
+                            f"smem_descriptor_from_low_sw{swizzle_bytes}"))
+    return low, desc
 
 
 @functools.cache
