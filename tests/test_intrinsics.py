@@ -32,7 +32,8 @@ from pyfp8gemm.device import ptx, tile
 from pyfp8gemm.device.ptx import (
     cluster_ctarank, cluster_sync, cp_async_4, cp_async_mbarrier_arrive_noinc, elect_one, fence_mbarrier_init, fence_proxy_async_smem,
     ld_global_nc_f32, ld_shared_f32, mbarrier_arrive, mbarrier_arrive_cluster,
-    mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_arrive,
+    mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_test_wait, mbarrier_wait,
+    named_barrier_arrive,
     named_barrier_sync, pack_bf16x2,
     prefetch_tensormap, ptx_instruction, setmaxnreg_dec, setmaxnreg_inc, smem_base,
     atom_add_global_u32, fence_acq_rel_gpu, ld_shared_u32,
@@ -269,6 +270,12 @@ def wait_for_phase(out):
     mbarrier_wait(smem_base(smem) + BAR, 0)
 
 
+@tiny_kernel("mbarrier_test_wait")
+def probe_phase(out):
+    smem = cuda.shared.array(0, types.uint8, alignment=1024)
+    st_global_u32(out, mbarrier_test_wait(smem_base(smem) + BAR, 1))
+
+
 @tiny_kernel("prefetch_tensormap", signature=(I64,), tensormap_params=(0,))
 def prefetch_map(tmap):
     prefetch_tensormap(tmap)
@@ -433,6 +440,7 @@ SASS_OF = [
     ("copy_scale_then_arrive", r"ARRIVES\.LDGSTSBAR\.64\.ARVCNT\b"),  # .noinc: counts
     ("arrive_on_peer", r"SYNCS\.ARRIVE\.TRANS64\.RED\.A1T0\b"),   # remote: a reduction
     ("wait_for_phase", r"SYNCS\.PHASECHK\.TRANS64\.TRYWAIT\b"),
+    ("probe_phase", r"SYNCS\.PHASECHK\.TRANS64 "),                  # test_wait: no TRYWAIT
     ("prefetch_map", r"UTMACCTL\.PF\b"),
     ("tma_load_tile", r"UTMALDG\.2D \["),
     ("tma_load_tile_to_two_ctas", r"UTMALDG\.2D\.MULTICAST\b"),

@@ -38,7 +38,8 @@ from .ptx import (
     elect_one,
     fence_acq_rel_gpu, fence_mbarrier_init, fence_proxy_async_smem,
     ld_shared_f32, ld_shared_u32, mbarrier_arrive, mbarrier_arrive_cluster,
-    mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, named_barrier_arrive,
+    mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_test_wait, mbarrier_wait,
+    named_barrier_arrive,
     named_barrier_sync,
     prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base, smem_descriptor_words,
     st_global_u32, st_shared_u32, tma_load_2d, tma_load_2d_multicast, tma_store_2d,
@@ -410,6 +411,11 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         mbarrier_wait(base + FULL_BARS + 8 * stage, phase)
 
     @inline
+    def slot_ready(base, stage, phase):
+        """Whether ring slot `stage` holds its K block already (a test, no waiting)."""
+        return mbarrier_test_wait(base + FULL_BARS + 8 * stage, phase)
+
+    @inline
     def wait_turn(warpgroup):
         """mma_turns: wait until the other math warpgroup has issued its latest batch."""
         if MMA_TURNS:
@@ -584,23 +590,27 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             else:
                 # One fragment: issue, wait, promote. The other math warpgroup's wgmmas keep
                 # the tensor cores busy meanwhile.
+                # The next slot's full barrier is tested (not waited on) before the last
+                # promotion, so that when its data is already there the next wgmmas issue
+                # right after the FFMAs (NVCC schedules DeepGEMM's wait the same way).
+                ready = types.int32(0)
                 kb = kb_begin
                 while kb < kb_end:
                     kb = types.int32(kb + 1)
+                    if not ready:
+                        wait_slot(base, stage, phase)
+                    acc, scales = issue_wave(base, acc, descs, stage, row, 0, warpgroup)
+                    wait_mma()
                     if WAVES == 2:
                         # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile.
-                        wait_slot(base, stage, phase)
-                        acc, scales = issue_wave(base, acc, descs, stage, row, 0, warpgroup)
-                        wait_mma()
                         final = promote_first_wave(final, fence(acc), scales, n_first)
                         acc, scales = issue_wave(base, acc, descs, stage, row, 1, warpgroup)
                         wait_mma()
-                    else:
-                        acc, scales = issue_k_block(base, acc, descs, stage, phase, row,
-                                                    warpgroup)
-                        wait_mma()
-                    final = retire_k_block(base, final, acc, scales, stage, lane, n_first)
+                    acc = fence(acc)
+                    release_slot(base, stage, lane)
                     stage, phase = next_slot(stage, phase)
+                    ready = slot_ready(base, stage, phase)
+                    final = promote_last_wave(final, acc, scales, n_first)
             unit += unit_step
             if not SPLIT_K:
                 epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup)

@@ -233,6 +233,13 @@ mbarrier_wait = ptx_instruction(
     (u32, u32),
     doc="mbarrier.try_wait.parity spin: return once the phase of parity `parity` completed.")
 
+mbarrier_test_wait = ptx_instruction(
+    "mbarrier_test_wait",
+    "{ .reg .pred done; mbarrier.test_wait.parity.shared::cta.b64 done, [$1], $2; "
+    "selp.u32 $0, 1, 0, done; }",
+    (u32, u32), result=i32,
+    doc="mbarrier.test_wait.parity (non-blocking, acquire): 1 if the phase of parity "
+        "`parity` completed, else 0.")
 
 # --------------------------------------------------------------------------------------------
 # TMA (cp.async.bulk.tensor)
