@@ -42,8 +42,8 @@ from pyfp8gemm.device.ptx import (
     _typer, cluster_ctarank, cluster_sync, fence_mbarrier_init, mbarrier_arrive_cluster,
     mbarrier_arrive_expect_tx, mbarrier_init, pack_bf16x2, prefetch_tensormap, ptx_instruction,
     setmaxnreg_dec, setmaxnreg_inc, smem_base, smem_descriptor, tma_load_2d,
-    tma_load_2d_multicast, tma_store_2d, tma_store_commit, tma_store_wait, wgmma_commit,
-    wgmma_fence, wgmma_fp8, wgmma_wait,
+    tma_load_2d_multicast, tma_store_2d, tma_store_commit, tma_store_wait, udiv32,
+    wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
 )
 from pyfp8gemm.device.tile import fragment_fence, fragment_promote, fragment_zeros
 
@@ -80,6 +80,8 @@ ld_shared_u32 = ptx_instruction("ld_shared_u32", "ld.shared.u32 $0, [$1];", (u32
                                 doc="ld.shared.u32: one 4-byte word of shared memory")
 ld_global_f32 = ptx_instruction("ld_global_f32", "ld.global.f32 $0, [$1];", (u64,), f32,
                                 doc="ld.global.f32")
+ld_global_u32 = ptx_instruction("ld_global_u32", "ld.global.u32 $0, [$1];", (u64,), u32,
+                                doc="ld.global.u32")
 globaltimer_ns = ptx_instruction("globaltimer_ns", "mov.u64 $0, %globaltimer;",
                                  result=types.int64, doc="%globaltimer: nanoseconds")
 mbarrier_try_wait = ptx_instruction(
@@ -483,10 +485,27 @@ def make_pack_bf16x2() -> MicroKernel:
                          threads=THREADS, smem_bytes=0)
 
 
+def make_udiv32() -> MicroKernel:
+    """udiv32_kernel(pairs, quotients): quotients[t] = udiv32(pairs[2t], pairs[2t+1]), 128
+    threads (the scheduler's and split-K's divisions)."""
+    THREADS = 128
+    def make_kernel():
+        def udiv32_kernel(pairs, quotients):
+            tid = cuda.threadIdx.x
+            a = ld_global_u32(pairs + 8 * tid)
+            b = ld_global_u32(pairs + 8 * tid + 4)
+            st_global_u32(quotients + 4 * tid, udiv32(a, b))
+
+        return udiv32_kernel
+
+    return _micro_kernel("microkernel_udiv32", make_kernel, signature=(I64, I64),
+                         threads=THREADS, smem_bytes=0)
+
+
 WGMMA_TILE_NS = (16, 112, 128, 256)
 
 
 def all_micro_kernels() -> list[MicroKernel]:
     """Every micro-kernel the GPU tests launch (the CPU test compiles each of them)."""
     return ([make_tma_round_trip()] + [make_wgmma_tile(n) for n in WGMMA_TILE_NS]
-            + [make_multicast(), make_setmaxnreg(), make_pack_bf16x2()])
+            + [make_multicast(), make_setmaxnreg(), make_pack_bf16x2(), make_udiv32()])

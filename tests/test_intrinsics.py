@@ -39,7 +39,7 @@ from pyfp8gemm.device.ptx import (
     atom_add_global_u32, fence_acq_rel_gpu, ld_shared_u32,
     st_shared_u32, smem_descriptor, smem_descriptor_words, stmatrix_x1, stmatrix_x2, stmatrix_x4, tma_load_2d,
     tma_load_2d_multicast,
-    tma_load_3d, tma_store_2d, tma_store_commit, tma_store_wait, tma_store_wait_read,
+    tma_load_3d, tma_store_2d, tma_store_commit, tma_store_wait, tma_store_wait_read, udiv32,
     warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
 )
 from pyfp8gemm.device.tile import (
@@ -270,6 +270,11 @@ def wait_for_phase(out):
     mbarrier_wait(smem_base(smem) + BAR, 0)
 
 
+@tiny_kernel("udiv32", signature=(I64, I32, I32))
+def divide_words(out, a, b):
+    st_global_u32(out, udiv32(a, b))
+
+
 @tiny_kernel("mbarrier_test_wait")
 def probe_phase(out):
     smem = cuda.shared.array(0, types.uint8, alignment=1024)
@@ -441,6 +446,7 @@ SASS_OF = [
     ("arrive_on_peer", r"SYNCS\.ARRIVE\.TRANS64\.RED\.A1T0\b"),   # remote: a reduction
     ("wait_for_phase", r"SYNCS\.PHASECHK\.TRANS64\.TRYWAIT\b"),
     ("probe_phase", r"SYNCS\.PHASECHK\.TRANS64 "),                  # test_wait: no TRYWAIT
+    ("divide_words", r"MUFU\.RCP\b"),                      # inline 32-bit division (no CALL)
     ("prefetch_map", r"UTMACCTL\.PF\b"),
     ("tma_load_tile", r"UTMALDG\.2D \["),
     ("tma_load_tile_to_two_ctas", r"UTMALDG\.2D\.MULTICAST\b"),
@@ -793,6 +799,7 @@ MICRO_SASS = {
                                            r"UCGABAR_WAIT\b"],
     "microkernel_setmaxnreg_40_232": [r"USETMAXREG\.TRY_ALLOC", r"USETMAXREG\.DEALLOC"],
     "microkernel_pack_bf16x2": [r"F2FP\.BF16\.F32\.PACK_AB\b"],
+    "microkernel_udiv32": [r"MUFU\.RCP\b"],
 } | {f"microkernel_wgmma_m64n{n}k128_e4m3": [rf"QGMMA\.64x{n}x32\.F32\.E4M3\.E4M3\b"]
      for n in microkernels.WGMMA_TILE_NS}
 

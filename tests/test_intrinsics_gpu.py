@@ -250,3 +250,23 @@ def test_pack_bf16x2_puts_the_first_float_in_the_low_half(generator):
     # torch (little-endian): element 2t of a bf16 pair is the low half of int32 word t.
     expected = values.view(128, 2).to(torch.bfloat16).view(torch.int32).view(128)
     assert torch.equal(packed.cpu(), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# f. udiv32
+# ---------------------------------------------------------------------------------------------
+
+
+def test_udiv32_is_exact_on_random_words(generator):
+    # Dividends and divisors over the whole 32-bit range, plus the edges: a < b, a == b,
+    # divisor 1, the largest word.
+    pairs = torch.randint(0, 2**32, (128, 2), generator=generator, dtype=torch.int64)
+    pairs[:, 1] = pairs[:, 1].clamp(min=1) >> torch.randint(0, 32, (128,), generator=generator)
+    pairs[:, 1] = pairs[:, 1].clamp(min=1)
+    pairs[:6] = torch.tensor([[3, 7], [7, 7], [2**32 - 1, 1], [2**32 - 1, 2**32 - 1],
+                              [2**32 - 1, 3], [0, 5]])
+    words = pairs.to(torch.uint32).view(torch.int32).cuda()
+    quotients = torch.full((128,), -1, dtype=torch.int32, device="cuda")
+    launch(microkernels.make_udiv32(), 1, words.data_ptr(), quotients.data_ptr())
+    expected = (pairs[:, 0] // pairs[:, 1]).to(torch.uint32).view(torch.int32)
+    assert torch.equal(quotients.cpu(), expected)

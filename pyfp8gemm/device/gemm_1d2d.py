@@ -43,7 +43,8 @@ from .ptx import (
     named_barrier_sync,
     prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base, smem_descriptor_words,
     st_global_u32, st_shared_u32, tma_load_2d, tma_load_2d_multicast, tma_store_2d,
-    tma_store_commit, tma_store_wait, tma_store_wait_read, warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
+    tma_store_commit, tma_store_wait, tma_store_wait_read, udiv32, warp_uniform, wgmma_commit,
+    wgmma_fence, wgmma_fp8, wgmma_wait,
 )
 from .scheduler import make_tile_scheduler
 from .tile import (
@@ -297,9 +298,9 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         split_k, whole_tiles = splitting
         if unit < whole_tiles:
             return unit, 0, types.int32(0), num_kb
-        tail_tile = (unit - whole_tiles) // split_k
+        tail_tile = udiv32(unit - whole_tiles, split_k)
         split = unit - whole_tiles - tail_tile * split_k
-        per_split = (num_kb + split_k - 1) // split_k
+        per_split = udiv32(num_kb + split_k - 1, split_k)
         kb_begin = split * per_split
         return (whole_tiles + tail_tile, split, types.int32(kb_begin),
                 types.int32(min(num_kb, kb_begin + per_split)))

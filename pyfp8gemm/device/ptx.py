@@ -142,6 +142,17 @@ warp_uniform = ptx_instruction(
     doc="shfl.sync.idx lane 0: the value lane 0 holds. Tells ptxas the value is warp-uniform, "
         "so what is computed from it (e.g. wgmma descriptors) lives in uniform registers.")
 
+@intrinsic
+def udiv32(typingctx, a, b):
+    """`udiv32(a, b)`: a // b on unsigned 32-bit integers. numba widens integer arithmetic to
+    64 bits, and a 64-bit division by a runtime value is a subroutine call (~100 instructions:
+    five of them sat between the producer's start and its first TMA load); ptxas inlines the
+    32-bit one in ~15 (reciprocal, multiply-high, one correction)."""
+    def codegen(context, builder, sig, args):
+        return builder.udiv(args[0], args[1])
+    return types.uint32(types.uint32, types.uint32), codegen
+
+
 ld_shared_f32 = ptx_instruction(
     "ld_shared_f32", "ld.shared.f32 $0, [$1];", (u32,), f32, doc="ld.shared.f32")
 

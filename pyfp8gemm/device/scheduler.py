@@ -11,6 +11,8 @@ of A and a few columns of B, which stay in L2 instead of streaming all of B per 
 
 from numba import cuda
 
+from .ptx import udiv32
+
 
 def make_tile_scheduler(cluster_m, cluster_n, group_m):
     """Make `tile_of(unit, rank, num_m_units, num_n_units) -> (m_block, n_block)`.
@@ -23,13 +25,14 @@ def make_tile_scheduler(cluster_m, cluster_n, group_m):
 
     @cuda.jit(device=True, inline="always")
     def tile_of(unit, rank, num_m_units, num_n_units):
+        # (32-bit divisions: numba's 64-bit ones are slow subroutine calls)
         units_per_group = group_m * num_n_units
-        group = unit // units_per_group
+        group = udiv32(unit, units_per_group)
         first_m = group * group_m
         rows_in_group = min(num_m_units - first_m, group_m)
         in_group = unit - group * units_per_group
-        m_unit = first_m + in_group % rows_in_group
-        n_unit = in_group // rows_in_group
+        n_unit = udiv32(in_group, rows_in_group)
+        m_unit = first_m + (in_group - n_unit * rows_in_group)
         if cluster_m == 2:
             return m_unit * 2 + rank, n_unit
         if cluster_n == 2:
