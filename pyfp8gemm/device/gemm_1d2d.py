@@ -454,10 +454,11 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         return acc, (sa_row0 * sb, sa_row8 * sb, sa_row0 * sb_second, sa_row8 * sb_second)
 
     @inline
-    def issue_k_block(base, acc, descs, stage, phase, row, warpgroup):
-        """Wait for the K block in slot `stage` and start its (only) wave. Returns acc and the
-        promotion scales."""
-        wait_slot(base, stage, phase)
+    def issue_k_block(base, acc, descs, stage, phase, row, warpgroup, ready):
+        """Wait for the K block in slot `stage` (unless an earlier test found it `ready`) and
+        start its (only) wave. Returns acc and the promotion scales."""
+        if not ready:
+            wait_slot(base, stage, phase)
         return issue_wave(base, acc, descs, stage, row, 0, warpgroup)
 
     def make_promotion(promote):
@@ -494,17 +495,21 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
 
     @inline
     def issue_and_retire(base, final, acc_new, acc_done, scales_done, stage_done, descs, stage,
-                         phase, row, lane, n_first):
+                         phase, ready, row, lane, n_first):
         """One step of the overlapped pipeline: start the K block in slot `stage` into
-        `acc_new`, then wait for the block before it (`acc_done`, in slot `stage_done`) and
-        promote it. (Overlapped kernels never take turns, so the warpgroup passed on is a
-        placeholder 0.)"""
-        acc_new, scales_new = issue_k_block(base, acc_new, descs, stage, phase, row, 0)
+        `acc_new`, then wait for the block before it (`acc_done`, in slot `stage_done`),
+        release its slot, test whether the block after `stage` has landed (returned as
+        `ready`, see the one-fragment loop) and promote. (Overlapped kernels never take turns,
+        so the warpgroup passed on is a placeholder 0.)"""
+        acc_new, scales_new = issue_k_block(base, acc_new, descs, stage, phase, row, 0, ready)
         new_stage = stage
         stage, phase = next_slot(stage, phase)
         wait_mma_one()
-        final = retire_k_block(base, final, acc_done, scales_done, stage_done, lane, n_first)
-        return final, acc_new, scales_new, new_stage, stage, phase
+        acc_done = fence(acc_done)
+        release_slot(base, stage_done, lane)
+        ready = slot_ready(base, stage, phase)
+        final = promote_last_wave(final, acc_done, scales_done, n_first)
+        return final, acc_new, scales_new, new_stage, stage, phase, ready
 
     @inline
     def reduce_split_k(base, final, workspace, counters, split_k, tile_unit, split, tid):
@@ -564,24 +569,25 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 # tensor cores already run kb + 1. Unrolled by two with the tail peeled, so
                 # that no fragment whose wgmma is still running passes a branch merge (ptxas
                 # would copy its registers and serialize every wgmma, warning C7514).
-                acc, scales = issue_k_block(base, acc, descs, stage, phase, row, 0)
+                acc, scales = issue_k_block(base, acc, descs, stage, phase, row, 0, 0)
                 acc_stage = stage
                 stage, phase = next_slot(stage, phase)
+                ready = types.int32(0)
                 kb = kb_begin
                 while kb + 2 < kb_end:
-                    (final, acc_next, scales_next, next_stage, stage,
-                     phase) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
-                                               descs, stage, phase, row, lane, n_first)
-                    (final, acc, scales, acc_stage, stage,
-                     phase) = issue_and_retire(base, final, acc, acc_next, scales_next,
-                                               next_stage, descs, stage, phase, row, lane,
-                                               n_first)
-                    kb += 2
+                    (final, acc_next, scales_next, next_stage, stage, phase,
+                     ready) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
+                                               descs, stage, phase, ready, row, lane, n_first)
+                    (final, acc, scales, acc_stage, stage, phase,
+                     ready) = issue_and_retire(base, final, acc, acc_next, scales_next,
+                                               next_stage, descs, stage, phase, ready, row,
+                                               lane, n_first)
+                    kb = types.int32(kb + 2)
                 # Tail: block kb is in flight, and maybe one more block is left.
                 if kb + 1 < kb_end:
-                    (final, acc_next, scales_next, next_stage, stage,
-                     phase) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
-                                               descs, stage, phase, row, lane, n_first)
+                    (final, acc_next, scales_next, next_stage, stage, phase,
+                     ready) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
+                                               descs, stage, phase, ready, row, lane, n_first)
                     wait_mma()
                     final = retire_k_block(base, final, acc_next, scales_next, next_stage,
                                            lane, n_first)
