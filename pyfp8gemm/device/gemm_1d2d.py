@@ -494,21 +494,31 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         return promote_last_wave(final, acc, scales, n_first)
 
     @inline
+    def retire_and_look_ahead(base, final, acc, scales, stage, next_stage, next_phase, lane,
+                              n_first):
+        """retire_k_block, with a test of whether the K block of slot `next_stage` has landed
+        between the release and the promotion: returns (final, ready). When it has, the next
+        wgmmas issue right after the FFMAs instead of after a try_wait (NVCC schedules
+        DeepGEMM's wait the same way)."""
+        acc = fence(acc)
+        release_slot(base, stage, lane)
+        ready = slot_ready(base, next_stage, next_phase)
+        return promote_last_wave(final, acc, scales, n_first), ready
+
+    @inline
     def issue_and_retire(base, final, acc_new, acc_done, scales_done, stage_done, descs, stage,
                          phase, ready, row, lane, n_first):
         """One step of the overlapped pipeline: start the K block in slot `stage` into
         `acc_new`, then wait for the block before it (`acc_done`, in slot `stage_done`),
-        release its slot, test whether the block after `stage` has landed (returned as
-        `ready`, see the one-fragment loop) and promote. (Overlapped kernels never take turns,
+        release its slot, test whether the block after `stage` has landed (`ready`) and
+        promote. (Overlapped kernels never take turns,
         so the warpgroup passed on is a placeholder 0.)"""
         acc_new, scales_new = issue_k_block(base, acc_new, descs, stage, phase, row, 0, ready)
         new_stage = stage
         stage, phase = next_slot(stage, phase)
         wait_mma_one()
-        acc_done = fence(acc_done)
-        release_slot(base, stage_done, lane)
-        ready = slot_ready(base, stage, phase)
-        final = promote_last_wave(final, acc_done, scales_done, n_first)
+        final, ready = retire_and_look_ahead(base, final, acc_done, scales_done, stage_done,
+                                             stage, phase, lane, n_first)
         return final, acc_new, scales_new, new_stage, stage, phase, ready
 
     @inline
@@ -597,9 +607,6 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             else:
                 # One fragment: issue, wait, promote. The other math warpgroup's wgmmas keep
                 # the tensor cores busy meanwhile.
-                # The next slot's full barrier is tested (not waited on) before the last
-                # promotion, so that when its data is already there the next wgmmas issue
-                # right after the FFMAs (NVCC schedules DeepGEMM's wait the same way).
                 ready = types.int32(0)
                 kb = kb_begin
                 while kb < kb_end:
@@ -613,11 +620,10 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                         final = promote_first_wave(final, fence(acc), scales, n_first)
                         acc, scales = issue_wave(base, acc, descs, stage, row, 1, warpgroup)
                         wait_mma()
-                    acc = fence(acc)
-                    release_slot(base, stage, lane)
-                    stage, phase = next_slot(stage, phase)
-                    ready = slot_ready(base, stage, phase)
-                    final = promote_last_wave(final, acc, scales, n_first)
+                    next_stage, phase = next_slot(stage, phase)
+                    final, ready = retire_and_look_ahead(base, final, acc, scales, stage,
+                                                         next_stage, phase, lane, n_first)
+                    stage = next_stage
             unit += unit_step
             if not SPLIT_K:
                 epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup)
