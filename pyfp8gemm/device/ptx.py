@@ -353,18 +353,25 @@ def smem_descriptor(swizzle_bytes=128):
     `swizzle_bytes`, i.e. the distance between 8-row core-matrix groups); 62-63 swizzle mode.
     Stepping K by 32 bytes inside the swizzle atom is a plain +32 on the start address.
     """
-    stride = 8 * swizzle_bytes
-    high = (1 << 16) | ((stride >> 4) << 32) | (SWIZZLE_MODE[swizzle_bytes] << 62)
-
     def codegen(context, builder, sig, args):
-        addr = builder.zext(args[0], ir.IntType(64))
-        start = builder.and_(builder.lshr(addr, ir.Constant(ir.IntType(64), 4)),
-                             ir.Constant(ir.IntType(64), 0x3FFF))
-        return builder.or_(start, ir.Constant(ir.IntType(64), high))
+        return _descriptor_of_low(builder, _descriptor_low(builder, args[0]), swizzle_bytes)
 
     fn = intrinsic(_typer(1, types.uint64(types.uint32), codegen,
                           f"smem_descriptor_sw{swizzle_bytes}"))
     return fn
+
+
+def _descriptor_low(builder, addr):
+    """Low word: start address >> 4 (< 2^14: shared memory is < 256 KB) and the leading byte
+    offset 1 (bit 16)."""
+    start = builder.lshr(addr, ir.Constant(ir.IntType(32), 4))
+    return builder.add(start, ir.Constant(ir.IntType(32), 1 << 16))
+
+
+def _descriptor_of_low(builder, low, swizzle_bytes):
+    """The whole descriptor: the low word with the constant high word (stride, swizzle mode)."""
+    high = ((8 * swizzle_bytes >> 4) << 32) | (SWIZZLE_MODE[swizzle_bytes] << 62)
+    return builder.or_(builder.zext(low, ir.IntType(64)), ir.Constant(ir.IntType(64), high))
 
 
 @functools.cache
@@ -375,16 +382,11 @@ def smem_descriptor_words(swizzle_bytes=128):
     + bytes // 16 another ring slot. The high word (stride, swizzle mode) is a constant that
     `desc` ORs in, which ptxas materializes as one UMOV per wgmma (as NVCC does for
     DeepGEMM) instead of carrying 64-bit additions through the K loop."""
-    stride = 8 * swizzle_bytes
-    high = ((stride >> 4) << 32) | (SWIZZLE_MODE[swizzle_bytes] << 62)
-
     def low_codegen(context, builder, sig, args):
-        start = builder.lshr(args[0], ir.Constant(ir.IntType(32), 4))   # < 2^14: smem < 256 KB
-        return builder.add(start, ir.Constant(ir.IntType(32), 1 << 16))
+        return _descriptor_low(builder, args[0])
 
     def desc_codegen(context, builder, sig, args):
-        return builder.or_(builder.zext(args[0], ir.IntType(64)),
-                           ir.Constant(ir.IntType(64), high))
+        return _descriptor_of_low(builder, args[0], swizzle_bytes)
 
     low = intrinsic(_typer(1, types.uint32(types.uint32), low_codegen,
                            f"smem_descriptor_low_sw{swizzle_bytes}"))
