@@ -329,3 +329,17 @@ def test_small_m_multicast_b_choice():
     assert choose_config(64, 4096, 7168, 132).multicast == "none"     # one M tile
     assert choose_config(128, 2112, 7168, 132).multicast == "none"    # BLOCK_N 32
     assert choose_config(128, 4096, 7168, 131).multicast == "none"    # odd SM count
+
+
+def test_block_m_256_multicast_choice():
+    """BLOCK_M 256 shares A across two N-neighbour CTAs when the N tiles pair up (measured
+    faster under sustained, power-capped load), and runs without a cluster otherwise."""
+    from pyfp8gemm.host.heuristics import choose_config
+
+    for m, n, k in ((4096, 4096, 7168), (4096, 7168, 16384), (8192, 8192, 8192),
+                    (4096, 32768, 512)):
+        cfg = choose_config(m, n, k, 132)
+        assert (cfg.block_m, cfg.block_n, cfg.multicast, cfg.split_k) == (256, 128, "a", 1)
+    odd = choose_config(4096, 3968, 7168, 132)                     # 31 N tiles
+    assert (odd.block_m, odd.multicast) == (256, "none")
+    assert choose_config(4096, 4096, 7168, 131).multicast == "none"  # odd SM count

@@ -21,7 +21,10 @@ to the larger tile. The constants come from side-by-side sweeps on the H200
   4-6% (more bytes in flight per SM) and never hurt.
 - multicast (BLOCK_M 128, M >= 512 only): a 2-CTA cluster loads A once for two N-neighbours
   ("a") when the number of N tiles is even, else B once for two M-neighbours ("b"). BLOCK_M 256
-  runs without a cluster: multicast made it 3-7% slower (the pair waits on each other).
+  shares A ("a") when the N tiles pair up, else runs without a cluster: in short bursts at boost
+  clock multicast looked no better, but under sustained load every FP8 GEMM here runs at the
+  700 W cap, and halving A's L2->SM traffic buys clock: +1.7..4.8% (do_bench, 1.5 s runs) on
+  every M = 4096/8192 ANCHORS shape it applies to, where sharing B gained nothing.
   BLOCK_M 64 with an even number of M tiles (M = 65..128), BLOCK_N >= 64 and K >= 4096 shares
   B ("b").
 """
@@ -162,6 +165,8 @@ def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
     multicast = "none"
     if wants_multicast and block_m == 128:
         multicast = _multicast_for(_ceil_div(m, block_m), _ceil_div(n, block_n))
+    elif wants_multicast and block_m == 256 and _ceil_div(n, block_n) % 2 == 0:
+        multicast = "a"
     elif (block_m == 64 and _ceil_div(m, 64) % 2 == 0 and block_n >= SMALL_M_MULTICAST_B_MIN_N
           and k >= SMALL_M_MULTICAST_B_MIN_K and num_sms % 2 == 0):
         multicast = "b"
