@@ -78,8 +78,35 @@ def test_two_warpgroups_without_overlap_take_turns():
     assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
     sass = toolchain.sass(kernel.cubin)
     counts = toolchain.count_opcodes(sass)
-    assert counts["QGMMA"] == 4
+    assert counts["QGMMA"] == 4 * 4     # a K loop per B-scale split (tile offsets 0/32/64/96)
     lines = [line for line in sass.splitlines() if "QGMMA" in line or "BAR." in line]
     first = next(i for i, line in enumerate(lines) if "QGMMA" in line)
     assert "BAR.SYNC" in lines[first - 1] and "BAR.ARV" in lines[first + 4]
     assert sum("BAR.ARV" in line for line in lines) >= 2            # the first pass + per batch
+
+
+@pytest.mark.parametrize("cfg, loops", [(GemmConfig(128, 192, 4, "b"), 2),
+                                        (GemmConfig(128, 96, 7), 3),
+                                        (GemmConfig(64, 48, 15), 3)])
+def test_straddling_tiles_get_a_k_loop_per_scale_split(cfg, loops):
+    """A tile that straddles two B-scale blocks promotes its first n_first 8-column groups with
+    the first block's scale. Where its offset in the block takes few values (BLOCK_N 192: 0 or
+    64, i.e. 16 or 8 groups), the K loop is compiled once per split with the split a constant:
+    no compare and select per group in the promotion (DeepGEMM's num_former_iters)."""
+    kernel = compiler.compile_kernel(kernel_spec(cfg))
+    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+    counts = toolchain.count_opcodes(toolchain.sass(kernel.cubin), ("QGMMA", "FSEL"))
+    # Overlapped: the first block, two in the body (unrolled by two), one in the peeled tail.
+    wgmmas_per_loop = 4 * (4 if cfg.overlap_promotion else 1)
+    assert counts["QGMMA"] == loops * wgmmas_per_loop
+    assert counts["FSEL"] == 0
+
+
+def test_many_scale_splits_select_at_run_time():
+    """BLOCK_N 136 tiles start at any multiple of 8 in a B-scale block (16 splits): one K loop,
+    whose promotion selects each group's scale."""
+    cfg = GemmConfig(128, 136, 5)
+    kernel = compiler.compile_kernel(kernel_spec(cfg))
+    counts = toolchain.count_opcodes(toolchain.sass(kernel.cubin), ("QGMMA", "FSEL"))
+    assert counts["QGMMA"] == 4
+    assert counts["FSEL"] > 0

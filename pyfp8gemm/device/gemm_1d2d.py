@@ -72,6 +72,9 @@ MATH_REGISTERS = {1: 248, 2: 224}
 BLOCK_M_256_MAX_N = 128
 MAX_SPLIT_K = 16
 SFB_STAGE_BYTES = 16            # a ring slot's B scales: the tile's one or two 128-column blocks
+# Straddling BLOCK_N with at most this many tile offsets inside a B-scale block get one K loop
+# per offset (constant scale split); the others select scales per 8-column group at run time.
+MAX_K_LOOP_COPIES = 4
 
 
 def _align(x, a):
@@ -274,8 +277,15 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     final_zeros = fragment_zeros(FINAL_ACC)
     fence = fragment_fence(N_ACC)
     # Promotion and epilogue per wave: wave w owns final[w * N_ACC:(w + 1) * N_ACC].
-    promote_first = fragment_promote(N_ACC, STRADDLE, FINAL_ACC, 0)
-    promote_last = fragment_promote(N_ACC, STRADDLE, FINAL_ACC, (WAVES - 1) * N_ACC)
+    # A straddling tile starts at a column offset n0 % 128 (a multiple of gcd(BN, 128)) of its
+    # first B-scale block, so its first min(n_first, N_GROUPS) 8-column groups take the first
+    # block's scale: one of SCALE_SPLITS. For few splits (BLOCK_N a multiple of 32), the K loop
+    # is compiled once per split, each promotion with its split as a constant (DeepGEMM's
+    # num_former_iters), and a tile picks its loop; else one loop selects per group at run time.
+    N_GROUPS = N_ACC // 4
+    SCALE_SPLITS = tuple(sorted({min(N_GROUPS, (128 - offset) // 8)
+                                 for offset in range(0, 128, math.gcd(BN, 128))}))
+    STATIC_SPLITS = STRADDLE and len(SCALE_SPLITS) <= MAX_K_LOOP_COPIES
     store_first = fragment_store_bf16(N_ACC, BM, SWIZZLE_D, FINAL_ACC, 0)
     store_last = fragment_store_bf16(N_ACC, BM, SWIZZLE_D, FINAL_ACC, (WAVES - 1) * N_ACC)
     producer_registers = setmaxnreg_dec(PRODUCER_REGISTERS)
@@ -461,21 +471,6 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             wait_slot(base, stage, phase)
         return issue_wave(base, acc, descs, stage, row, 0, warpgroup)
 
-    def make_promotion(promote):
-        """`promote_scaled(final, acc, scales, n_first)`: promote a finished (fenced) fragment
-        with one wave's promote intrinsic (uniform or straddling B scales)."""
-        @inline
-        def promote_scaled(final, acc, scales, n_first):
-            s_row0, s_row8, s_row0_second, s_row8_second = scales
-            if STRADDLE:
-                return promote(final, acc, s_row0, s_row8, s_row0_second, s_row8_second,
-                               n_first)
-            return promote(final, acc, s_row0, s_row8)
-        return promote_scaled
-
-    promote_first_wave = make_promotion(promote_first)   # BLOCK_M 256: slot still held
-    promote_last_wave = make_promotion(promote_last)
-
     @inline
     def release_slot(base, stage, lane):
         """Tell the producer(s) that this warp is done reading ring slot `stage`."""
@@ -486,40 +481,154 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         elif lane == 0:
             mbarrier_arrive(empty)
 
-    @inline
-    def retire_k_block(base, final, acc, scales, stage, lane, n_first):
-        """Release slot `stage` and promote a finished fragment into `final` (FP32, CUDA cores)."""
-        acc = fence(acc)
-        release_slot(base, stage, lane)
-        return promote_last_wave(final, acc, scales, n_first)
+    def make_promotion(promote, static_split):
+        """`promote_scaled(final, acc, scales, n_first)`: promote a finished (fenced) fragment
+        with one wave's promote intrinsic (uniform, or straddling B scales split at n_first, or
+        at the intrinsic's own constant split)."""
+        @inline
+        def promote_scaled(final, acc, scales, n_first):
+            s_row0, s_row8, s_row0_second, s_row8_second = scales
+            if STRADDLE and static_split:
+                return promote(final, acc, s_row0, s_row8, s_row0_second, s_row8_second)
+            if STRADDLE:
+                return promote(final, acc, s_row0, s_row8, s_row0_second, s_row8_second,
+                               n_first)
+            return promote(final, acc, s_row0, s_row8)
+        return promote_scaled
 
-    @inline
-    def retire_and_look_ahead(base, final, acc, scales, stage, next_stage, next_phase, lane,
-                              n_first):
-        """retire_k_block, with a test of whether the K block of slot `next_stage` has landed
-        between the release and the promotion: returns (final, ready). When it has, the next
-        wgmmas issue right after the FFMAs instead of after a try_wait (NVCC schedules
-        DeepGEMM's wait the same way)."""
-        acc = fence(acc)
-        release_slot(base, stage, lane)
-        ready = slot_ready(base, next_stage, next_phase)
-        return promote_last_wave(final, acc, scales, n_first), ready
+    def make_k_loop(first_groups):
+        """The K-block loop of one tile, `k_loop(base, final, acc, acc_next, descs, stage,
+        phase, row, lane, warpgroup, n_first, kb_begin, kb_end) -> (final, acc, acc_next, stage,
+        phase)`, for tiles whose first `first_groups` 8-column groups take the first B-scale
+        block's scale (with STATIC_SPLITS; any tile otherwise). Every wgmma has completed when
+        it returns, so a branch between loops never makes ptxas copy an in-flight fragment."""
+        if STATIC_SPLITS:
+            promote_first = fragment_promote(N_ACC, True, FINAL_ACC, 0, first_groups)
+            promote_last = fragment_promote(N_ACC, True, FINAL_ACC, (WAVES - 1) * N_ACC,
+                                            first_groups)
+        else:
+            promote_first = fragment_promote(N_ACC, STRADDLE, FINAL_ACC, 0)
+            promote_last = fragment_promote(N_ACC, STRADDLE, FINAL_ACC, (WAVES - 1) * N_ACC)
+        promote_first_wave = make_promotion(promote_first, STATIC_SPLITS)  # BLOCK_M 256
+        promote_last_wave = make_promotion(promote_last, STATIC_SPLITS)
 
-    @inline
-    def issue_and_retire(base, final, acc_new, acc_done, scales_done, stage_done, descs, stage,
-                         phase, ready, row, lane, n_first):
-        """One step of the overlapped pipeline: start the K block in slot `stage` into
-        `acc_new`, then wait for the block before it (`acc_done`, in slot `stage_done`),
-        release its slot, test whether the block after `stage` has landed (`ready`) and
-        promote. (Overlapped kernels never take turns,
-        so the warpgroup passed on is a placeholder 0.)"""
-        acc_new, scales_new = issue_k_block(base, acc_new, descs, stage, phase, row, 0, ready)
-        new_stage = stage
-        stage, phase = next_slot(stage, phase)
-        wait_mma_one()
-        final, ready = retire_and_look_ahead(base, final, acc_done, scales_done, stage_done,
-                                             stage, phase, lane, n_first)
-        return final, acc_new, scales_new, new_stage, stage, phase, ready
+        @inline
+        def retire_k_block(base, final, acc, scales, stage, lane, n_first):
+            """Release slot `stage` and promote a finished fragment into `final` (FP32, CUDA
+            cores)."""
+            acc = fence(acc)
+            release_slot(base, stage, lane)
+            return promote_last_wave(final, acc, scales, n_first)
+
+        @inline
+        def retire_and_look_ahead(base, final, acc, scales, stage, next_stage, next_phase, lane,
+                                  n_first):
+            """retire_k_block, with a test of whether the K block of slot `next_stage` has landed
+            between the release and the promotion: returns (final, ready). When it has, the next
+            wgmmas issue right after the FFMAs instead of after a try_wait (NVCC schedules
+            DeepGEMM's wait the same way)."""
+            acc = fence(acc)
+            release_slot(base, stage, lane)
+            ready = slot_ready(base, next_stage, next_phase)
+            return promote_last_wave(final, acc, scales, n_first), ready
+
+        @inline
+        def issue_and_retire(base, final, acc_new, acc_done, scales_done, stage_done, descs, stage,
+                             phase, ready, row, lane, n_first):
+            """One step of the overlapped pipeline: start the K block in slot `stage` into
+            `acc_new`, then wait for the block before it (`acc_done`, in slot `stage_done`),
+            release its slot, test whether the block after `stage` has landed (`ready`) and
+            promote. (Overlapped kernels never take turns,
+            so the warpgroup passed on is a placeholder 0.)"""
+            acc_new, scales_new = issue_k_block(base, acc_new, descs, stage, phase, row, 0, ready)
+            new_stage = stage
+            stage, phase = next_slot(stage, phase)
+            wait_mma_one()
+            final, ready = retire_and_look_ahead(base, final, acc_done, scales_done, stage_done,
+                                                 stage, phase, lane, n_first)
+            return final, acc_new, scales_new, new_stage, stage, phase, ready
+
+        @inline
+        def k_loop(base, final, acc, acc_next, descs, stage, phase, row, lane, warpgroup,
+                   n_first, kb_begin, kb_end):
+            if OVERLAP_PROMOTION:
+                # Two fragments in flight: while K block kb is promoted on the CUDA cores, the
+                # tensor cores already run kb + 1. Unrolled by two with the tail peeled, so
+                # that no fragment whose wgmma is still running passes a branch merge (ptxas
+                # would copy its registers and serialize every wgmma, warning C7514).
+                acc, scales = issue_k_block(base, acc, descs, stage, phase, row, 0, 0)
+                acc_stage = stage
+                stage, phase = next_slot(stage, phase)
+                ready = types.int32(0)
+                kb = kb_begin
+                while kb + 2 < kb_end:
+                    (final, acc_next, scales_next, next_stage, stage, phase,
+                     ready) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
+                                               descs, stage, phase, ready, row, lane, n_first)
+                    (final, acc, scales, acc_stage, stage, phase,
+                     ready) = issue_and_retire(base, final, acc, acc_next, scales_next,
+                                               next_stage, descs, stage, phase, ready, row,
+                                               lane, n_first)
+                    kb = types.int32(kb + 2)
+                # Tail: block kb is in flight, and maybe one more block is left.
+                if kb + 1 < kb_end:
+                    (final, acc_next, scales_next, next_stage, stage, phase,
+                     ready) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
+                                               descs, stage, phase, ready, row, lane, n_first)
+                    wait_mma()
+                    final = retire_k_block(base, final, acc_next, scales_next, next_stage,
+                                           lane, n_first)
+                else:
+                    wait_mma()
+                    final = retire_k_block(base, final, acc, scales, acc_stage, lane, n_first)
+            else:
+                # One fragment: issue, wait, promote. The other math warpgroup's wgmmas keep
+                # the tensor cores busy meanwhile.
+                ready = types.int32(0)
+                kb = kb_begin
+                while kb < kb_end:
+                    kb = types.int32(kb + 1)
+                    if not ready:
+                        wait_slot(base, stage, phase)
+                    acc, scales = issue_wave(base, acc, descs, stage, row, 0, warpgroup)
+                    wait_mma()
+                    if WAVES == 2:
+                        # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile.
+                        final = promote_first_wave(final, fence(acc), scales, n_first)
+                        acc, scales = issue_wave(base, acc, descs, stage, row, 1, warpgroup)
+                        wait_mma()
+                    next_stage, phase = next_slot(stage, phase)
+                    final, ready = retire_and_look_ahead(base, final, acc, scales, stage,
+                                                         next_stage, phase, lane, n_first)
+                    stage = next_stage
+            return final, acc, acc_next, stage, phase
+        return k_loop
+
+    def make_tile_k_loop(splits):
+        """`tile_k_loop(split, ...k_loop's arguments)`: the K loop compiled for the tile's
+        scale split (a chain of uniform branches over `splits`, the last one untested)."""
+        k_loop = make_k_loop(splits[0])
+        if len(splits) == 1:
+            @inline
+            def only(split, base, final, acc, acc_next, descs, stage, phase, row, lane,
+                     warpgroup, n_first, kb_begin, kb_end):
+                return k_loop(base, final, acc, acc_next, descs, stage, phase, row, lane,
+                              warpgroup, n_first, kb_begin, kb_end)
+            return only
+        SPLIT = splits[0]
+        others = make_tile_k_loop(splits[1:])
+
+        @inline
+        def dispatch(split, base, final, acc, acc_next, descs, stage, phase, row, lane,
+                     warpgroup, n_first, kb_begin, kb_end):
+            if split == SPLIT:
+                return k_loop(base, final, acc, acc_next, descs, stage, phase, row, lane,
+                              warpgroup, n_first, kb_begin, kb_end)
+            return others(split, base, final, acc, acc_next, descs, stage, phase, row,
+                          lane, warpgroup, n_first, kb_begin, kb_end)
+        return dispatch
+
+    tile_k_loop = make_tile_k_loop(SCALE_SPLITS if STATIC_SPLITS else (N_GROUPS,))
 
     @inline
     def reduce_split_k(base, final, workspace, counters, split_k, tile_unit, split, tid):
@@ -574,56 +683,9 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             n0 = n_block * BN
             n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
             final = final_zeros()
-            if OVERLAP_PROMOTION:
-                # Two fragments in flight: while K block kb is promoted on the CUDA cores, the
-                # tensor cores already run kb + 1. Unrolled by two with the tail peeled, so
-                # that no fragment whose wgmma is still running passes a branch merge (ptxas
-                # would copy its registers and serialize every wgmma, warning C7514).
-                acc, scales = issue_k_block(base, acc, descs, stage, phase, row, 0, 0)
-                acc_stage = stage
-                stage, phase = next_slot(stage, phase)
-                ready = types.int32(0)
-                kb = kb_begin
-                while kb + 2 < kb_end:
-                    (final, acc_next, scales_next, next_stage, stage, phase,
-                     ready) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
-                                               descs, stage, phase, ready, row, lane, n_first)
-                    (final, acc, scales, acc_stage, stage, phase,
-                     ready) = issue_and_retire(base, final, acc, acc_next, scales_next,
-                                               next_stage, descs, stage, phase, ready, row,
-                                               lane, n_first)
-                    kb = types.int32(kb + 2)
-                # Tail: block kb is in flight, and maybe one more block is left.
-                if kb + 1 < kb_end:
-                    (final, acc_next, scales_next, next_stage, stage, phase,
-                     ready) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
-                                               descs, stage, phase, ready, row, lane, n_first)
-                    wait_mma()
-                    final = retire_k_block(base, final, acc_next, scales_next, next_stage,
-                                           lane, n_first)
-                else:
-                    wait_mma()
-                    final = retire_k_block(base, final, acc, scales, acc_stage, lane, n_first)
-            else:
-                # One fragment: issue, wait, promote. The other math warpgroup's wgmmas keep
-                # the tensor cores busy meanwhile.
-                ready = types.int32(0)
-                kb = kb_begin
-                while kb < kb_end:
-                    kb = types.int32(kb + 1)
-                    if not ready:
-                        wait_slot(base, stage, phase)
-                    acc, scales = issue_wave(base, acc, descs, stage, row, 0, warpgroup)
-                    wait_mma()
-                    if WAVES == 2:
-                        # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile.
-                        final = promote_first_wave(final, fence(acc), scales, n_first)
-                        acc, scales = issue_wave(base, acc, descs, stage, row, 1, warpgroup)
-                        wait_mma()
-                    next_stage, phase = next_slot(stage, phase)
-                    final, ready = retire_and_look_ahead(base, final, acc, scales, stage,
-                                                         next_stage, phase, lane, n_first)
-                    stage = next_stage
+            final, acc, acc_next, stage, phase = tile_k_loop(
+                min(n_first, N_GROUPS), base, final, acc, acc_next, descs, stage, phase, row, lane, warpgroup,
+                n_first, kb_begin, kb_end)
             unit += unit_step
             if not SPLIT_K:
                 epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup)

@@ -53,7 +53,7 @@ def fragment_fence(n_acc):
 
 
 @functools.cache
-def fragment_promote(n_acc, two_scale_blocks, n_final=None, offset=0):
+def fragment_promote(n_acc, two_scale_blocks, n_final=None, offset=0, first_groups=None):
     """Make the two-level-accumulation step: `final += acc * scale`, per row half.
 
     `final` holds n_final floats (default n_acc); the step updates final[offset:offset + n_acc]
@@ -64,6 +64,8 @@ def fragment_promote(n_acc, two_scale_blocks, n_final=None, offset=0):
     Straddling B scale (the first `n_first` 8-column groups use the first B block's scale):
         promote(final, acc, scale_row0, scale_row8, scale_row0_second, scale_row8_second,
                 n_first) -> final
+    With `first_groups` given, the split is that compile-time constant instead: the same call
+    (n_first is ignored) without a compare and two selects per 8-column group.
     Each scale is scale_a[row] * scale_b[block], computed once per K block by the caller.
     """
     n_final = n_final or n_acc
@@ -75,7 +77,9 @@ def fragment_promote(n_acc, two_scale_blocks, n_final=None, offset=0):
         s_row0, s_row8 = args[2], args[3]
         out = [builder.extract_value(final, e) for e in range(n_final)]
         for i in range(n_acc // 4):
-            if two_scale_blocks:
+            if two_scale_blocks and first_groups is not None:
+                row0, row8 = (s_row0, s_row8) if i < first_groups else (args[4], args[5])
+            elif two_scale_blocks:
                 first = builder.icmp_signed("<", ir.Constant(I32, i), args[6])
                 row0 = builder.select(first, s_row0, args[4])
                 row8 = builder.select(first, s_row8, args[5])
@@ -87,14 +91,18 @@ def fragment_promote(n_acc, two_scale_blocks, n_final=None, offset=0):
                                               out[offset + e])
         return context.make_tuple(builder, final_frag, out)
 
-    if two_scale_blocks:
+    if two_scale_blocks and first_groups is not None:
+        sig = final_frag(final_frag, frag, f32, f32, f32, f32)
+        arity = 6
+    elif two_scale_blocks:
         sig = final_frag(final_frag, frag, f32, f32, f32, f32, types.int32)
         arity = 7
     else:
         sig = final_frag(final_frag, frag, f32, f32)
         arity = 4
+    split = "" if first_groups is None else f"_first{first_groups}"
     name = (f"fragment_promote_{n_acc}_{'straddle' if two_scale_blocks else 'uniform'}"
-            f"_{n_final}_at{offset}")
+            f"_{n_final}_at{offset}{split}")
     return intrinsic(_typer(arity, sig, codegen, name))
 
 
