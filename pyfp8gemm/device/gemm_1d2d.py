@@ -19,8 +19,9 @@ With split-K, several CTAs share one tile's K blocks and the last to finish sums
 partials before the epilogue (for GEMMs with fewer tiles than SMs).
 
 Reading order: `ring_loader` with its two slot fillers `load_tiles` and
-`load_b_scales_into_slot`, then `math_loop` (with `issue_wave` / `retire_k_block`, the two halves
-of a K block), then `epilogue`; the kernel entry `fp8_gemm_1d2d` is at the end.
+`load_b_scales_into_slot`, then `math_loop`, which walks the tiles and runs each one's K loop
+(`make_k_loop`: `issue_wave` / `retire_k_block`, the two halves of a K block), then `epilogue`;
+the kernel entry `fp8_gemm_1d2d` is at the end.
 
 Everything BLOCK_M/BLOCK_N/stages-dependent is a closure constant of `make_fp8_gemm_1d2d`, so
 numba folds it and each config compiles to its own specialized kernel.
