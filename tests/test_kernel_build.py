@@ -86,27 +86,27 @@ def test_two_warpgroups_without_overlap_take_turns():
 
 
 @pytest.mark.parametrize("cfg, loops", [(GemmConfig(128, 192, 4, "b"), 2),
-                                        (GemmConfig(128, 96, 7), 3),
-                                        (GemmConfig(64, 48, 15), 3)])
+                                        (GemmConfig(64, 192, 6), 2)])
 def test_straddling_tiles_get_a_k_loop_per_scale_split(cfg, loops):
     """A tile that straddles two B-scale blocks promotes its first n_first 8-column groups with
     the first block's scale. Where its offset in the block takes few values (BLOCK_N 192: 0 or
-    64, i.e. 16 or 8 groups), the K loop is compiled once per split with the split a constant:
-    no compare and select per group in the promotion (DeepGEMM's num_former_iters)."""
+    64, i.e. 16 or 8 groups) and the promotion is not overlapped, the K loop is compiled once
+    per split with the split a constant: no compare and select per group in the promotion
+    (DeepGEMM's num_former_iters). (BLOCK_N 160 at BLOCK_M 128: test above, 4 loops.)"""
+    assert not cfg.overlap_promotion
     kernel = compiler.compile_kernel(kernel_spec(cfg))
     assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
     counts = toolchain.count_opcodes(toolchain.sass(kernel.cubin), ("QGMMA", "FSEL"))
-    # Overlapped: the first block, two in the body (unrolled by two), one in the peeled tail.
-    wgmmas_per_loop = 4 * (4 if cfg.overlap_promotion else 1)
-    assert counts["QGMMA"] == loops * wgmmas_per_loop
+    assert counts["QGMMA"] == loops * 4
     assert counts["FSEL"] == 0
 
 
-def test_many_scale_splits_select_at_run_time():
-    """BLOCK_N 136 tiles start at any multiple of 8 in a B-scale block (16 splits): one K loop,
-    whose promotion selects each group's scale."""
-    cfg = GemmConfig(128, 136, 5)
+@pytest.mark.parametrize("cfg", [GemmConfig(128, 136, 5), GemmConfig(128, 96, 7)])
+def test_other_straddling_tiles_select_scales_at_run_time(cfg):
+    """BLOCK_N 136 tiles start at any multiple of 8 in a B-scale block (16 splits), and an
+    overlapped loop (BLOCK_N 96) hides the selects behind the next wgmmas: one K loop, whose
+    promotion selects each group's scale."""
     kernel = compiler.compile_kernel(kernel_spec(cfg))
     counts = toolchain.count_opcodes(toolchain.sass(kernel.cubin), ("QGMMA", "FSEL"))
-    assert counts["QGMMA"] == 4
+    assert counts["QGMMA"] == 4 * (4 if cfg.overlap_promotion else 1)
     assert counts["FSEL"] > 0

@@ -73,8 +73,8 @@ MATH_REGISTERS = {1: 248, 2: 224}
 BLOCK_M_256_MAX_N = 128
 MAX_SPLIT_K = 16
 SFB_STAGE_BYTES = 16            # a ring slot's B scales: the tile's one or two 128-column blocks
-# Straddling BLOCK_N with at most this many tile offsets inside a B-scale block get one K loop
-# per offset (constant scale split); the others select scales per 8-column group at run time.
+# Straddling BLOCK_N with at most this many scale splits get one K loop per split (constant
+# split, see make_fp8_gemm_1d2d); the others select scales per 8-column group at run time.
 MAX_K_LOOP_COPIES = 4
 
 
@@ -280,13 +280,17 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     # Promotion and epilogue per wave: wave w owns final[w * N_ACC:(w + 1) * N_ACC].
     # A straddling tile starts at a column offset n0 % 128 (a multiple of gcd(BN, 128)) of its
     # first B-scale block, so its first min(n_first, N_GROUPS) 8-column groups take the first
-    # block's scale: one of SCALE_SPLITS. For few splits (BLOCK_N a multiple of 32), the K loop
-    # is compiled once per split, each promotion with its split as a constant (DeepGEMM's
-    # num_former_iters), and a tile picks its loop; else one loop selects per group at run time.
+    # block's scale: one of SCALE_SPLITS. Where the promotion is on the critical path (no
+    # overlap: BLOCK_N > 128 or BLOCK_M 256) and the splits are few (BLOCK_N a multiple of 32),
+    # the K loop is compiled once per split, each promotion with its split as a constant
+    # (DeepGEMM's num_former_iters), and a tile picks its loop. Otherwise one loop selects each
+    # group's scale at run time: an overlapped loop hides that behind the next wgmmas, and
+    # three copies of it (unrolled by two) took 21 s instead of 5 to compile.
     N_GROUPS = N_ACC // 4
     SCALE_SPLITS = tuple(sorted({min(N_GROUPS, (128 - offset) // 8)
                                  for offset in range(0, 128, math.gcd(BN, 128))}))
-    STATIC_SPLITS = STRADDLE and len(SCALE_SPLITS) <= MAX_K_LOOP_COPIES
+    STATIC_SPLITS = (STRADDLE and not OVERLAP_PROMOTION
+                     and len(SCALE_SPLITS) <= MAX_K_LOOP_COPIES)
     store_first = fragment_store_bf16(N_ACC, BM, SWIZZLE_D, FINAL_ACC, 0)
     store_last = fragment_store_bf16(N_ACC, BM, SWIZZLE_D, FINAL_ACC, (WAVES - 1) * N_ACC)
     producer_registers = setmaxnreg_dec(PRODUCER_REGISTERS)
