@@ -3,13 +3,17 @@
     python scripts/power_probe.py [M N K] [--rep-ms 1500] [--specs SPEC ...]
 
 SPECs (scripts/config_spec.py) replace the default pyfp8gemm contenders (the heuristic's choice
-and 128x128 multicast A); cuBLAS block-wise always runs.
+and 128x128 multicast A); cuBLAS block-wise always runs. --deepgemm adds DeepGEMM's own kernel
+from the local, uncommitted harness in .dgref/ (bench/JOURNAL.md, session 6), if present; it
+is how session 7 found DeepGEMM at the same power cap and clocks as ours.
 
 An H200 running FP8 GEMMs flat out is power-limited, so a kernel's sustained speed depends on
 how much power it burns per FLOP: this prints, per run, do_bench's median next to the mean
 power and SM clock that NVML saw meanwhile (sampled every 10 ms), alternating providers.
 """
 import argparse
+import os
+import sys
 import threading
 import time
 
@@ -54,6 +58,8 @@ def main():
     parser.add_argument("--rep-ms", type=float, default=1500)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--specs", nargs="*", default=None)
+    parser.add_argument("--deepgemm", action="store_true",
+                        help="also run DeepGEMM's kernel (needs the .dgref/ harness)")
     args = parser.parse_args()
     m, n, k = args.shape
     pynvml.nvmlInit()
@@ -75,6 +81,12 @@ def main():
     runs["cuBLAS block-wise"] = lambda: torch._scaled_mm(a.data, b.data.t(), scale_a=scale_a,
                                                          scale_b=b.scale.t(),
                                                          out_dtype=torch.bfloat16)
+    if args.deepgemm:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        sys.path.insert(0, os.path.join(root, ".dgref"))
+        from dg_launch import make_dg_runner
+        out_dg = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+        runs["DeepGEMM"] = make_dg_runner(m, n, k, a.data, a.scale, b.data, b.scale, out_dg)
     for fn in runs.values():
         fn()
     torch.cuda.synchronize()
