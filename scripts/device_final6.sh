@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Session 6 final call: GPU suite, `python -m bench` (do_bench, 2 rounds: README table and plot),
+# Final call of a session: GPU suite (14 workers: compiling dominates), `python -m bench`
+# (do_bench, 2 rounds: README table and plot),
 # then, where the DeepGEMM harness is carried (.dgref, never committed: see bench/JOURNAL.md,
 # session 6), DeepGEMM's own kernel next to ours on each shape it was built for (interleaved).
 set -u
 source scripts/device_env.sh
-timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -n 8 --timeout 120 --timeout-method thread \
+timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -n 14 --timeout 150 --timeout-method thread \
     > $OUT/gpu_tests.txt 2>&1
 tail -2 $OUT/gpu_tests.txt
 timeout 200 python3 -m bench --no-progress --rounds 2 --json $OUT/bench.json --plot $OUT/bench.png \

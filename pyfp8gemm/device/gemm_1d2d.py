@@ -689,8 +689,8 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
             final = final_zeros()
             final, acc, acc_next, stage, phase = tile_k_loop(
-                min(n_first, N_GROUPS), base, final, acc, acc_next, descs, stage, phase, row, lane, warpgroup,
-                n_first, kb_begin, kb_end)
+                min(n_first, N_GROUPS), base, final, acc, acc_next, descs, stage, phase, row,
+                lane, warpgroup, n_first, kb_begin, kb_end)
             unit += unit_step
             if not SPLIT_K:
                 epilogue(base, tmap_d, final, m_block, n_block, tid, warpgroup)
