@@ -444,17 +444,24 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             named_barrier_arrive(MMA_TURN_BARRIER + warpgroup, MATH_THREADS)
 
     @inline
-    def issue_wave(base, acc, descs, stage, row, wave, warpgroup):
+    def load_b_scales(base, stage):
+        """The B scales of the K block in slot `stage`: its first and second 128-column block's
+        (the same value unless tiles straddle)."""
+        sfb = base + SMEM_SFB + SFB_STAGE_BYTES * stage
+        sb = ld_shared_f32(sfb)
+        return sb, (ld_shared_f32(sfb + 4) if STRADDLE else sb)
+
+    @inline
+    def issue_wave(base, acc, descs, stage, sfa_row, wave, warpgroup, b_scales):
         """Start the 4 wgmmas of one 64-row wave of the K block in slot `stage`, into a fresh
         `acc`. Returns acc (valid after a wgmma wait) and the wave's promotion scales
         sa[row] * sb, sa[row + 8] * sb (for the first and the second B-scale block).
-        Every smem read of the slot happens here, before the slot is released."""
-        sfa = base + SMEM_SFA + SFA_BYTES * stage + 4 * (row + 128 * wave)
+        `sfa_row` is this thread's A-scale address in slot 0. Every smem read of the slot
+        happens here or in `load_b_scales`, before the slot is released."""
+        sfa = sfa_row + SFA_BYTES * stage + 4 * 128 * wave
         sa_row0 = ld_shared_f32(sfa)
         sa_row8 = ld_shared_f32(sfa + 32)
-        sfb = base + SMEM_SFB + SFB_STAGE_BYTES * stage
-        sb = ld_shared_f32(sfb)
-        sb_second = ld_shared_f32(sfb + 4) if STRADDLE else sb
+        sb, sb_second = b_scales
         a = descs[0] + A_BYTES // 16 * stage + 128 * BLOCK_K // 16 * wave  # descriptor low words
         b = descs[1] + B_BYTES // 16 * stage
         acc = fence(acc)
@@ -469,12 +476,13 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         return acc, (sa_row0 * sb, sa_row8 * sb, sa_row0 * sb_second, sa_row8 * sb_second)
 
     @inline
-    def issue_k_block(base, acc, descs, stage, phase, row, warpgroup, ready):
+    def issue_k_block(base, acc, descs, stage, phase, sfa_row, warpgroup, ready):
         """Wait for the K block in slot `stage` (unless an earlier test found it `ready`) and
         start its (only) wave. Returns acc and the promotion scales."""
         if not ready:
             wait_slot(base, stage, phase)
-        return issue_wave(base, acc, descs, stage, row, 0, warpgroup)
+        return issue_wave(base, acc, descs, stage, sfa_row, 0, warpgroup,
+                          load_b_scales(base, stage))
 
     @inline
     def release_slot(base, stage, lane):
@@ -503,10 +511,11 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
 
     def make_k_loop(first_groups):
         """The K-block loop of one tile, `k_loop(base, final, acc, acc_next, descs, stage,
-        phase, row, lane, warpgroup, n_first, kb_begin, kb_end) -> (final, acc, acc_next, stage,
-        phase)`, for tiles whose first `first_groups` 8-column groups take the first B-scale
-        block's scale (with STATIC_SPLITS; any tile otherwise). Every wgmma has completed when
-        it returns, so a branch between loops never makes ptxas copy an in-flight fragment."""
+        phase, sfa_row, lane, warpgroup, n_first, kb_begin, kb_end) -> (final, acc, acc_next,
+        stage, phase)`, for tiles whose first `first_groups` 8-column groups take the first
+        B-scale block's scale (with STATIC_SPLITS; any tile otherwise). Every wgmma has
+        completed when it returns, so a branch between loops never makes ptxas copy an in-flight
+        fragment."""
         if STATIC_SPLITS:
             promote_first = fragment_promote(N_ACC, True, FINAL_ACC, 0, first_groups)
             promote_last = fragment_promote(N_ACC, True, FINAL_ACC, (WAVES - 1) * N_ACC,
@@ -539,13 +548,14 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
 
         @inline
         def issue_and_retire(base, final, acc_new, acc_done, scales_done, stage_done, descs, stage,
-                             phase, ready, row, lane, n_first):
+                             phase, ready, sfa_row, lane, n_first):
             """One step of the overlapped pipeline: start the K block in slot `stage` into
             `acc_new`, then wait for the block before it (`acc_done`, in slot `stage_done`),
             release its slot, test whether the block after `stage` has landed (`ready`) and
             promote. (Overlapped kernels never take turns,
             so the warpgroup passed on is a placeholder 0.)"""
-            acc_new, scales_new = issue_k_block(base, acc_new, descs, stage, phase, row, 0, ready)
+            acc_new, scales_new = issue_k_block(base, acc_new, descs, stage, phase, sfa_row, 0,
+                                                ready)
             new_stage = stage
             stage, phase = next_slot(stage, phase)
             wait_mma_one()
@@ -554,14 +564,14 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             return final, acc_new, scales_new, new_stage, stage, phase, ready
 
         @inline
-        def k_loop(base, final, acc, acc_next, descs, stage, phase, row, lane, warpgroup,
+        def k_loop(base, final, acc, acc_next, descs, stage, phase, sfa_row, lane, warpgroup,
                    n_first, kb_begin, kb_end):
             if OVERLAP_PROMOTION:
                 # Two fragments in flight: while K block kb is promoted on the CUDA cores, the
                 # tensor cores already run kb + 1. Unrolled by two with the tail peeled, so
                 # that no fragment whose wgmma is still running passes a branch merge (ptxas
                 # would copy its registers and serialize every wgmma, warning C7514).
-                acc, scales = issue_k_block(base, acc, descs, stage, phase, row, 0, 0)
+                acc, scales = issue_k_block(base, acc, descs, stage, phase, sfa_row, 0, 0)
                 acc_stage = stage
                 stage, phase = next_slot(stage, phase)
                 ready = types.int32(0)
@@ -569,17 +579,17 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                 while kb + 2 < kb_end:
                     (final, acc_next, scales_next, next_stage, stage, phase,
                      ready) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
-                                               descs, stage, phase, ready, row, lane, n_first)
+                                               descs, stage, phase, ready, sfa_row, lane, n_first)
                     (final, acc, scales, acc_stage, stage, phase,
                      ready) = issue_and_retire(base, final, acc, acc_next, scales_next,
-                                               next_stage, descs, stage, phase, ready, row,
+                                               next_stage, descs, stage, phase, ready, sfa_row,
                                                lane, n_first)
                     kb = types.int32(kb + 2)
                 # Tail: block kb is in flight, and maybe one more block is left.
                 if kb + 1 < kb_end:
                     (final, acc_next, scales_next, next_stage, stage, phase,
                      ready) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
-                                               descs, stage, phase, ready, row, lane, n_first)
+                                               descs, stage, phase, ready, sfa_row, lane, n_first)
                     wait_mma()
                     final = retire_k_block(base, final, acc_next, scales_next, next_stage,
                                            lane, n_first)
@@ -595,12 +605,15 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
                     kb = types.int32(kb + 1)
                     if not ready:
                         wait_slot(base, stage, phase)
-                    acc, scales = issue_wave(base, acc, descs, stage, row, 0, warpgroup)
+                    b_scales = load_b_scales(base, stage)
+                    acc, scales = issue_wave(base, acc, descs, stage, sfa_row, 0, warpgroup,
+                                             b_scales)
                     wait_mma()
                     if WAVES == 2:
                         # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile.
                         final = promote_first_wave(final, fence(acc), scales, n_first)
-                        acc, scales = issue_wave(base, acc, descs, stage, row, 1, warpgroup)
+                        acc, scales = issue_wave(base, acc, descs, stage, sfa_row, 1, warpgroup,
+                                                 b_scales)
                         wait_mma()
                     next_stage, phase = next_slot(stage, phase)
                     final, ready = retire_and_look_ahead(base, final, acc, scales, stage,
@@ -615,21 +628,21 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
         k_loop = make_k_loop(splits[0])
         if len(splits) == 1:
             @inline
-            def only(split, base, final, acc, acc_next, descs, stage, phase, row, lane,
+            def only(split, base, final, acc, acc_next, descs, stage, phase, sfa_row, lane,
                      warpgroup, n_first, kb_begin, kb_end):
-                return k_loop(base, final, acc, acc_next, descs, stage, phase, row, lane,
+                return k_loop(base, final, acc, acc_next, descs, stage, phase, sfa_row, lane,
                               warpgroup, n_first, kb_begin, kb_end)
             return only
         SPLIT = splits[0]
         others = make_tile_k_loop(splits[1:])
 
         @inline
-        def dispatch(split, base, final, acc, acc_next, descs, stage, phase, row, lane,
+        def dispatch(split, base, final, acc, acc_next, descs, stage, phase, sfa_row, lane,
                      warpgroup, n_first, kb_begin, kb_end):
             if split == SPLIT:
-                return k_loop(base, final, acc, acc_next, descs, stage, phase, row, lane,
+                return k_loop(base, final, acc, acc_next, descs, stage, phase, sfa_row, lane,
                               warpgroup, n_first, kb_begin, kb_end)
-            return others(split, base, final, acc, acc_next, descs, stage, phase, row,
+            return others(split, base, final, acc, acc_next, descs, stage, phase, sfa_row,
                           lane, warpgroup, n_first, kb_begin, kb_end)
         return dispatch
 
@@ -668,8 +681,9 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     @inline
     def math_loop(base, tmap_d, workspace, counters, work, tid):
         num_kb, splitting, rank, first_unit, unit_step, num_m_units, num_n_units = work
-        lane = tid % 32
+        lane = types.int32(tid % 32)
         row = 16 * (tid // 32) + lane // 4        # this thread's first fragment row in the tile
+        sfa_row = base + SMEM_SFA + 4 * row       # its A scale in ring slot 0
         # wgmma descriptors of ring slot 0: this warpgroup's 64-row slice of A, and B. Built
         # from a warp-uniform index, so they live in uniform registers (no per-wgmma moves).
         warpgroup = warp_uniform(tid // 128)
@@ -689,7 +703,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
             n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
             final = final_zeros()
             final, acc, acc_next, stage, phase = tile_k_loop(
-                min(n_first, N_GROUPS), base, final, acc, acc_next, descs, stage, phase, row,
+                min(n_first, N_GROUPS), base, final, acc, acc_next, descs, stage, phase, sfa_row,
                 lane, warpgroup, n_first, kb_begin, kb_end)
             unit += unit_step
             if not SPLIT_K:
