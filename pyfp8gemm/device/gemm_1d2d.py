@@ -109,7 +109,7 @@ class GemmConfig:
     split_k: int = 1            # K split over this many CTAs per tile (partials reduced in FP32)
     split_last_wave: bool = False  # split only the tiles of the last, partial wave (host only)
     mma_turns: bool | None = None  # two math warpgroups without overlap issue wgmmas in
-                                # turns; None: where measured faster (one wave per warpgroup)
+                                # turns; None: where measured faster (nowhere any more)
 
     def __post_init__(self):
         if self.block_m not in (64, 128, 256):
@@ -125,9 +125,10 @@ class GemmConfig:
         if self.overlap_promotion and (self.block_n > 128 or self.waves > 1):
             object.__setattr__(self, "overlap_promotion", False)   # registers won't allow
         if self.mma_turns is None:
-            # BLOCK_M 256 (two waves per warpgroup) measured no better with turns
-            # (bench/JOURNAL.md), so they are only asked for explicitly there.
-            object.__setattr__(self, "mma_turns", self.waves == 1)
+            # Turns were +10% for BLOCK_M 128 x BLOCK_N > 128 when B scales came from global
+            # memory; with the ring and per-split K loops they cost 0-3% there (BLOCK_M 256:
+            # no better either), so they are only taken when asked for (bench/JOURNAL.md).
+            object.__setattr__(self, "mma_turns", False)
         if self.mma_turns and (self.overlap_promotion or self.math_warpgroups == 1):
             object.__setattr__(self, "mma_turns", False)     # nothing to take turns on
         if self.multicast not in ("none", "a", "b"):
@@ -140,6 +141,28 @@ class GemmConfig:
             raise ValueError("split_last_wave needs split_k > 1")
         if self.stages < 1 or self.smem_bytes > SMEM_LIMIT:
             raise ValueError(f"{self}: {self.smem_bytes} B of shared memory > {SMEM_LIMIT}")
+
+    @property
+    def scale_splits(self):
+        """The scale splits tiles can have: a tile's offset in its first B-scale block (a
+        multiple of gcd(BLOCK_N, 128)) decides how many of its 8-column groups take that
+        block's scale (all of them, one split, where tiles never straddle)."""
+        groups = self.block_n // 8
+        return tuple(sorted({min(groups, (128 - offset) // 8)
+                             for offset in range(0, 128, math.gcd(self.block_n, 128))}))
+
+    @property
+    def straddles(self):
+        """Whether a tile can cross a 128-column B-scale block boundary."""
+        return 128 % self.block_n != 0
+
+    @property
+    def static_scale_splits(self):
+        """Straddling tiles get one K loop per scale split, each promotion with its split a
+        constant (no per-group select), where the promotion is on the critical path (not
+        overlapped) and the splits are few; otherwise one loop selects at run time."""
+        return (self.straddles and not self.overlap_promotion
+                and len(self.scale_splits) <= MAX_K_LOOP_COPIES)
 
     @property
     def max_scale_offset(self):
@@ -254,7 +277,7 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     STAGE_TX_BYTES = A_BYTES + B_BYTES + BM * 4      # what TMA delivers per stage
     EMPTY_ARRIVALS = CLUSTER * MATH_THREADS // 32    # one per math warp of each reading CTA
     FULL_ARRIVALS = 2                                # the TMA thread and the B-scale thread
-    STRADDLE = 128 % BN != 0          # a BLOCK_N tile may cross two 128-column B-scale blocks
+    STRADDLE = cfg.straddles          # a BLOCK_N tile may cross two 128-column B-scale blocks
     SWIZZLE_D = cfg.swizzle_d
     D_PANELS = BN * 2 // SWIZZLE_D    # TMA stores per output tile (one per swizzle panel)
     N_ACC = BN // 2                   # fragment floats per thread
@@ -287,10 +310,8 @@ def make_fp8_gemm_1d2d(cfg: GemmConfig):
     # group's scale at run time: an overlapped loop hides that behind the next wgmmas, and
     # three copies of it (unrolled by two) took 21 s instead of 5 to compile.
     N_GROUPS = N_ACC // 4
-    SCALE_SPLITS = tuple(sorted({min(N_GROUPS, (128 - offset) // 8)
-                                 for offset in range(0, 128, math.gcd(BN, 128))}))
-    STATIC_SPLITS = (STRADDLE and not OVERLAP_PROMOTION
-                     and len(SCALE_SPLITS) <= MAX_K_LOOP_COPIES)
+    SCALE_SPLITS = cfg.scale_splits
+    STATIC_SPLITS = cfg.static_scale_splits
     store_first = fragment_store_bf16(N_ACC, BM, SWIZZLE_D, FINAL_ACC, 0)
     store_last = fragment_store_bf16(N_ACC, BM, SWIZZLE_D, FINAL_ACC, (WAVES - 1) * N_ACC)
     producer_registers = setmaxnreg_dec(PRODUCER_REGISTERS)
