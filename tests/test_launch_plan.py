@@ -258,19 +258,22 @@ def test_split_k_choice():
 
 
 def test_last_wave_split_choice_and_plan():
-    """4096x2112x7168: 544 tiles of 128x128 = 4 full waves + 16 tiles on 132 SMs; the 16 are
-    split 4 ways (14 K blocks each) instead of idling 116 SMs for a fifth tile time.
-    2048x2112x7168: 2 waves of 128x128 + 8 tiles, split 4 ways."""
+    """1536x3072x7168: 288 tiles of 128x128 = 2 full waves + 24 tiles on 132 SMs; the 24 are
+    split 4 ways (14 K blocks each) instead of idling 108 SMs for a third tile time.
+    4096x2112x7168 (4 waves of 128x128 + 16 tiles, split 4 ways until session 8) now runs
+    3 waves of 128x192 sharing B: 4% faster than the split tail (bench/JOURNAL.md)."""
     from pyfp8gemm.host.heuristics import choose_config, choose_last_wave_split
 
-    cfg = choose_config(4096, 2112, 7168, 132)
+    cfg = choose_config(1536, 3072, 7168, 132)
     assert (cfg.block_m, cfg.block_n, cfg.multicast, cfg.split_k, cfg.split_last_wave) == \
         (128, 128, "none", 4, True)
+    assert launch.whole_tiles(cfg, 1536, 3072, 132) == 264
+    assert launch.grid_size(cfg, 1536, 3072, 132) == 132
+    cfg = choose_config(4096, 2112, 7168, 132)
+    assert (cfg.block_m, cfg.block_n, cfg.multicast, cfg.split_k) == (128, 192, "b", 1)
+    cfg = GemmConfig(128, 128, 5, split_k=4, split_last_wave=True)        # 4 waves + 16 tiles
     assert launch.whole_tiles(cfg, 4096, 2112, 132) == 528
     assert launch.grid_size(cfg, 4096, 2112, 132) == 132
-    cfg = choose_config(2048, 2112, 7168, 132)
-    assert (cfg.block_m, cfg.block_n, cfg.split_k, cfg.split_last_wave) == (128, 128, 4, True)
-    assert launch.whole_tiles(cfg, 2048, 2112, 132) == 264
     cfg = GemmConfig(256, 128, 3, split_k=4, split_last_wave=True)        # 2 waves + 8 tiles
     assert launch.whole_tiles(cfg, 4096, 2112, 132) == 264
     assert choose_last_wave_split(544, 7168, 132) == 4

@@ -14,9 +14,10 @@ to the larger tile. The constants come from side-by-side sweeps on the H200
 - BLOCK_M: 64 (one math warpgroup) when M <= 64; else 128 (two math warpgroups); for
   M >= 1024 also 256 with BLOCK_N 128 (two 64-row waves per warpgroup), which ran 3-10% faster
   than BLOCK_M 128 at equal wave counts on every large ANCHORS shape.
-- penalties: BLOCK_N > 128 at BLOCK_M 128 cannot overlap promotion with the next wgmmas
-  (registers); a BLOCK_N that neither divides nor is a multiple of 128 makes tiles straddle
-  two B-scale blocks; for M >= 512, a BLOCK_M 128 config that cannot multicast pays a little.
+- penalties: BLOCK_N > 128 cannot overlap promotion with the next wgmmas (registers); a
+  BLOCK_N that does not divide 128 makes tiles straddle two B-scale blocks, which costs where
+  the kernel selects each 8-column group's scale at run time (not where it compiles a K loop
+  per split); for M >= 512, a BLOCK_M 128 config that cannot multicast pays a little.
 - stages: as many as shared memory holds: the deeper ring helped small-M, long-K shapes by
   4-6% (more bytes in flight per SM) and never hurt.
 - multicast (BLOCK_M 128, M >= 512 only): a 2-CTA cluster loads A once for two N-neighbours
@@ -41,10 +42,16 @@ MAX_STAGES = 32                 # i.e. no cap below what shared memory holds
 # BLOCK_N 128 in 5 waves at 992 TFLOPS, BLOCK_N 96 at BLOCK_M 256 in 3 waves at 849).
 TILE_OVERHEAD_COLUMNS = {64: 32, 128: 64, 256: 64}
 MULTICAST_MIN_M = 512
-# Measured on the H200 (bench/JOURNAL.md): BLOCK_N 160 (no overlapped promotion) ran 933 vs
-# 1065 for 128 (x1.14) at 4096x4096x7168; multicast A vs none at BLOCK_M 128: 1052 vs 1034.
+# Measured on the H200 (bench/JOURNAL.md). Multicast A vs none at BLOCK_M 128: 1052 vs 1034.
+# No overlapped promotion (BLOCK_N > 128): BLOCK_N 160 ran x1.14 slower per tile than 128 at
+# 4096x4096x7168 (session 2); with B scales in the ring, per-split K loops and no turns, BLOCK_M
+# 128 x BLOCK_N 192 beat the overlapped tiles it competes with on 8 of 8 shapes with M >= 384
+# (x1.035 at 4096x2112x7168, where this factor's cost model predicts x1.030; x1.05-1.13
+# elsewhere), but not at M = 128 (128x24576x1536: x0.954 against 128x96), nor at BLOCK_M 64
+# (64x24576x1536 64x192: x0.968 against 64x64): BLOCK_N > 128 at BLOCK_M 128 needs M >= 256.
 NO_MULTICAST_PENALTY = 1.03
-NO_OVERLAP_PENALTY = 1.15
+NO_OVERLAP_PENALTY = {64: 1.15, 128: 1.10}
+WIDE_TILE_MIN_M = 256
 STRADDLE_PENALTY = 1.15        # 64x24576x1536: BLOCK_N 64 246 TFLOPS vs 96 (straddling) 233
 SMALL_BLOCK_N = 32
 # BLOCK_M 64 with an even number of M tiles (e.g. M = 128): two M-neighbour CTAs share the weight
@@ -70,12 +77,9 @@ BLOCK_M_256_MIN_M = 1024
 # BLOCK_N candidates per BLOCK_M; capped where the two FP32 fragments (BLOCK_N regs/thread)
 # still fit the math warpgroups' register budget without spilling.
 # 176 is left out: a 176-wide tile can span three B-scale blocks (GemmConfig rejects it).
-# 192 at BLOCK_M 128 was a candidate while B scales came from global memory (128x24576x1536:
-# one wave of 128x192 527 TFLOPS vs 501 for two waves of 128x96, profiler). With B scales in
-# the ring, two waves of 128x96 ran 451-458 vs 444-445 (interleaved A/B, two runs), and 128x192
-# needs 232 registers per math thread (spills at 224): dropped.
+# (192 at BLOCK_M 128 spilled at 224 registers until its K loops were compiled per scale split.)
 BLOCK_N_CANDIDATES = {64: tuple(n for n in range(16, 193, 16) if n != 176),
-                      128: tuple(range(16, 161, 16)),
+                      128: tuple(n for n in range(16, 193, 16) if n != 176),
                       256: (128,)}
 
 
@@ -136,16 +140,17 @@ def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
         if block_m == 256:
             time *= BLOCK_M_256_SPEEDUP
         elif block_n > 128:
-            time *= NO_OVERLAP_PENALTY          # promotion not overlapped (registers)
+            time *= NO_OVERLAP_PENALTY[block_m]     # promotion not overlapped (registers)
         if (wants_multicast and block_m == 128 and (
                 last_wave_split > 1 or _multicast_for(m_blocks, n_blocks) == "none")):
             time *= NO_MULTICAST_PENALTY
-        if 128 % block_n and block_n % 128:
-            time *= STRADDLE_PENALTY            # tiles cross B-scale blocks
+        if _straddle_costs(block_m, block_n):
+            time *= STRADDLE_PENALTY                # tiles cross B-scale blocks
         return time, -block_m, -block_n
 
     def best_tile(block_ms):
-        options = [(bm, bn, 1) for bm in block_ms for bn in BLOCK_N_CANDIDATES[bm]]
+        options = [(bm, bn, 1) for bm in block_ms for bn in BLOCK_N_CANDIDATES[bm]
+                   if not (bm == 128 and bn > 128 and m < WIDE_TILE_MIN_M)]
         # (BLOCK_M 256 can split too, but at 4096x2112x7168 its 2 waves + 8 split tiles ran
         # 973-978 TFLOPS against 1042-1046 for 4 waves of 128x128 + 16 split tiles.)
         options += [(bm, bn, split) for bm, bn, _ in options if bm <= 128
@@ -174,6 +179,15 @@ def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
     if multicast == "none":
         split_k = choose_split_k(_ceil_div(m, block_m) * _ceil_div(n, block_n), k, num_sms)
     return make_config(block_m, block_n, multicast, split_k)
+
+
+def _straddle_costs(block_m: int, block_n: int) -> bool:
+    """Whether straddling B-scale blocks costs: where the kernel picks each group's scale at
+    run time (GemmConfig.static_scale_splits; the stage count does not matter here), and at
+    BLOCK_M 64, where per-split K loops measured no faster (64x96 x1.000, 64x192 x0.968
+    against 64x64 at 64x24576x1536)."""
+    cfg = GemmConfig(block_m, block_n, 1)
+    return cfg.straddles and (block_m == 64 or not cfg.static_scale_splits)
 
 
 def _multicast_for(m_blocks: int, n_blocks: int) -> str:
