@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Final call of a session: GPU suite (14 workers: compiling dominates), `python -m bench`
-# (do_bench, 2 rounds: README table and plot),
+# Final call of a session: every kernel compiled in parallel, the GPU suite (14 workers),
+# `python -m bench` (do_bench, 2 rounds: README table and plot),
 # then, where the DeepGEMM harness is carried (.dgref, never committed: see bench/JOURNAL.md,
 # session 6), DeepGEMM's own kernel next to ours on each shape it was built for (interleaved).
 set -u
 source scripts/device_env.sh
+timeout 150 python3 scripts/precompile.py --all 2>&1 | grep -v Warn | tail -1
 timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -n 14 --timeout 150 --timeout-method thread \
     > $OUT/gpu_tests.txt 2>&1
 tail -2 $OUT/gpu_tests.txt
