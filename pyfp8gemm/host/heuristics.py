@@ -181,6 +181,7 @@ def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
     return make_config(block_m, block_n, multicast, split_k)
 
 
+@functools.cache
 def _straddle_costs(block_m: int, block_n: int) -> bool:
     """Whether straddling B-scale blocks costs: where the kernel picks each group's scale at
     run time (GemmConfig.static_scale_splits; the stage count does not matter here), and at
