@@ -1,0 +1,53 @@
+"""Kernel launchers of the grouped and weight-gradient GEMM families, on validated tensors.
+
+The public functions (host/grouped.py, host/gemm_1d1d.py) check their arguments, convert
+layouts and dispatch CPU tensors to the reference backend; CUDA tensors in the layouts below
+come here. Each launcher runs on torch's current stream, never synchronizes and allocates
+nothing per call after the first (CUDA-graph capturable).
+
+Kernel-ready layouts (what every launcher receives):
+* FP8 data: float8_e4m3fn, contiguous, K-major, 16-byte aligned.
+* 1x128 scales: float32, MN-major and TMA-aligned: a (rows, ceil(K/128)) view with strides
+  (1, align(rows, 4)) (per group for 3-D operands: (G, rows, kb) with strides
+  (kb * align(rows, 4), 1, align(rows, 4))).
+* 128x128 scales: float32 contiguous (G, ceil(N/128), ceil(K/128)).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _not_built(what: str):
+    raise NotImplementedError(f"{what}: the GPU kernel is not built yet in this version "
+                              "(the CPU reference backend computes it on CPU tensors)")
+
+
+def m_grouped_contiguous(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
+                         b_scale: torch.Tensor, d: torch.Tensor, m_indices: torch.Tensor,
+                         expected_m: int, alignment: int) -> None:
+    """d[rows of group g] = A[rows] @ B[g]^T (bf16), `m_indices` int32 (M_sum,) on the GPU: the
+    group of each row, constant over each `alignment`-row block, -1 for padding (written 0)."""
+    _not_built("m_grouped_fp8_gemm_nt_contiguous")
+
+
+def m_grouped_masked(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
+                     b_scale: torch.Tensor, d: torch.Tensor, masked_m: torch.Tensor,
+                     expected_m: int) -> None:
+    """d[g, :masked_m[g]] = A[g, :masked_m[g]] @ B[g]^T (bf16); A (G, M_max, K), d (G, M_max, N),
+    `masked_m` int32 (G,) on the GPU, read by the kernel only."""
+    _not_built("m_grouped_fp8_gemm_nt_masked")
+
+
+def gemm_1d1d(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
+              b_scale: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None) -> None:
+    """d = c + A @ B^T in FP32 (c None: d = A @ B^T; c may be d itself), both scales 1x128."""
+    _not_built("fp8_gemm_nt with 1x128 scales on both operands (1D1D)")
+
+
+def k_grouped(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
+              b_scale: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None, ks: list[int],
+              ks_tensor: torch.Tensor) -> None:
+    """d[g] = c[g] + A_g @ B_g^T in FP32 for the concatenated K-major blocks A_g (M, k_g),
+    B_g (N, k_g); scales 1x128 along K, MN-major over the concatenated K blocks."""
+    _not_built("k_grouped_fp8_gemm_nt_contiguous")
