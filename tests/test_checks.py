@@ -31,16 +31,11 @@ def test_check_granularity():
         checks.check_granularity("granularity", 128)
 
 
-def test_check_fp8_tensor():
-    a = quantize(torch.randn(4, 256), "1x128")
-    checks.check_fp8_tensor("a", a, "1x128")
-    checks.check_fp8_tensor("a", a)
-    with pytest.raises(ValueError, match="b: expected granularity '128x128', got '1x128'"):
-        checks.check_fp8_tensor("b", a, "128x128")
-    with pytest.raises(TypeError, match=r"a: expected a pyfp8gemm.FP8Tensor, got Tensor \(quantize"):
-        checks.check_fp8_tensor("a", torch.zeros(4, 256))
-    with pytest.raises(TypeError, match="a: expected a pyfp8gemm.FP8Tensor, got tuple"):
-        checks.check_fp8_tensor("a", (a.data, a.scale))
+def test_check_int32_size():
+    checks.check_int32_size("M", 2**31 - 1)
+    for value in (2**31, 2**32 + 64):
+        with pytest.raises(ValueError, match=rf"^M = {value} is too large: .*int32"):
+            checks.check_int32_size("M", value)
 
 
 def test_check_cuda():

@@ -16,9 +16,12 @@ from typing import Iterable, Sequence
 
 import torch
 
+#: The two scale granularities: per row per 128 K (activations), per 128x128 block (weights).
+GRANULARITIES = ("1x128", "128x128")
+
 __all__ = [
     "check_tensor",
-    "check_fp8_tensor",
+    "check_int32_size",
     "check_granularity",
     "check_cuda",
     "check_same_device",
@@ -56,8 +59,6 @@ def check_tensor(
 
 def check_granularity(name: str, granularity) -> None:
     """`granularity` is "1x128" or "128x128"."""
-    from pyfp8gemm.host.fp8tensor import GRANULARITIES
-
     if not isinstance(granularity, str):
         raise TypeError(
             f"{name}: expected one of {GRANULARITIES}, got {type(granularity).__name__} "
@@ -67,18 +68,17 @@ def check_granularity(name: str, granularity) -> None:
         raise ValueError(f"{name}: expected one of {GRANULARITIES}, got {granularity!r}")
 
 
-def check_fp8_tensor(name: str, x, granularity: str | None = None) -> None:
-    """`x` is a pyfp8gemm.FP8Tensor (TypeError) with the given granularity (ValueError)."""
-    from pyfp8gemm.host.fp8tensor import FP8Tensor
+#: The largest size a kernel parameter (int32) can carry.
+INT32_MAX = 2**31 - 1
 
-    if not isinstance(x, FP8Tensor):
-        hint = ""
-        if isinstance(x, torch.Tensor):
-            hint = " (quantize it first: pyfp8gemm.quantize(x, granularity))"
-        raise TypeError(f"{name}: expected a pyfp8gemm.FP8Tensor, got {type(x).__name__}{hint}")
-    if granularity is not None and x.granularity != granularity:
+
+def check_int32_size(name: str, value: int, *, why: str = "") -> None:
+    """`value` fits the kernels' int32 parameters (sizes, counts, offsets): ctypes would
+    otherwise wrap 2^31 to a negative number and 2^32 + 64 to 64 without a word."""
+    if value > INT32_MAX:
         raise ValueError(
-            f"{name}: expected granularity {granularity!r}, got {x.granularity!r}"
+            f"{name} = {value} is too large: the kernels take sizes as int32 (at most "
+            f"2^31 - 1 = {INT32_MAX}){'; ' + why if why else ''}"
         )
 
 

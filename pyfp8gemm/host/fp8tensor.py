@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: The two scale granularities: activations ("1x128") and weights ("128x128").
-GRANULARITIES = ("1x128", "128x128")
+GRANULARITIES = checks.GRANULARITIES
 
 #: Width (and, for weights, height) of one scaling block.
 BLOCK = 128
