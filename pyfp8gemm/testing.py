@@ -97,3 +97,98 @@ def fp32_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return x.float() @ w.float().t()
     finally:
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+
+
+# ---------------------------------------------------------------------------------------------
+# FP8 training (issue 19): references of the 1D1D and k-grouped GEMMs and of a Linear's step
+# ---------------------------------------------------------------------------------------------
+
+__all__ += ["reference_gemm_1d1d", "reference_k_grouped", "reference_fp8_linear_step"]
+
+
+def reference_gemm_1d1d(a, b, c: torch.Tensor | None = None) -> torch.Tensor:
+    """``c + A @ B^T`` of two 1x128 operands, as float32: what fp8_gemm_nt_1d1d computes.
+
+    a (M, K), b (N, K): FP8Tensors ("1x128") or (data, scale) tuples with per-row scales
+    (rows, ceil(K/128)). c: None or a float32 (M, N). Dequantized and multiplied in float64
+    (exact products), c added in float64, then cast to float32.
+    """
+    a = _as_fp8_tensor("a", a)
+    b = _as_fp8_tensor("b", b)
+    for name, operand in (("a", a), ("b", b)):
+        if operand.granularity != "1x128" and operand.shape[0] != 1:
+            raise ValueError(f"{name}: expected 1x128 scales (one per row per 128 K), got "
+                             f"{operand.granularity}")
+    checks.check_same_device(a=a.data, b=b.data)
+    checks.check_same_size("K", "a.shape[1]", a.shape[1], "b.shape[1]", b.shape[1])
+    product = a.dequantize(torch.float64) @ b.dequantize(torch.float64).t()
+    if c is not None:
+        checks.check_shape("c", c, product.shape, why="(M, N) from a (M, K) and b (N, K)")
+        product = product + c.double()
+    return product.float()
+
+
+def reference_k_grouped(a, b, ks, c: torch.Tensor | None = None) -> torch.Tensor:
+    """``d[g] = c[g] + A_g @ B_g^T`` in DeepGEMM's k-grouped contiguous layout, as float32.
+
+    a, b: (data, scale) pairs as k_grouped_fp8_gemm_nt_contiguous takes them: data E4M3 1-D,
+    the groups' K-major (M, k_g) / (N, k_g) blocks concatenated; scale float32 (M, sum(ks)/128)
+    / (N, sum(ks)/128). ks: each group's K (multiples of 128, 0 allowed). c: None or (G, M, N).
+    Each group is dequantized and multiplied in float64 (a group with K = 0 gives c[g], or 0).
+    """
+    (a_data, a_scale), (b_data, b_scale) = a, b
+    m, n = a_scale.shape[0], b_scale.shape[0]
+    out = torch.zeros((len(ks), m, n), dtype=torch.float64, device=a_data.device)
+    offset = 0
+    for g, k in enumerate(ks):
+        if k:
+            kb0, kb1 = offset // BLOCK, (offset + k) // BLOCK
+            a_g = FP8Tensor(a_data[offset * m:(offset + k) * m].view(m, k),
+                            to_mn_major_tma_aligned(a_scale[:, kb0:kb1]), "1x128")
+            b_g = FP8Tensor(b_data[offset * n:(offset + k) * n].view(n, k),
+                            to_mn_major_tma_aligned(b_scale[:, kb0:kb1]), "1x128")
+            out[g] = a_g.dequantize(torch.float64) @ b_g.dequantize(torch.float64).t()
+        offset += k
+    if c is not None:
+        checks.check_shape("c", c, out.shape, why="(G, M, N)")
+        out += c.double()
+    return out.float()
+
+
+def reference_fp8_linear_step(x: torch.Tensor, weight: torch.Tensor, grad_output: torch.Tensor,
+                              bias: torch.Tensor | None = None) -> dict:
+    """One FP8 training step of ``y = x @ weight^T + bias`` with DeepSeek-V3's recipe, computed
+    independently of pyfp8gemm.nn (plain `quantize` on transposed copies, float64 products):
+
+    * forward: x (..., K) quantized 1x128, weight (N, K) 128x128; y = bf16(x_q @ w_q^T),
+      cast to x's dtype, plus bias;
+    * dgrad: grad_output (..., N) quantized 1x128 along its rows; dX = bf16(dY_q @ w_q), cast
+      to x's dtype (w_q is the forward's quantization, transposed: 128x128 blocks transpose);
+    * wgrad: dY^T (N, T) and X^T (K, T) quantized 1x128 along the tokens;
+      dW = dY^T_q @ (X^T_q)^T in float64, returned as float32 (the FP32 wgrad);
+    * grad_bias: the sum of grad_output over the tokens, float32.
+
+    Returns a dict with "out", "grad_input", "grad_weight", "grad_bias" (None without bias).
+    """
+    from pyfp8gemm.host.fp8tensor import quantize
+
+    k = x.shape[-1]
+    n = weight.shape[0]
+    x2 = x.reshape(-1, k)
+    dy2 = grad_output.reshape(-1, n)
+    x_q = quantize(x2, "1x128").dequantize(torch.float64)
+    w_q = quantize(weight.detach(), "128x128").dequantize(torch.float64)
+    dy_q = quantize(dy2, "1x128").dequantize(torch.float64)
+    out = (x_q @ w_q.t()).to(torch.bfloat16).to(x.dtype)
+    if bias is not None:
+        out = out + bias.detach().to(out.dtype)
+    grad_input = (dy_q @ w_q).to(torch.bfloat16).to(x.dtype)
+    dyt_q = quantize(dy2.t().contiguous(), "1x128").dequantize(torch.float64)
+    xt_q = quantize(x2.t().contiguous(), "1x128").dequantize(torch.float64)
+    grad_weight = (dyt_q @ xt_q.t()).float()
+    return {
+        "out": out.reshape(*x.shape[:-1], n),
+        "grad_input": grad_input.reshape(x.shape),
+        "grad_weight": grad_weight,
+        "grad_bias": dy2.float().sum(0) if bias is not None else None,
+    }
