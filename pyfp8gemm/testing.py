@@ -192,3 +192,98 @@ def reference_fp8_linear_step(x: torch.Tensor, weight: torch.Tensor, grad_output
         "grad_weight": grad_weight,
         "grad_bias": dy2.float().sum(0) if bias is not None else None,
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# MoE grouped GEMMs (issue 18): references of the contiguous and masked m-grouped GEMMs
+# ---------------------------------------------------------------------------------------------
+
+__all__ += ["reference_m_grouped_contiguous", "reference_m_grouped_masked"]
+
+
+def _dequantize_rows(name: str, operand, ndim: int) -> torch.Tensor:
+    """float64 ``data * scale`` of 1x128 activations: an FP8Tensor or a (data, scale) pair with
+    data (..., rows, K) and scale (..., rows, ceil(K/128)), any strides."""
+    if isinstance(operand, FP8Tensor):
+        data, scale = operand.data, operand.scale
+    elif isinstance(operand, (tuple, list)) and len(operand) == 2:
+        data, scale = operand
+    else:
+        raise TypeError(f"{name}: expected a pyfp8gemm.FP8Tensor or a (data, scale) tuple, "
+                        f"got {type(operand).__name__}")
+    checks.check_tensor(f"{name}[0] (data)", data, dtypes=(torch.float8_e4m3fn,), ndim=ndim)
+    checks.check_tensor(f"{name}[1] (scale)", scale, dtypes=(torch.float32,), ndim=ndim)
+    k = data.shape[-1]
+    checks.check_shape(f"{name}[1] (scale)", scale, tuple(data.shape[:-1]) + (_ceil_div(k, BLOCK),),
+                       why="1x128 scales: one per row per 128 K")
+    return data.double() * scale.double().repeat_interleave(BLOCK, dim=-1)[..., :k]
+
+
+def _dequantize_grouped_weights(b) -> torch.Tensor:
+    """float64 (G, N, K) of grouped 128x128 weights (data (G, N, K), scale (G, ceil(N/128),
+    ceil(K/128)))."""
+    if not (isinstance(b, (tuple, list)) and len(b) == 2):
+        raise TypeError(f"b: expected a (data, scale) tuple, got {type(b).__name__}")
+    data, scale = b
+    checks.check_tensor("b[0] (data)", data, dtypes=(torch.float8_e4m3fn,), ndim=3)
+    checks.check_tensor("b[1] (scale)", scale, dtypes=(torch.float32,), ndim=3)
+    groups, n, k = data.shape
+    checks.check_shape("b[1] (scale)", scale, (groups, _ceil_div(n, BLOCK), _ceil_div(k, BLOCK)),
+                       why="128x128 scales of (G, N, K) weights")
+    expanded = scale.double().repeat_interleave(BLOCK, dim=1)[:, :n]
+    expanded = expanded.repeat_interleave(BLOCK, dim=2)[:, :, :k]
+    return data.double() * expanded
+
+
+def reference_m_grouped_contiguous(a, b, m_indices: torch.Tensor, *, use_psum_layout: bool = False,
+                                   alignment: int | None = None,
+                                   out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """What m_grouped_fp8_gemm_nt_contiguous computes, in float64, cast to `out_dtype`: (M_sum, N).
+
+    The rows form blocks of `alignment` rows (default: get_mk_alignment_for_contiguous_layout());
+    a block whose first row's id g is in [0, G) gets ``A[rows] @ B[g]^T`` for all its rows, any
+    other block zeros. With ``use_psum_layout``, `m_indices` is (G,) cumulative ends and group g
+    owns rows [align(psum[g-1]), psum[g]), every other row being -1. Written as plain loops over
+    groups and blocks (independent of the library's vectorized conversion). Reads the ids on
+    the host (a sync on CUDA: fine for a reference).
+    """
+    from pyfp8gemm.host.grouped import get_mk_alignment_for_contiguous_layout
+
+    if alignment is None:
+        alignment = get_mk_alignment_for_contiguous_layout()
+    a64 = _dequantize_rows("a", a, 2)
+    b64 = _dequantize_grouped_weights(b)
+    m_sum, groups, n = a64.shape[0], b64.shape[0], b64.shape[1]
+    ids = m_indices.reshape(-1).tolist()
+    if use_psum_layout:
+        row_ids = [-1] * m_sum
+        end = 0
+        for g, group_end in enumerate(ids):
+            start = _ceil_div(end, alignment) * alignment
+            for row in range(start, min(group_end, m_sum)):
+                row_ids[row] = g
+            end = group_end
+        ids = row_ids
+    out = torch.zeros((m_sum, n), dtype=torch.float64, device=a64.device)
+    for start in range(0, m_sum, alignment):
+        g = ids[start]
+        if 0 <= g < groups:
+            stop = min(start + alignment, m_sum)
+            out[start:stop] = a64[start:stop] @ b64[g].t()
+    return out.to(out_dtype)
+
+
+def reference_m_grouped_masked(a, b, masked_m: torch.Tensor,
+                               out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """What m_grouped_fp8_gemm_nt_masked computes, in float64, cast to `out_dtype`: (G, M_max, N)
+    with ``out[g, :m_g] = A[g, :m_g] @ B[g]^T``, m_g = min(max(masked_m[g], 0), M_max), and
+    ZEROS in rows at or past m_g (which the GEMM leaves untouched: compare rows below m_g only).
+    Reads masked_m on the host (a sync on CUDA: fine for a reference)."""
+    a64 = _dequantize_rows("a", a, 3)
+    b64 = _dequantize_grouped_weights(b)
+    groups, m_max, _ = a64.shape
+    out = torch.zeros((groups, m_max, b64.shape[1]), dtype=torch.float64, device=a64.device)
+    for g, rows in enumerate(masked_m.reshape(-1).tolist()):
+        rows = min(max(int(rows), 0), m_max)
+        out[g, :rows] = a64[g, :rows] @ b64[g].t()
+    return out.to(out_dtype)
