@@ -7,6 +7,10 @@ Public API:
     fp8_gemm_nt(a, b, out), matmul(a, b, ...)     the GEMMs (pyfp8gemm/host/gemm.py)
     set_num_sms(n), get_num_sms()                 SM budget (pyfp8gemm/host/device_info.py)
     pyfp8gemm.testing                             calc_diff, reference_gemm
+    pyfp8gemm.ops                                 torch.ops.pyfp8gemm.* custom ops (torch.compile)
+    pyfp8gemm.deep_gemm                           DeepGEMM drop-in (its SM90 names, conventions)
+
+CPU tensors work everywhere (a slow reference backend, for tests); CUDA tensors need a Hopper GPU.
 
 The GEMM and device-info modules import numba-cuda and cuda-bindings, which take a while to load,
 so they are imported on first use (module __getattr__, PEP 562): `import pyfp8gemm` stays quick
@@ -21,6 +25,9 @@ from importlib.metadata import PackageNotFoundError, version as _distribution_ve
 
 from pyfp8gemm import testing
 from pyfp8gemm.host.fp8tensor import FP8Tensor, quantize, to_mn_major_tma_aligned
+# The custom ops (torch.ops.pyfp8gemm.*) exist as soon as pyfp8gemm is imported: a traced
+# pyfp8gemm.quantize / matmul / fp8_gemm_nt calls them. (Light: no numba, no CUDA.)
+from pyfp8gemm import ops
 
 try:
     __version__ = _distribution_version("pyfp8gemm")
@@ -67,4 +74,5 @@ __all__ = [
     "quantize",
     "to_mn_major_tma_aligned",
     "testing",
+    "ops",
 ] + [name for name, module in _LAZY_EXPORTS.items() if _module_exists(module)]

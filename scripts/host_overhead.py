@@ -54,6 +54,9 @@ def install_fake_driver() -> None:
     from pyfp8gemm.host import device_info, driver
 
     device_info.require_hopper = lambda device, argname: None   # CPU tensors pass
+    from pyfp8gemm.host import gemm
+
+    gemm._cpu_binder = gemm._kernel_binder   # ... to the kernel binder, not the CPU backend
     driver._make_primary_context_current = lambda index: None   # no torch.cuda on a CPU build
     driver.current_raw_stream = lambda index: 0
     device_info.set_num_sms(132)

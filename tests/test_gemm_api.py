@@ -96,6 +96,8 @@ def cpu_as_hopper(monkeypatch):
 def fake_launcher(monkeypatch, cpu_as_hopper) -> FakeLauncher:
     launcher = FakeLauncher()
     monkeypatch.setattr(gemm, "_kernel_binder", lambda: launcher.bind)
+    # CPU tensors normally go to the reference backend: here they reach the fake binder.
+    monkeypatch.setattr(gemm, "_cpu_binder", lambda: launcher.bind)
     return launcher
 
 
@@ -127,17 +129,64 @@ def fp8_operands(m: int, n: int, k: int):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_fp8_gemm_nt_refuses_cpu_tensors():
-    a, b, out = fp8_operands(64, 128, 256)
-    with pytest.raises(ValueError, match=r"a\.data is on cpu.*CUDA"):
+@pytest.mark.parametrize("m,n,k", [(64, 128, 256), (7, 136, 208), (130, 264, 1040)])
+def test_fp8_gemm_nt_computes_cpu_tensors_with_the_reference_backend(m, n, k):
+    """CPU tensors run the CPU backend: the kernel's numbers (exact product up to bf16)."""
+    a, b, out = fp8_operands(m, n, k)
+    assert gemm.fp8_gemm_nt(a, b, out) is out
+    ref = reference_gemm(a, b)
+    assert calc_diff(out, ref) < 1e-5
+    torch.testing.assert_close(out, ref.to(BF16), rtol=1e-2, atol=1e-2)
+    out2 = torch.empty_like(out)
+    gemm.fp8_gemm_nt((a.data, a.scale.contiguous()), (b.data, b.scale), out2)
+    assert torch.equal(out, out2)
+    assert not gemm._fast_nt   # CPU calls are never remembered
+
+
+def test_matmul_computes_cpu_tensors_with_the_reference_backend():
+    x, w = randn(3, 5, 256), randn(136, 256)
+    out = gemm.matmul(x, w.t())
+    assert out.shape == (3, 5, 136) and out.dtype == BF16 and out.device.type == "cpu"
+    assert calc_diff(out, x.float() @ w.float().t()) < 1e-3
+    ref = reference_gemm(quantize(x.reshape(15, 256), "1x128"), quantize(w, "128x128"))
+    assert calc_diff(out.reshape(15, 136), ref) < 1e-5
+    fp8_out = gemm.matmul(quantize(x.reshape(15, 256), "1x128"), quantize(w, "128x128").t())
+    assert torch.equal(fp8_out, out.reshape(15, 136))
+
+
+def test_cpu_tensors_of_a_shape_the_gpu_refuses_are_refused_the_same_way():
+    a, b, out = fp8_operands(64, 128, 200)   # K % 16 != 0
+    with pytest.raises(ValueError, match=r"K .*multiple of 16"):
         gemm.fp8_gemm_nt(a, b, out)
-    with pytest.raises(ValueError, match=r"a\[0\] \(data\) is on cpu.*CUDA"):
-        gemm.fp8_gemm_nt((a.data, a.scale), (b.data, b.scale), out)
+    a, b, out = fp8_operands(64, 132, 256)   # N % 8 != 0
+    with pytest.raises(ValueError, match=r"N .*multiple of 8"):
+        gemm.fp8_gemm_nt(a, b, out)
+    with pytest.raises(ValueError, match=r"N .*multiple of 8"):
+        gemm.matmul(randn(4, 256), randn(256, 12))
+    a, b, out = fp8_operands(64, 128, 256)
+    with pytest.raises(ValueError, match=r"16-byte aligned start"):
+        gemm.fp8_gemm_nt((a.data.view(-1)[8:-248].view(63, 256), a.scale[1:]), b, out[1:])
 
 
-def test_matmul_refuses_cpu_tensors():
-    with pytest.raises(ValueError, match=r"a is on cpu.*CUDA"):
-        gemm.matmul(randn(64, 256), randn(256, 128))
+def test_cuda_tensors_on_a_non_hopper_gpu_are_still_an_error(monkeypatch):
+    """No silent CPU fallback: a CUDA tensor on another GPU raises (the gate is consulted)."""
+    seen = []
+
+    def not_hopper(device, argname):
+        seen.append((device, argname))
+        raise RuntimeError(f"{argname} is on {device} (NVIDIA A100, compute capability 8.0)")
+
+    monkeypatch.setattr(device_info, "require_hopper", not_hopper)
+    a = torch.empty(64, 256, dtype=E4M3, device="meta")
+    b = torch.empty(128, 256, dtype=E4M3, device="meta")
+    out = torch.empty(64, 128, dtype=BF16, device="meta")
+    with pytest.raises(RuntimeError, match="compute capability 8.0"):
+        gemm.fp8_gemm_nt((a, torch.empty(64, 2, device="meta")),
+                         (b, torch.empty(1, 2, device="meta")), out)
+    with pytest.raises(RuntimeError, match="compute capability 8.0"):
+        gemm.matmul(torch.empty(64, 256, dtype=BF16, device="meta"),
+                    torch.empty(256, 128, dtype=BF16, device="meta"))
+    assert len(seen) == 2
 
 
 def test_mixed_devices_are_refused(cpu_as_hopper):

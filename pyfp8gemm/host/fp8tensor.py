@@ -181,6 +181,11 @@ def _quantize_128x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return data, scale.contiguous()
 
 
+def _check_quantize_args(x, granularity) -> None:
+    checks.check_tensor("x", x, dtypes=QUANTIZABLE_DTYPES, ndim=2)
+    checks.check_granularity("granularity", granularity)
+
+
 def quantize(x: torch.Tensor, granularity: str) -> "FP8Tensor":
     """Quantize a 2-D bf16/fp16/fp32 tensor (CPU or CUDA) to an E4M3 `FP8Tensor`.
 
@@ -197,11 +202,13 @@ def quantize(x: torch.Tensor, granularity: str) -> "FP8Tensor":
     turns into a finite, wrong value silently.
 
     The work is a handful of vectorized torch ops on `x`'s device: no Python loop over blocks,
-    no host synchronization.
+    no host synchronization. Under torch.compile it is the custom op
+    torch.ops.pyfp8gemm.quantize (pyfp8gemm/ops.py).
     """
-    checks.check_tensor("x", x, dtypes=QUANTIZABLE_DTYPES, ndim=2)
-    checks.check_granularity("granularity", granularity)
-
+    _check_quantize_args(x, granularity)
+    if torch.compiler.is_compiling():
+        data, scale = torch.ops.pyfp8gemm.quantize(x, granularity)
+        return FP8Tensor._unchecked(data, scale, granularity)
     if granularity == "1x128":
         data, scale = _quantize_1x128(x)
     else:
@@ -262,6 +269,25 @@ class FP8Tensor:
         self.scale = scale
         self.granularity = granularity
 
+    @classmethod
+    def _unchecked(cls, data: torch.Tensor, scale: torch.Tensor, granularity: str) -> "FP8Tensor":
+        """An FP8Tensor of parts known to be valid (a quantizer's output), without the checks
+        (which read data pointers: not possible on the FakeTensors of a traced graph)."""
+        self = object.__new__(cls)
+        self.data = data
+        self.scale = scale
+        self.granularity = granularity
+        return self
+
+    # -- saving and loading -------------------------------------------------------------------
+
+    def __reduce__(self):
+        # Plain tensors and a string, rebuilt by _rebuild_fp8_tensor, which is on torch's
+        # safe list: torch.load(path) (weights_only=True, the default) loads a saved FP8Tensor.
+        # torch.save keeps each tensor's storage, offset and strides, so the 1x128 scale comes
+        # back in its MN-major TMA-aligned layout.
+        return (_rebuild_fp8_tensor, (self.data, self.scale, self.granularity))
+
     # -- plain properties ---------------------------------------------------------------------
 
     @property
@@ -293,7 +319,16 @@ class FP8Tensor:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``data * scale`` as a new (rows, cols) tensor on the same device, computed in `dtype`
-        (float32 by default; float64 makes the product exact)."""
+        (float32 by default; float64 makes the product exact). `dtype` must be a floating
+        point dtype (an integer one would truncate the values)."""
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype: expected a torch.dtype, got {type(dtype).__name__}")
+        if not dtype.is_floating_point or dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            raise TypeError(
+                f"dtype: expected a floating point dtype to dequantize into (torch.float32, "
+                f"torch.float64, torch.bfloat16 or torch.float16), got {dtype} (an integer or "
+                f"FP8 result would silently truncate data * scale)"
+            )
         rows, cols = self.shape
         if self.granularity == "1x128":
             # Each scale covers 128 consecutive columns: repeat it along the columns.
@@ -350,3 +385,13 @@ class FP8Tensor:
 
     def cpu(self) -> "FP8Tensor":
         return self.to("cpu")
+
+
+def _rebuild_fp8_tensor(data: torch.Tensor, scale: torch.Tensor, granularity: str) -> FP8Tensor:
+    """torch.load's way back to an FP8Tensor (see FP8Tensor.__reduce__): checked as any new
+    FP8Tensor."""
+    return FP8Tensor(data, scale, granularity)
+
+
+# torch.load(weights_only=True), torch's default, accepts only safe-listed globals.
+torch.serialization.add_safe_globals([_rebuild_fp8_tensor])

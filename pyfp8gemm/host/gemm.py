@@ -84,6 +84,36 @@ def _kernel_binder():
     return _bind_kernel
 
 
+class _CpuLaunch:
+    """A "bound launch" of the CPU reference backend (host/cpu_backend.py): computes the
+    kernel's numbers (FP32 promotion per 128-wide K block, bf16 rounding) into `out` when
+    called. Never remembered by the fast path (it would keep the tensors alive)."""
+
+    cacheable = False
+    __slots__ = ("a_data", "a_scale", "b_data", "b_scale", "out")
+
+    def __init__(self, a_data, a_scale, b_data, b_scale, out):
+        self.a_data, self.a_scale, self.b_data, self.b_scale, self.out = (
+            a_data, a_scale, b_data, b_scale, out)
+
+    def __call__(self) -> None:
+        from pyfp8gemm.host.cpu_backend import blockwise_gemm
+
+        result = blockwise_gemm(self.a_data, self.a_scale, self.b_data, self.b_scale,
+                                b_granularity="128x128")
+        self.out.copy_(result)   # float32 -> bf16, round to nearest even (the kernel's rounding)
+
+    def with_out(self, out):
+        return _CpuLaunch(self.a_data, self.a_scale, self.b_data, self.b_scale,
+                          out.view(self.out.shape))
+
+
+def _cpu_binder():
+    """The binder for CPU tensors: the reference backend. (scripts/host_overhead.py's
+    fake-driver mode replaces it with _kernel_binder to time the GPU path on CPU tensors.)"""
+    return _CpuLaunch
+
+
 def _current_device_function():
     get = getattr(torch._C, "_cuda_getDevice", None)
     return get if get is not None else torch.cuda.current_device
@@ -93,17 +123,21 @@ def _current_device_function():
 #: every call; torch.cuda.current_device() is the same value behind two more Python calls).
 _current_device = _current_device_function()
 
+#: True while torch.compile / torch.export traces: the public functions then call the custom ops
+#: (pyfp8gemm/ops.py) instead of the direct path (a function call, ~50 ns).
+_is_compiling = torch.compiler.is_compiling
+
 
 def _bind_and_run(a_data, a_scale, b_data, b_scale, out):
     """Bind the kernel to validated, kernel-ready tensors and run it, with their GPU as the
     current device (the launch uses that device's current stream and context). Returns the
     bound launch and the device index a repeated call must check (None: nothing to check)."""
-    bind = _kernel_binder()
     device = out.device
-    if device.type != "cuda":   # only the CPU tests' fake binder gets here
-        bound = bind(a_data, a_scale, b_data, b_scale, out)
+    if device.type != "cuda":   # CPU tensors: the reference backend (or a test's fake binder)
+        bound = _cpu_binder()(a_data, a_scale, b_data, b_scale, out)
         bound()
         return bound, None
+    bind = _kernel_binder()
     if device.index != torch.cuda.current_device():
         with torch.cuda.device(device):
             bound = bind(a_data, a_scale, b_data, b_scale, out)
@@ -192,9 +226,11 @@ def _tma_ready(name: str, t: torch.Tensor, hint: str = "") -> torch.Tensor:
 
 
 def _check_devices(first_name: str, first: torch.Tensor, **others: torch.Tensor) -> None:
-    """`first` is on a Hopper GPU and every other tensor on the same device."""
+    """`first` is on a Hopper GPU (or the CPU: the reference backend) and every other tensor
+    on the same device."""
     device = first.device
-    device_info.require_hopper(device, first_name)
+    if device.type != "cpu":
+        device_info.require_hopper(device, first_name)
     for t in others.values():
         if t.device != device:
             checks.check_same_device(**{first_name: first}, **others)
@@ -216,6 +252,10 @@ def _kernel_ready_scales(a_scale: torch.Tensor, b_scale: torch.Tensor):
 # ---------------------------------------------------------------------------------------------
 
 
+_PER_ROW_B_HINT = ("; per-row (1x128) scales on b are the 1D1D kernel's: pass a float32 out "
+                   "(and optionally c) for D = C + A @ B^T in float32")
+
+
 def _unpack_operand(name: str, operand, granularity: str):
     """(data, scale, data_name, scale_name) of an FP8Tensor or a (data, scale) pair.
 
@@ -230,6 +270,7 @@ def _unpack_operand(name: str, operand, granularity: str):
             raise ValueError(
                 f"{name}: expected an FP8Tensor with granularity {granularity!r} ({role}), got "
                 f"{operand.granularity!r}; quantize it with quantize(x, {granularity!r})"
+                + (_PER_ROW_B_HINT if name == "b" else "")
             )
         return operand.data, operand.scale, f"{name}.data", f"{name}.scale"
     if not (isinstance(operand, (tuple, list)) and len(operand) == 2):
@@ -261,11 +302,12 @@ def _check_pair_scale_shape(scale_name, scale, rows, cols, granularity, data_nam
         why += (
             f"; this is the shape of {other_name} scales: "
             + ("activations (a) take 1x128 scales, weights (b) 128x128")
+            + (_PER_ROW_B_HINT if scale_name.startswith("b") else "")
         )
     checks.check_shape(scale_name, scale, expected, why=why)
 
 
-def fp8_gemm_nt(a, b, out: torch.Tensor) -> torch.Tensor:
+def fp8_gemm_nt(a, b, out: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
     """``out = (a_data * a_scale) @ (b_data * b_scale)^T`` in bf16: DeepGEMM's fp8_gemm_nt.
 
     Args:
@@ -275,6 +317,16 @@ def fp8_gemm_nt(a, b, out: torch.Tensor) -> torch.Tensor:
             (ceil(N/128), ceil(K/128)) (one scale per 128x128 block), or a ``"128x128"``
             FP8Tensor of shape (N, K). "nt": both operands are K-major, B is used transposed.
         out: bf16 (M, N), contiguous; written in place.
+        c: None for this (1D2D) kernel. With b scaled per row (1x128: a (data, scale) pair
+            whose scale has shape (N, ceil(K/128)), or a "1x128" FP8Tensor) the call goes to
+            the 1D1D kernel (pyfp8gemm.host.gemm_1d1d): ``out = c + A @ B^T`` in float32, where
+            `c` is optional and `out` float32. A c or a float32 out with 128x128 b scales is an
+            error, as in DeepGEMM.
+
+    CPU tensors (all of them) are computed by the CPU reference backend (host/cpu_backend.py:
+    the same per-128-K-block FP32 promotion and bf16 rounding; slow, for tests and CPU-only
+    development) after the same checks as on the GPU: a shape the GPU refuses is refused here.
+    Under torch.compile the call becomes the custom op torch.ops.pyfp8gemm.fp8_gemm_nt.
 
     Rules: K % 16 == 0, N % 8 == 0 (TMA's 16-byte row alignment), any M; every tensor on one
     Hopper GPU; data and out contiguous and 16-byte aligned.
@@ -291,6 +343,8 @@ def fp8_gemm_nt(a, b, out: torch.Tensor) -> torch.Tensor:
     skips the checks and goes straight to the prebuilt launch; anything else is checked in
     full (see "The fast path of a repeated call" above).
     """
+    if c is not None or _is_compiling():
+        return _fp8_gemm_nt_slow(a, b, out, c)
     # The key: every tensor's metadata, read once (see _fast_nt). Pairs and FP8Tensors only;
     # anything else (or a pair holding non-tensors) takes the full checks, which say what is
     # wrong.
@@ -331,19 +385,60 @@ def fp8_gemm_nt(a, b, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _fp8_gemm_nt_checked(a, b, out, key) -> torch.Tensor:
-    """fp8_gemm_nt with every check; remembers the call under `key` (unless None) when it
-    needed no conversion."""
+def _b_is_per_row(b) -> bool:
+    """Whether b carries 1x128 (per-row) scales: the 1D1D kernel's operand. A "1x128"
+    FP8Tensor, or a pair whose scale has shape (N, ceil(K/128)) (never also the 128x128 shape:
+    N % 8 == 0 makes N > ceil(N/128))."""
+    if isinstance(b, FP8Tensor):
+        return b.granularity == "1x128"
+    if not (isinstance(b, (tuple, list)) and len(b) == 2):
+        return False
+    try:
+        data, scale = b
+        n, k = data.shape
+        return tuple(scale.shape) == (n, _ceil_div(k, BLOCK)) and n != _ceil_div(n, BLOCK)
+    except Exception:   # not a pair of 2-D tensors: the checks of the 1D2D path say what is wrong
+        return False
+
+
+def _dtype_of(t):
+    return t.dtype if isinstance(t, torch.Tensor) else None
+
+
+_NO_C_WHY = (
+    "the 1D2D kernel (b with 128x128 block scales) computes D = A @ B^T in bf16 and takes "
+    "no c, as DeepGEMM's SM90 1D2D kernel; for D = C + A @ B^T in float32 give b per-row "
+    "(1x128) scales of shape (N, ceil(K/128)) (the 1D1D kernel) and a float32 out"
+)
+
+
+def _fp8_gemm_nt_slow(a, b, out, c) -> torch.Tensor:
+    """fp8_gemm_nt off the fast path: with `c`, or under torch.compile."""
+    if _b_is_per_row(b) and (c is not None or _dtype_of(out) != torch.bfloat16):
+        from pyfp8gemm.host.gemm_1d1d import fp8_gemm_nt_1d1d
+
+        return fp8_gemm_nt_1d1d(a, b, out, c)
+    if c is not None:
+        raise ValueError(f"c: expected None: {_NO_C_WHY}")
+    if not _is_compiling():
+        return _fp8_gemm_nt_checked(a, b, out, None)
+    # Traced (torch.compile, export): the checks on metadata here, then the custom op (its
+    # implementations run the eager path on real tensors).
+    a_data, a_scale, b_data, b_scale = _validate_nt(a, b, out)
+    torch.ops.pyfp8gemm.fp8_gemm_nt(a_data, a_scale, b_data, b_scale, out)
+    return out
+
+
+def _validate_nt(a, b, out):
+    """The checks of fp8_gemm_nt that read only shapes and dtypes (what a traced call and the
+    ops' fake implementations can check): returns (a_data, a_scale, b_data, b_scale)."""
     a_data, a_scale, a_data_name, a_scale_name = _unpack_operand("a", a, "1x128")
     b_data, b_scale, b_data_name, b_scale_name = _unpack_operand("b", b, "128x128")
-    checks.check_tensor("out", out, dtypes=(torch.bfloat16,), ndim=2)
-
-    # Shapes: (M, K) x (N, K) -> (M, N).
+    _check_out_1d2d(out)
     m, k = a_data.shape
     n, k_of_b = b_data.shape
     if k_of_b != k:
-        checks.check_same_size("K", f"{a_data_name}.shape[1]", k, f"{b_data_name}.shape[1]",
-                               k_of_b)
+        _k_mismatch(a_data_name, k, b_data_name, b_data.shape)
     if not isinstance(a, FP8Tensor):
         _check_pair_scale_shape(a_scale_name, a_scale, m, k, "1x128", a_data_name)
     if not isinstance(b, FP8Tensor):
@@ -351,9 +446,76 @@ def _fp8_gemm_nt_checked(a, b, out, key) -> torch.Tensor:
     if out.shape != (m, n):
         checks.check_shape("out", out, (m, n), why=f"(M, N) from {a_data_name} (M, K) and "
                                                      f"{b_data_name} (N, K)")
+    _check_int32_sizes(m, n, k, f"M (= {a_data_name}.shape[0])", f"N (= {b_data_name}.shape[0])",
+                       f"K (= {a_data_name}.shape[1])")
+    _check_alignment_rules(k, n, f"K (= {a_data_name}.shape[1])", f"N (= {b_data_name}.shape[0])")
+    return a_data, a_scale, b_data, b_scale
+
+
+def _check_out_1d2d(out) -> None:
+    if isinstance(out, torch.Tensor) and out.dtype == torch.float32:
+        raise TypeError(f"out: expected dtype torch.bfloat16, got torch.float32: {_NO_C_WHY}")
+    checks.check_tensor("out", out, dtypes=(torch.bfloat16,), ndim=2)
+
+
+def _k_mismatch(a_data_name: str, k: int, b_data_name: str, b_shape) -> None:
+    """Raise for a's K != b's K, saying that b is the (N, K) weight (and how to pass a
+    transposed one)."""
+    n, k_of_b = b_shape
+    hint = (f"; {b_data_name} is the (N, K) weight, K-major (\"nt\": D = A @ B^T, as "
+            f"torch.nn.Linear stores it)")
+    if n == k:
+        hint += (f"; b has shape {(n, k_of_b)} = (K, N): it looks transposed, pass the (N, K) "
+                 f"weight itself (for an FP8Tensor w.t(), pass w; for plain data, "
+                 f".t().contiguous() and transposed scales), or use pyfp8gemm.matmul(a, b), "
+                 f"which takes the (K, N) view")
+    raise ValueError(f"{a_data_name}.shape[1] and {b_data_name}.shape[1]: K must match, got "
+                     f"{k} and {k_of_b}{hint}")
+
+
+#: The smallest output tile any kernel config uses (for the tile count the kernel takes as int32).
+_MIN_TILE_M, _MIN_TILE_N = 16, 16
+
+
+def _check_int32_sizes(m: int, n: int, k: int, m_name: str, n_name: str, k_name: str) -> None:
+    """Every size the kernel receives as int32: M, N, K, the K block count (< K) and the
+    output tile count (the split-K whole-tile count is smaller)."""
+    if m > checks.INT32_MAX or n > checks.INT32_MAX or k > checks.INT32_MAX:
+        checks.check_int32_size(m_name, m)
+        checks.check_int32_size(n_name, n)
+        checks.check_int32_size(k_name, k)
+    tiles = _ceil_div(m, _MIN_TILE_M) * _ceil_div(n, _MIN_TILE_N)
+    if tiles > checks.INT32_MAX:
+        checks.check_int32_size("the output tile count ceil(M/16) * ceil(N/16)", tiles,
+                                why=f"M = {m}, N = {n}")
+
+
+def _fp8_gemm_nt_checked(a, b, out, key) -> torch.Tensor:
+    """fp8_gemm_nt with every check; remembers the call under `key` (unless None) when it
+    needed no conversion."""
+    if _b_is_per_row(b) and _dtype_of(out) != torch.bfloat16:
+        return _fp8_gemm_nt_slow(a, b, out, None)
+    a_data, a_scale, a_data_name, a_scale_name = _unpack_operand("a", a, "1x128")
+    b_data, b_scale, b_data_name, b_scale_name = _unpack_operand("b", b, "128x128")
+    _check_out_1d2d(out)
+
+    # Shapes: (M, K) x (N, K) -> (M, N).
+    m, k = a_data.shape
+    n, k_of_b = b_data.shape
+    if k_of_b != k:
+        _k_mismatch(a_data_name, k, b_data_name, b_data.shape)
+    if not isinstance(a, FP8Tensor):
+        _check_pair_scale_shape(a_scale_name, a_scale, m, k, "1x128", a_data_name)
+    if not isinstance(b, FP8Tensor):
+        _check_pair_scale_shape(b_scale_name, b_scale, n, k, "128x128", b_data_name)
+    if out.shape != (m, n):
+        checks.check_shape("out", out, (m, n), why=f"(M, N) from {a_data_name} (M, K) and "
+                                                     f"{b_data_name} (N, K)")
+    _check_int32_sizes(m, n, k, f"M (= {a_data_name}.shape[0])", f"N (= {b_data_name}.shape[0])",
+                       f"K (= {a_data_name}.shape[1])")
     _check_alignment_rules(k, n, f"K (= {a_data_name}.shape[1])", f"N (= {b_data_name}.shape[0])")
 
-    # Device: one Hopper GPU for everything.
+    # Device: one Hopper GPU (or the CPU: the reference backend) for everything.
     _check_devices(
         a_data_name, a_data,
         **{a_scale_name: a_scale, b_data_name: b_data, b_scale_name: b_scale, "out": out},
@@ -371,7 +533,8 @@ def _fp8_gemm_nt_checked(a, b, out, key) -> torch.Tensor:
 
     a_scale_ready, b_scale_ready = _kernel_ready_scales(a_scale, b_scale)
     bound, device_index = _bind_and_run(a_data, a_scale_ready, b_data, b_scale_ready, out_2d)
-    if key is not None and a_scale_ready is a_scale and b_scale_ready is b_scale:
+    if (key is not None and a_scale_ready is a_scale and b_scale_ready is b_scale
+            and getattr(bound, "cacheable", True)):
         _remember(_fast_nt, key, (bound, device_index))
     return out
 
@@ -460,7 +623,13 @@ def matmul(
     A repeated call with FP8Tensors a and b and the same tensors (pointers, shapes, strides,
     dtypes, devices; out or none) skips the checks and goes straight to the prebuilt launch
     (with out=None, after allocating the output).
+
+    CPU tensors are computed by the CPU reference backend (slow, for tests) after the same
+    checks as on the GPU. Under torch.compile the call becomes the custom ops
+    torch.ops.pyfp8gemm.quantize (for float inputs) and torch.ops.pyfp8gemm.fp8_gemm.
     """
+    if _is_compiling():
+        return _matmul_traced(a, b, out, out_dtype)
     if type(a) is FP8Tensor and type(b) is FP8Tensor:
         a_data, a_scale, b_data, b_scale = a.data, a.scale, b.data, b.scale
         try:
@@ -545,10 +714,13 @@ def _matmul_checked(a, b, out, out_dtype, key) -> torch.Tensor:
         )
     k_of_b, n = b.shape
     checks.check_same_size("K", "a.shape[-1]", k, "b.shape[0]", k_of_b)
+    _check_int32_sizes(m, n, k, "M (= the product of a.shape[:-1])", "N (= b.shape[1])",
+                       "K (= a.shape[-1])")
     _check_alignment_rules(k, n, "K (= a.shape[-1] = b.shape[0])", "N (= b.shape[1])")
 
     # --- devices and out ----------------------------------------------------------------------
-    device_info.require_hopper(a_device, "a")
+    if a_device.type != "cpu":
+        device_info.require_hopper(a_device, "a")
     if b_device != a_device:
         raise ValueError(f"b: expected the same device as a ({a_device}), got {b_device}")
     out_shape = leading_shape + (n,)
@@ -584,8 +756,82 @@ def _matmul_checked(a, b, out, out_dtype, key) -> torch.Tensor:
     bound, device_index = _bind_and_run(a_data, a_scale_ready, b_data, b_scale_ready, out_2d)
     # Remembered only if the kernel reads the caller's own memory: no copy of a's scales, of
     # b (a (K, N) FP8Tensor that is not the transposed view of an (N, K) weight) or its scales.
-    if (key is not None and a_scale_ready is a_scale
+    if (key is not None and a_scale_ready is a_scale and getattr(bound, "cacheable", True)
             and b_data.data_ptr() == b.data.data_ptr()
             and b_scale_ready.data_ptr() == b.scale.data_ptr()):
         _remember(_fast_matmul, key, (bound, device_index, out.shape, out.device))
+    return out
+
+
+def _matmul_traced(a, b, out, out_dtype) -> torch.Tensor:
+    """matmul under torch.compile / export: the metadata checks of _matmul_checked, then the
+    custom ops (quantize for float inputs, fp8_gemm for the product), so that the graph holds
+    no Python the compiler cannot see through."""
+    _check_out_dtype(out_dtype)
+    quantize_op = torch.ops.pyfp8gemm.quantize
+    if isinstance(a, FP8Tensor):
+        if a.granularity != "1x128":
+            raise ValueError(
+                f"a: expected an FP8Tensor with granularity '1x128' (activations, one scale per "
+                f"row per 128 K), got {a.granularity!r} (128x128 block scales are for the "
+                f"weight b); quantize it with quantize(x, '1x128')"
+            )
+        m, k = a.shape
+        leading_shape = (m,)
+        a_data, a_scale = a.data, a.scale
+    elif isinstance(a, torch.Tensor):
+        _check_float_input("a", a)
+        if a.dim() == 0:
+            raise ValueError("a: expected a tensor of shape (K,), (M, K) or (..., M, K), got a 0-D tensor")
+        leading_shape = tuple(a.shape[:-1])
+        k = a.shape[-1]
+        m = 1
+        for size in leading_shape:
+            m *= size
+        a_data, a_scale = quantize_op(a.reshape(m, k), "1x128")
+    else:
+        raise TypeError(
+            f"a: expected a torch.Tensor or a pyfp8gemm.FP8Tensor, got {type(a).__name__}"
+        )
+    if isinstance(b, FP8Tensor):
+        if b.granularity != "128x128":
+            raise ValueError(
+                f"b: expected an FP8Tensor with granularity '128x128' (weights, one scale per "
+                f"128x128 block), got {b.granularity!r} (1x128 scales are for the activations "
+                f"a); quantize the weight with quantize(w, '128x128')"
+            )
+        b_data, b_scale = b.data.t(), b.scale.t()
+        if not b_data.is_contiguous():
+            b_data, b_scale = b_data.contiguous(), b_scale.contiguous()
+    elif isinstance(b, torch.Tensor):
+        _check_float_input("b", b)
+        if b.dim() != 2:
+            raise ValueError(
+                f"b: expected a 2-D (K, N) tensor, got shape {tuple(b.shape)} (batched or "
+                f"1-D b is not supported)"
+            )
+        if b.t().is_contiguous():
+            b_data, b_scale = quantize_op(b.t(), "128x128")
+        else:
+            b_data, b_scale = quantize_op(b, "128x128")
+            b_data, b_scale = b_data.t().contiguous(), b_scale.t().contiguous()
+    else:
+        raise TypeError(
+            f"b: expected a torch.Tensor or a pyfp8gemm.FP8Tensor, got {type(b).__name__}"
+        )
+    k_of_b, n = b.shape
+    checks.check_same_size("K", "a.shape[-1]", k, "b.shape[0]", k_of_b)
+    _check_int32_sizes(m, n, k, "M (= the product of a.shape[:-1])", "N (= b.shape[1])",
+                       "K (= a.shape[-1])")
+    _check_alignment_rules(k, n, "K (= a.shape[-1] = b.shape[0])", "N (= b.shape[1])")
+    if b.device != a.device:
+        raise ValueError(f"b: expected the same device as a ({a.device}), got {b.device}")
+    result = torch.ops.pyfp8gemm.fp8_gemm(a_data, a_scale, b_data, b_scale)
+    result = result.view(leading_shape + (n,))
+    if out is None:
+        return result
+    checks.check_tensor("out", out, dtypes=(torch.bfloat16,))
+    if out.shape != result.shape:
+        checks.check_shape("out", out, result.shape, why="a.shape[:-1] + (N,)")
+    out.copy_(result)
     return out
