@@ -482,17 +482,16 @@ def _check_blocks_on_cpu(m_indices: torch.Tensor, alignment: int) -> None:
 
 
 def _check_psum_on_cpu(psum: torch.Tensor, m_sum: int, alignment: int) -> None:
-    """CPU only: group g's rows [align(psum[g-1]), psum[g]) are well formed and inside a."""
+    """CPU only: the group ends never decrease and stay inside a. (An end below its group's
+    aligned start, e.g. psum[g] == psum[g-1], is an empty group.)"""
     ends = psum.to(torch.int64)
-    starts = (torch.cat([ends.new_zeros(1), ends[:-1]]) + alignment - 1) // alignment * alignment
-    bad = (ends < starts).nonzero()
+    bad = (ends[1:] < ends[:-1]).nonzero()
     if bad.numel():
-        g = int(bad[0, 0])
-        previous_end = int(ends[g - 1]) if g else 0
+        g = int(bad[0, 0]) + 1
         raise ValueError(
-            f"m_indices (use_psum_layout=True): psum[{g}] = {int(ends[g])} is smaller than group "
-            f"{g}'s start align(psum[{g - 1}] = {previous_end}, {alignment}) = {int(starts[g])}: "
-            f"psum holds cumulative group ends, group g starting at the aligned end of group g-1"
+            f"m_indices (use_psum_layout=True): psum[{g}] = {int(ends[g])} is smaller than "
+            f"psum[{g - 1}] = {int(ends[g - 1])}: psum holds cumulative group ends (group g's "
+            f"rows are [align(psum[g-1], {alignment}), psum[g])), so it never decreases"
         )
     if ends.numel() and int(ends[-1]) > m_sum:
         raise ValueError(
