@@ -209,7 +209,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--baseline {args.baseline!r} is not a provider; known: {', '.join(PROVIDERS_BY_KEY)}")
 
     if args.load:
-        run_info, results, saved_baseline, saved_names = load_json(args.load)
+        try:
+            run_info, results, saved_baseline, saved_names = load_json(args.load)
+        except FileNotFoundError:
+            print(f"python -m bench --load: no such file: {args.load}", file=sys.stderr)
+            return EXIT_FAILURE
+        except (OSError, ValueError, KeyError, TypeError) as error:   # unreadable, not JSON, not ours
+            print(f"python -m bench --load {args.load}: cannot read it as a saved run "
+                  f"(a --json file of python -m bench): {type(error).__name__}: {error}",
+                  file=sys.stderr)
+            return EXIT_FAILURE
         baseline = args.baseline or saved_baseline
         provider_names = {**saved_names, **PROVIDER_NAMES}
     else:

@@ -556,3 +556,14 @@ def test_cublas_blockwise_skips_what_it_cannot_run(monkeypatch):
         CublasBlockwiseProvider().prepare(make_gemm_inputs(Shape(3, 128, 256), seed=0, device="cpu"))
     with pytest.raises(ShapeNotSupported, match="K to be a multiple of 128"):
         CublasBlockwiseProvider().prepare(make_gemm_inputs(Shape(4, 128, 144), seed=0, device="cpu"))
+
+
+@pytest.mark.parametrize("content", [None, "not json", '{"schema": "other"}'])
+def test_load_of_a_missing_or_foreign_file_is_a_clear_error(tmp_path, capsys, content):
+    path = tmp_path / "run.json"
+    if content is not None:
+        path.write_text(content)
+    assert cli.main(["--load", str(path)]) == cli.EXIT_FAILURE
+    captured = capsys.readouterr()
+    assert str(path) in captured.err and "Traceback" not in captured.err
+    assert ("no such file" in captured.err) == (content is None)

@@ -828,3 +828,100 @@ def test_fast_path_switches_device_only_when_needed(monkeypatch):
     monkeypatch.setattr(gemm, "_current_device", lambda: pytest.fail("asked"))
     gemm._run(lambda: ran.append(1), None)
     assert ran == [1, 1, 1] and switched == [1]
+
+
+# ---------------------------------------------------------------------------------------------
+# int32 sizes (issue 17), b's orientation, c and the 1D1D kernel, set_num_sms without a GPU
+# ---------------------------------------------------------------------------------------------
+
+BIG = 2**31   # one more than the kernels' int32 parameters hold (and a multiple of 16)
+
+
+def _meta(*shape, dtype=E4M3):
+    return torch.empty(*shape, dtype=dtype, device="meta")
+
+
+@pytest.mark.parametrize("which", ["M", "N", "K"])
+def test_fp8_gemm_nt_sizes_beyond_int32_are_refused(which):
+    """Meta tensors (no memory): the size check comes before anything reads memory."""
+    m, n, k = {"M": (BIG, 16, 16), "N": (16, BIG, 16), "K": (16, 16, BIG)}[which]
+    a = (_meta(m, k), _meta(m, ceil_div(k, 128), dtype=torch.float32))
+    b = (_meta(n, k), _meta(ceil_div(n, 128), ceil_div(k, 128), dtype=torch.float32))
+    with pytest.raises(ValueError, match=rf"^{which} \(= .*\) = {BIG} is too large.*int32"):
+        gemm.fp8_gemm_nt(a, b, _meta(m, n, dtype=BF16))
+
+
+def test_fp8_gemm_nt_int32_check_on_expanded_cpu_views():
+    """Expanded CPU views (no memory either) take the same checks as CUDA tensors."""
+    a = torch.empty(1, 16, dtype=E4M3).expand(BIG, 16)
+    a_scale = torch.empty(1, 1).expand(BIG, 1)
+    b = (torch.randn(16, 16).to(E4M3), torch.rand(1, 1))
+    out = torch.empty(1, 16, dtype=BF16).expand(BIG, 16)
+    with pytest.raises(ValueError, match=r"^M \(= a\[0\] \(data\)\.shape\[0\]\) = 2147483648 is "
+                                         r"too large"):
+        gemm.fp8_gemm_nt((a, a_scale), b, out)
+
+
+def test_matmul_sizes_beyond_int32_are_refused():
+    x = torch.empty(1, 1, 16, dtype=BF16).expand(2, 2**30, 16)   # M = 2 * 2^30 from two dims
+    with pytest.raises(ValueError, match=r"^M \(= the product of a\.shape\[:-1\]\) = 2147483648"):
+        gemm.matmul(x, torch.randn(16, 16, dtype=BF16))
+    with pytest.raises(ValueError, match=r"^N \(= b\.shape\[1\]\) = 2147483648"):
+        gemm.matmul(_meta(4, 16, dtype=BF16), _meta(16, BIG, dtype=BF16))
+
+
+def test_transposed_weight_gets_a_hint():
+    """fp8_gemm_nt(a, b.t(), out): say that b is the (N, K) weight and what to pass."""
+    a, b, out = fp8_operands(64, 256, 128)   # b is (256, 128): b.t() is (128, 256) = (K, N)
+    with pytest.raises(ValueError, match=r"K must match, got 128 and 256.*\(N, K\) weight, "
+                                         r"K-major.*looks transposed.*pass w.*matmul"):
+        gemm.fp8_gemm_nt(a, b.t(), torch.empty(64, 128, dtype=BF16))
+    # Any other K mismatch still says what b is, without the transposition guess.
+    b_other = quantize(randn(256, 384), "128x128")
+    with pytest.raises(ValueError, match=r"got 128 and 384; b\.data is the \(N, K\) weight") as e:
+        gemm.fp8_gemm_nt(a, b_other, out)
+    assert "transposed" not in str(e.value)
+
+
+def test_c_and_float32_out_need_per_row_weight_scales():
+    """The 1D2D kernel (b with 128x128 scales) takes no c and writes bf16, as in DeepGEMM."""
+    a, b, out = fp8_operands(64, 128, 256)
+    with pytest.raises(ValueError, match=r"^c: expected None: the 1D2D kernel .*1x128"):
+        gemm.fp8_gemm_nt(a, b, out, c=out)
+    with pytest.raises(TypeError, match=r"^out: expected dtype torch.bfloat16, got torch.float32: "
+                                        r"the 1D2D kernel"):
+        gemm.fp8_gemm_nt(a, b, torch.empty(64, 128))
+
+
+def test_per_row_weight_scales_go_to_the_1d1d_kernel(monkeypatch):
+    from pyfp8gemm.host import gemm_1d1d
+
+    a = quantize(randn(64, 256), "1x128")
+    b = quantize(randn(128, 256), "1x128")
+    c = torch.randn(64, 128)
+    calls = []
+    real = gemm_1d1d.fp8_gemm_nt_1d1d
+    monkeypatch.setattr(gemm_1d1d, "fp8_gemm_nt_1d1d",
+                        lambda *args: calls.append(args) or real(*args))
+    d = torch.empty(64, 128)
+    assert gemm.fp8_gemm_nt(a, b, d, c=c) is d
+    assert len(calls) == 1 and calls[0][3] is c
+    torch.testing.assert_close(d, c + reference_gemm(a, b), rtol=1e-5, atol=1e-3)
+    # A pair whose scale has the (N, ceil(K/128)) shape, float32 d, no c: 1D1D as well.
+    d2 = torch.empty(64, 128)
+    gemm.fp8_gemm_nt((a.data, a.scale), (b.data, b.scale.contiguous()), d2)
+    assert len(calls) == 2
+    torch.testing.assert_close(d2, reference_gemm(a, b), rtol=1e-5, atol=1e-3)
+    # Per-row b with a bf16 out is the usual mix-up: the 1D2D message, with the 1D1D hint.
+    with pytest.raises(ValueError, match=r"granularity '128x128'.*1D1D kernel's: pass a float32"):
+        gemm.fp8_gemm_nt(a, b, torch.empty(64, 128, dtype=BF16))
+
+
+def test_set_num_sms_beyond_any_hopper_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("checks the no-GPU behaviour")
+    with pytest.raises(ValueError, match=r"<= 132, the most SMs any Hopper GPU has.*no CUDA "
+                                         r"device.*got 1000000"):
+        device_info.set_num_sms(10**6)
+    device_info.set_num_sms(132)
+    assert device_info.get_num_sms() == 132

@@ -529,3 +529,56 @@ def test_cuda_moves_keep_layouts(granularity, generator):
     back = on_gpu.cpu()
     ref.check_layout(back)
     assert torch.equal(back.dequantize(), q.dequantize())
+
+
+# ------------------------------------------------------------------------------------------------
+# Saving and loading; dequantize's dtype; quantize on CPU tensors
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("transposed", [False, True])
+def test_saved_fp8_tensor_loads_under_weights_only(tmp_path, granularity, transposed, generator):
+    """torch.load's default (weights_only=True) loads a saved FP8Tensor: same values, layouts."""
+    if transposed and granularity == "1x128":
+        pytest.skip("1x128 FP8Tensors have no transpose")
+    x = torch.randn(200, 300, generator=generator).to(torch.bfloat16)
+    q = quantize(x, granularity)
+    if transposed:
+        q = q.t()
+    path = tmp_path / "weights.pt"
+    torch.save({"w": q, "bias": torch.randn(3, generator=generator)}, path)
+    loaded = torch.load(path)                      # weights_only=True by default
+    again = torch.load(path, weights_only=True)
+    for r in (loaded["w"], again["w"]):
+        assert type(r) is FP8Tensor and r.granularity == granularity
+        assert torch.equal(r.data.view(torch.uint8), q.data.view(torch.uint8))
+        assert torch.equal(r.scale, q.scale)
+        assert r.scale.stride() == q.scale.stride()
+        assert torch.equal(r.dequantize(), q.dequantize())
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool,
+                                   torch.float8_e4m3fn])
+def test_dequantize_refuses_non_float_dtypes(dtype, generator):
+    q = quantize(torch.randn(8, 256, generator=generator), "1x128")
+    with pytest.raises(TypeError, match=r"dtype: expected a floating point dtype.*" + str(dtype)):
+        q.dequantize(dtype)
+    with pytest.raises(TypeError, match="dtype: expected a torch.dtype"):
+        q.dequantize("float32")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dequantize_float_dtypes(dtype, generator):
+    q = quantize(torch.randn(8, 256, generator=generator), "128x128")
+    out = q.dequantize(dtype)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, q.dequantize(torch.float64).to(dtype))
+
+
+def test_quantize_works_on_cpu_tensors(generator):
+    x = torch.randn(33, 260, generator=generator).to(torch.bfloat16)
+    q = quantize(x, "1x128")
+    assert q.device.type == "cpu" and q.data.dtype == torch.float8_e4m3fn
+    assert fp8tensor.is_mn_major_tma_aligned(q.scale)
+    assert (q.dequantize() - x.float()).abs().max() <= x.float().abs().max() / 8

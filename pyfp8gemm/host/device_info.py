@@ -33,6 +33,10 @@ __all__ = [
 # Compute capability the sm_90a cubins run on (H100, H200, H800, H20).
 HOPPER_CAPABILITY = (9, 0)
 
+#: The most SMs of any Hopper part (H100/H200/H800 SXM: 132; H100 PCIe 114, H20 78):
+#: set_num_sms's limit on a machine without a GPU.
+MAX_HOPPER_SMS = 132
+
 # Per device index: the number of SMs, and (name, capability). Filled on first use.
 _sm_count_by_device: dict[int, int] = {}
 _name_and_capability_by_device: dict[int, tuple[str, tuple[int, int]]] = {}
@@ -99,8 +103,8 @@ def get_num_sms(device: torch.device | int | str | None = None) -> int:
 def set_num_sms(num_sms: int) -> None:
     """Let the GEMM kernels use at most `num_sms` SMs (DeepGEMM's set_num_sms).
 
-    The value must be an integer with 1 <= num_sms <= the current device's SM count (checked
-    when a CUDA device exists). It holds for every later call until it is set again.
+    The value must be an integer with 1 <= num_sms <= the current device's SM count (without a
+    CUDA device: <= 132, the most any Hopper part has). It holds for every later call until it is set again.
     To go back to all SMs, set the device's count: `set_num_sms(device_sm_count())`.
     """
     global _num_sms_limit
@@ -118,6 +122,11 @@ def set_num_sms(num_sms: int) -> None:
                 f"set_num_sms(num_sms): num_sms must be <= the {count} SMs of cuda:{index} "
                 f"({name}), got {num_sms}"
             )
+    elif num_sms > MAX_HOPPER_SMS:
+        raise ValueError(
+            f"set_num_sms(num_sms): num_sms must be <= {MAX_HOPPER_SMS}, the most SMs any Hopper "
+            f"GPU has (H100/H200/H800 SXM; no CUDA device here to check against), got {num_sms}"
+        )
     _num_sms_limit = num_sms
 
 
@@ -143,8 +152,9 @@ def require_hopper(device: torch.device, argname: str) -> None:
     device = torch.device(device)
     if device.type != "cuda":
         raise ValueError(
-            f"{argname} is on {device}; pyfp8gemm runs on CUDA tensors only "
-            f"(an NVIDIA Hopper GPU, sm_90): move it with .cuda()"
+            f"{argname} is on {device}; pyfp8gemm's kernels run on CUDA tensors only "
+            f"(an NVIDIA Hopper GPU, sm_90): move it with .cuda() (CPU tensors go to the slow "
+            f"reference backend instead)"
         )
     index = device.index if device.index is not None else torch.cuda.current_device()
     name, capability = _name_and_capability(index)
