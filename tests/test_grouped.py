@@ -534,3 +534,29 @@ def test_custom_op_schema_mutates_d():
     schema = torch.ops.pyfp8gemm.m_grouped_fp8_gemm_nt_masked.default._schema
     mutated = [arg.name for arg in schema.arguments if arg.alias_info and arg.alias_info.is_write]
     assert mutated == ["d"]
+
+
+def test_torch_compile_fullgraph_traces_both_gemms(generator):
+    """torch.compile(fullgraph=True) traces the public functions without a graph break (the
+    custom ops are opaque nodes that mutate d) and matches eager."""
+    am, bm, _, _ = make_masked(generator, 2, 8, 16, 128)
+    masked_m = torch.tensor([3, 8], dtype=torch.int32)
+
+    def masked(a0, a1, b0, b1, counts):
+        d = torch.zeros(2, 8, 16, dtype=torch.bfloat16)
+        m_grouped_fp8_gemm_nt_masked((a0, a1), (b0, b1), d, counts, 4)
+        return d.float() * 2
+
+    compiled = torch.compile(masked, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(*am, *bm, masked_m), masked(*am, *bm, masked_m))
+
+    a, b, m_indices, _, _ = make_contiguous(generator, [128, 60], 16, 128, 128)
+
+    def contiguous(a0, a1, b0, b1, ids):
+        d = torch.empty(256, 16, dtype=torch.bfloat16)
+        m_grouped_fp8_gemm_nt_contiguous((a0, a1), (b0, b1), d, ids)
+        return d
+
+    compiled = torch.compile(contiguous, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(a.data, a.scale, *b, m_indices),
+                       contiguous(a.data, a.scale, *b, m_indices))

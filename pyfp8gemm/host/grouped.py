@@ -57,6 +57,7 @@ from typing import Optional
 import torch
 
 from pyfp8gemm.host import checks
+from pyfp8gemm.ops import custom_op
 from pyfp8gemm.host.fp8tensor import (
     BLOCK,
     QUANTIZABLE_DTYPES,
@@ -93,6 +94,9 @@ _N_RULE = "N % 8 == 0: TMA stores bf16 output rows of 2*N bytes and needs 16-byt
 _TMA_ALIGN_FLOATS = 4
 
 _mk_alignment = 128
+
+#: True while torch.compile / torch.export traces: the public functions then call the ops.
+_is_compiling = torch.compiler.is_compiling
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -333,16 +337,20 @@ def _check_devices(**tensors: torch.Tensor) -> torch.device:
     return device
 
 
-def _tma_ready(name: str, t: torch.Tensor, hint: str = "") -> torch.Tensor:
-    """Contiguous and 16-byte aligned (what TMA reads or writes as a row-major array)."""
+def _check_contiguous(name: str, t: torch.Tensor, hint: str = "") -> None:
     if not t.is_contiguous():
         raise ValueError(
             f"{name}: expected a contiguous tensor, got shape {tuple(t.shape)} with strides "
             f"{tuple(t.stride())}{hint}"
         )
+
+
+def _tma_ready(name: str, t: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor with canonical strides, checked for a 16-byte aligned start (what
+    TMA reads or writes as a row-major array)."""
     if t.numel():
-        # canonical strides (torch calls a tensor with an odd stride on a size-1 dimension
-        # contiguous, but a tensor map is built from every stride), then 16-byte alignment
+        # torch calls a tensor with an odd stride on a size-1 dimension contiguous, but a
+        # tensor map is built from every stride
         strides, step = [], 1
         for size in reversed(t.shape):
             strides.append(step)
@@ -395,6 +403,53 @@ def m_grouped_fp8_gemm_nt_contiguous(a, b, d: torch.Tensor, m_indices: torch.Ten
     Returns:
         d.
     """
+    a_data, a_scale, b_data, b_scale, m_indices = _validate_contiguous(
+        a, b, d, m_indices, use_psum_layout, expected_m)
+    if _is_compiling():
+        torch.ops.pyfp8gemm.m_grouped_fp8_gemm_nt_contiguous(
+            a_data, a_scale, b_data, b_scale, d, m_indices, use_psum_layout, expected_m)
+        return d
+    a_data_name = "a.data" if isinstance(a, FP8Tensor) else "a[0] (data)"
+    a_scale_name = "a.scale" if isinstance(a, FP8Tensor) else "a[1] (scale)"
+    device = _check_devices(**{a_data_name: a_data, a_scale_name: a_scale,
+                               "b[0] (data)": b_data, "b[1] (scale)": b_scale, "d": d,
+                               "m_indices": m_indices})
+    a_data = _tma_ready(a_data_name, a_data)
+    b_data = _tma_ready("b[0] (data)", b_data)
+    d_ready = _tma_ready("d", d)
+    m_sum, groups = a_data.shape[0], b_data.shape[0]
+    if m_sum == 0:
+        return d
+    if expected_m is None:
+        expected_m = max(1, m_sum // groups)
+    alignment = _mk_alignment
+
+    if device.type == "cpu":
+        if use_psum_layout:
+            _check_psum_on_cpu(m_indices, m_sum, alignment)
+            row_groups = psum_to_m_indices(m_indices, m_sum, alignment)
+        else:
+            row_groups = m_indices
+            _check_blocks_on_cpu(m_indices, alignment)
+        _contiguous_on_cpu(a_data, a_scale, b_data, b_scale, d_ready, row_groups, alignment)
+        return d
+
+    from pyfp8gemm.host import launchers
+
+    with torch.cuda.device(device):
+        a_scale = to_mn_major_tma_aligned(a_scale)
+        b_scale = b_scale.contiguous()
+        row_groups = (psum_to_m_indices(m_indices, m_sum, alignment) if use_psum_layout
+                      else m_indices)
+        launchers.m_grouped_contiguous(a_data, a_scale, b_data, b_scale, d_ready, row_groups,
+                                       int(expected_m), alignment)
+    return d
+
+
+def _validate_contiguous(a, b, d, m_indices, use_psum_layout, expected_m):
+    """The checks of m_grouped_fp8_gemm_nt_contiguous that read only metadata (shapes, dtypes,
+    strides, devices: what a traced call and the op's fake implementation can check).
+    Returns (a_data, a_scale, b_data, b_scale, m_indices)."""
     a_data, a_scale, a_data_name, a_scale_name = _unpack_a("a", a, 2)
     b_data, b_scale = _unpack_b(b)
     checks.check_tensor("d", d, dtypes=(torch.bfloat16,), ndim=2)
@@ -416,48 +471,18 @@ def m_grouped_fp8_gemm_nt_contiguous(a, b, d: torch.Tensor, m_indices: torch.Ten
     checks.check_int32_size("N", n)
     checks.check_int32_size("K", k)
     checks.check_int32_size("G * N (b's rows)", groups * n)
-
-    device = _check_devices(**{a_data_name: a_data, a_scale_name: a_scale,
-                               "b[0] (data)": b_data, "b[1] (scale)": b_scale, "d": d})
-    alignment = _mk_alignment
+    checks.check_same_device(**{a_data_name: a_data, a_scale_name: a_scale,
+                                "b[0] (data)": b_data, "b[1] (scale)": b_scale, "d": d})
     if use_psum_layout:
         _check_layout_tensor("m_indices", m_indices, groups,
-                             "use_psum_layout=True: the (G,) cumulative group ends", device)
+                             "use_psum_layout=True: the (G,) cumulative group ends", d.device)
     else:
         _check_layout_tensor("m_indices", m_indices, m_sum,
-                             "(M_sum,): the group of each row of a", device)
-
-    a_data = _tma_ready(a_data_name, a_data, " (a is (M_sum, K), K-major)")
-    b_data = _tma_ready("b[0] (data)", b_data, " (b is (G, N, K), K-major: the 'nt' layout)")
-    d_ready = _tma_ready("d", d)
-    if m_sum == 0:
-        return d
-    if expected_m is None:
-        expected_m = max(1, m_sum // groups)
-
-    if device.type == "cpu":
-        if use_psum_layout:
-            _check_psum_on_cpu(m_indices, m_sum, alignment)
-            row_groups = psum_to_m_indices(m_indices, m_sum, alignment)
-        else:
-            row_groups = m_indices
-            _check_blocks_on_cpu(m_indices, alignment)
-        _contiguous_on_cpu(a_data, a_scale, b_data, b_scale, d_ready, row_groups, alignment)
-        return d
-
-    a_scale = to_mn_major_tma_aligned(a_scale)
-    b_scale = b_scale.contiguous()
-    if use_psum_layout:
-        with torch.cuda.device(device):
-            row_groups = psum_to_m_indices(m_indices, m_sum, alignment)
-    else:
-        row_groups = m_indices
-    from pyfp8gemm.host import launchers
-
-    with torch.cuda.device(device):
-        launchers.m_grouped_contiguous(a_data, a_scale, b_data, b_scale, d_ready, row_groups,
-                                       int(expected_m), alignment)
-    return d
+                             "(M_sum,): the group of each row of a", d.device)
+    _check_contiguous(a_data_name, a_data, " (a is (M_sum, K), K-major)")
+    _check_contiguous("b[0] (data)", b_data, " (b is (G, N, K), K-major: the 'nt' layout)")
+    _check_contiguous("d", d)
+    return a_data, a_scale, b_data, b_scale, m_indices
 
 
 def _check_blocks_on_cpu(m_indices: torch.Tensor, alignment: int) -> None:
@@ -541,6 +566,37 @@ def m_grouped_fp8_gemm_nt_masked(a, b, d: torch.Tensor, masked_m: torch.Tensor,
     Returns:
         d.
     """
+    a_data, a_scale, b_data, b_scale = _validate_masked(a, b, d, masked_m, expected_m)
+    if _is_compiling():
+        torch.ops.pyfp8gemm.m_grouped_fp8_gemm_nt_masked(
+            a_data, a_scale, b_data, b_scale, d, masked_m, expected_m)
+        return d
+    device = _check_devices(**{"a[0] (data)": a_data, "a[1] (scale)": a_scale,
+                               "b[0] (data)": b_data, "b[1] (scale)": b_scale, "d": d,
+                               "masked_m": masked_m})
+    a_data = _tma_ready("a[0] (data)", a_data)
+    b_data = _tma_ready("b[0] (data)", b_data)
+    d_ready = _tma_ready("d", d)
+    if a_data.shape[1] == 0:
+        return d
+
+    if device.type == "cpu":
+        _masked_on_cpu(a_data, a_scale, b_data, b_scale, d_ready, masked_m)
+        return d
+
+    from pyfp8gemm.host import launchers
+
+    with torch.cuda.device(device):
+        a_scale = to_grouped_mn_major_tma_aligned(a_scale)
+        b_scale = b_scale.contiguous()
+        launchers.m_grouped_masked(a_data, a_scale, b_data, b_scale, d_ready, masked_m,
+                                   int(expected_m))
+    return d
+
+
+def _validate_masked(a, b, d, masked_m, expected_m):
+    """The metadata checks of m_grouped_fp8_gemm_nt_masked (see _validate_contiguous).
+    Returns (a_data, a_scale, b_data, b_scale)."""
     a_data, a_scale, a_data_name, a_scale_name = _unpack_a("a", a, 3)
     b_data, b_scale = _unpack_b(b)
     checks.check_tensor("d", d, dtypes=(torch.bfloat16,), ndim=3)
@@ -562,29 +618,14 @@ def m_grouped_fp8_gemm_nt_masked(a, b, d: torch.Tensor, masked_m: torch.Tensor,
     checks.check_int32_size("N", n)
     checks.check_int32_size("K", k)
     checks.check_int32_size("G * N (b's rows)", groups * n)
-
-    device = _check_devices(**{a_data_name: a_data, a_scale_name: a_scale,
-                               "b[0] (data)": b_data, "b[1] (scale)": b_scale, "d": d})
+    checks.check_same_device(**{a_data_name: a_data, a_scale_name: a_scale,
+                                "b[0] (data)": b_data, "b[1] (scale)": b_scale, "d": d})
     _check_layout_tensor("masked_m", masked_m, groups, "(G,): the rows used in each group",
-                         device)
-    a_data = _tma_ready(a_data_name, a_data, " (a is (G, M_max, K), K-major)")
-    b_data = _tma_ready("b[0] (data)", b_data, " (b is (G, N, K), K-major: the 'nt' layout)")
-    d_ready = _tma_ready("d", d)
-    if m_max == 0:
-        return d
-
-    if device.type == "cpu":
-        _masked_on_cpu(a_data, a_scale, b_data, b_scale, d_ready, masked_m)
-        return d
-
-    a_scale = to_grouped_mn_major_tma_aligned(a_scale)
-    b_scale = b_scale.contiguous()
-    from pyfp8gemm.host import launchers
-
-    with torch.cuda.device(device):
-        launchers.m_grouped_masked(a_data, a_scale, b_data, b_scale, d_ready, masked_m,
-                                   int(expected_m))
-    return d
+                         d.device)
+    _check_contiguous(a_data_name, a_data, " (a is (G, M_max, K), K-major)")
+    _check_contiguous("b[0] (data)", b_data, " (b is (G, N, K), K-major: the 'nt' layout)")
+    _check_contiguous("d", d)
+    return a_data, a_scale, b_data, b_scale
 
 
 #: DeepGEMM's legacy name (kept in its __init__, used by vLLM and SGLang).
@@ -609,33 +650,30 @@ def _masked_on_cpu(a_data, a_scale, b_data, b_scale, d, masked_m) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _register_custom_ops() -> None:
-    custom_op = getattr(getattr(torch, "library", None), "custom_op", None)
-    if custom_op is None:   # torch < 2.4: no custom ops; the functions work in eager mode
-        return
-
-    @custom_op("pyfp8gemm::m_grouped_fp8_gemm_nt_contiguous", mutates_args=("d",))
-    def _contiguous_op(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
-                       b_scale: torch.Tensor, d: torch.Tensor, m_indices: torch.Tensor,
-                       use_psum_layout: bool = False, expected_m: Optional[int] = None) -> None:
-        m_grouped_fp8_gemm_nt_contiguous((a_data, a_scale), (b_data, b_scale), d, m_indices,
-                                         use_psum_layout=use_psum_layout, expected_m=expected_m)
-
-    @_contiguous_op.register_fake
-    def _(a_data, a_scale, b_data, b_scale, d, m_indices, use_psum_layout=False,
-          expected_m=None) -> None:
-        return None
-
-    @custom_op("pyfp8gemm::m_grouped_fp8_gemm_nt_masked", mutates_args=("d",))
-    def _masked_op(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
-                   b_scale: torch.Tensor, d: torch.Tensor, masked_m: torch.Tensor,
-                   expected_m: int) -> None:
-        m_grouped_fp8_gemm_nt_masked((a_data, a_scale), (b_data, b_scale), d, masked_m,
-                                     expected_m)
-
-    @_masked_op.register_fake
-    def _(a_data, a_scale, b_data, b_scale, d, masked_m, expected_m) -> None:
-        return None
+def _contiguous_fake(a_data, a_scale, b_data, b_scale, d, m_indices, use_psum_layout=False,
+                     expected_m=None) -> None:
+    _validate_contiguous((a_data, a_scale), (b_data, b_scale), d, m_indices, use_psum_layout,
+                         expected_m)
+    return None
 
 
-_register_custom_ops()
+def _masked_fake(a_data, a_scale, b_data, b_scale, d, masked_m, expected_m) -> None:
+    _validate_masked((a_data, a_scale), (b_data, b_scale), d, masked_m, expected_m)
+    return None
+
+
+@custom_op("m_grouped_fp8_gemm_nt_contiguous", mutates_args=("d",), fake=_contiguous_fake)
+def _contiguous_op(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
+                   b_scale: torch.Tensor, d: torch.Tensor, m_indices: torch.Tensor,
+                   use_psum_layout: bool = False, expected_m: Optional[int] = None) -> None:
+    """m_grouped_fp8_gemm_nt_contiguous with (data, scale) pairs; mutates d."""
+    m_grouped_fp8_gemm_nt_contiguous((a_data, a_scale), (b_data, b_scale), d, m_indices,
+                                     use_psum_layout=use_psum_layout, expected_m=expected_m)
+
+
+@custom_op("m_grouped_fp8_gemm_nt_masked", mutates_args=("d",), fake=_masked_fake)
+def _masked_op(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
+               b_scale: torch.Tensor, d: torch.Tensor, masked_m: torch.Tensor,
+               expected_m: int) -> None:
+    """m_grouped_fp8_gemm_nt_masked with (data, scale) pairs; mutates d."""
+    m_grouped_fp8_gemm_nt_masked((a_data, a_scale), (b_data, b_scale), d, masked_m, expected_m)
