@@ -40,6 +40,10 @@ _LAZY_EXPORTS = {
     "matmul": "pyfp8gemm.host.gemm",
     "set_num_sms": "pyfp8gemm.host.device_info",
     "get_num_sms": "pyfp8gemm.host.device_info",
+    "fp8_gemm_nt_1d1d": "pyfp8gemm.host.gemm_1d1d",
+    "k_grouped_fp8_gemm_nt_contiguous": "pyfp8gemm.host.gemm_1d1d",
+    "quantize_transposed": "pyfp8gemm.host.quantize_training",
+    "quantize_rowwise_and_transposed": "pyfp8gemm.host.quantize_training",
 }
 
 
