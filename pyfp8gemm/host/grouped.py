@@ -199,7 +199,8 @@ def quantize_grouped(x: torch.Tensor, granularity: str) -> tuple[torch.Tensor, t
     return data, scale
 
 
-def psum_to_m_indices(psum: torch.Tensor, num_rows: int, alignment: int | None = None) -> torch.Tensor:
+def psum_to_m_indices(psum: torch.Tensor, num_rows: int,
+                      alignment: int | None = None) -> torch.Tensor:
     """The per-row group ids (int32 (num_rows,), -1 outside every group) of a PSUM layout.
 
     `psum` int32 (G,): group g's rows are [align(psum[g-1], alignment), psum[g]), psum[-1] = 0.
