@@ -4,14 +4,59 @@
   capability 9.0) and is skipped, with the reason, everywhere else (CI has no GPU).
 * The `seed` fixture: a fresh random seed per test, printed so that a failure can be replayed
   (pytest shows a failing test's captured output).
+* A private kernel cache: the tests compile into a temporary directory (PYFP8GEMM_CACHE_DIR,
+  set before collection and shared by pytest-xdist workers), never into the user's real
+  ~/.cache/pyfp8gemm. PYFP8GEMM_TEST_CACHE_DIR=DIR makes them use DIR instead (e.g. a GPU run
+  whose kernels `python -m pyfp8gemm warmup` compiled beforehand).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
+
+TEST_CACHE_ENV = "PYFP8GEMM_TEST_CACHE_DIR"
+
+
+def pytest_configure(config):
+    """Point the kernel cache at a temporary directory before any test module is imported.
+
+    The controller sets PYFP8GEMM_TEST_CACHE_DIR too, so xdist workers (started with its
+    environment) share the one directory instead of compiling every kernel each."""
+    chosen = os.environ.get(TEST_CACHE_ENV)
+    if not chosen:
+        config._pyfp8gemm_temp_cache = tempfile.mkdtemp(prefix="pyfp8gemm-test-cache-")
+        chosen = os.path.join(config._pyfp8gemm_temp_cache, "kernels")
+        os.environ[TEST_CACHE_ENV] = chosen
+    config._pyfp8gemm_saved_env = {name: os.environ.get(name)
+                                   for name in ("PYFP8GEMM_CACHE_DIR", TEST_CACHE_ENV)}
+    os.environ["PYFP8GEMM_CACHE_DIR"] = chosen
+
+
+def pytest_unconfigure(config):
+    temp = getattr(config, "_pyfp8gemm_temp_cache", None)
+    for name, value in getattr(config, "_pyfp8gemm_saved_env", {}).items():
+        if name == TEST_CACHE_ENV and temp:
+            value = None  # ours: gone with the directory
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if temp:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_kernel_cache():
+    """The session's kernel cache directory; fails loudly if a test run would use the real one."""
+    chosen = os.environ[TEST_CACHE_ENV]
+    assert os.environ.get("PYFP8GEMM_CACHE_DIR") == chosen, (
+        "the tests must compile into their own cache (tests/conftest.py sets PYFP8GEMM_CACHE_DIR)")
+    return chosen
 
 
 def hopper_available() -> bool:
