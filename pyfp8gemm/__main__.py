@@ -2,7 +2,7 @@
 
     python -m pyfp8gemm                  report; self-check on Hopper; exit code = its result
     python -m pyfp8gemm --no-selfcheck   report only
-    python -m pyfp8gemm inspect [--json] what the kernel cache holds (pyfp8gemm.cache.inspect)
+    python -m pyfp8gemm inspect [--json] what the kernel cache holds (pyfp8gemm.inspect)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-selfcheck", action="store_true",
                         help="print the report only, even on a Hopper GPU")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    # Its own options (--json, -h) belong to pyfp8gemm.cache.inspect: pass them through untouched.
+    # Its own options (--json, -h) belong to pyfp8gemm.inspect: pass them through untouched.
     commands.add_parser("inspect", add_help=False,
                         help="show the kernel cache (options: see `inspect --help`)")
     return parser
@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "inspect":
         from pyfp8gemm.host.report import optional_import
 
-        inspect = optional_import("pyfp8gemm.cache.inspect")
+        inspect = optional_import("pyfp8gemm.inspect")
         if inspect is None:
             print("python -m pyfp8gemm inspect: not available in this version "
-                  "(pyfp8gemm.cache.inspect is missing)", file=sys.stderr)
+                  "(pyfp8gemm.inspect is missing)", file=sys.stderr)
             return 1
         exit_code = inspect.main(rest)
         return 0 if exit_code is None else int(exit_code)

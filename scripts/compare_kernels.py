@@ -105,8 +105,13 @@ def kernels_of(rev: str | None, jobs: int) -> dict[str, dict]:
             env = dict(os.environ, PYFP8GEMM_CACHE_DIR=str(Path(tmp) / "cache"),
                        PYTHONPATH=str(root))
             env.pop("PYFP8GEMM_DISABLE_DISK_CACHE", None)
-            out = subprocess.run([sys.executable, "-c", _WORKER, str(jobs)], cwd=root, env=env,
-                                 check=True, capture_output=True, text=True).stdout
+            worker = Path(tmp) / "compare_worker.py"     # spawned workers re-import it
+            worker.write_text(_WORKER)
+            run = subprocess.run([sys.executable, str(worker), str(jobs)], cwd=root, env=env,
+                                 capture_output=True, text=True)
+            if run.returncode:
+                raise SystemExit(f"compiling {rev or 'the work tree'} failed:\n{run.stderr}")
+            out = run.stdout
         finally:
             if rev is not None:
                 subprocess.run(["git", "-C", str(_REPO), "worktree", "remove", "--force",

@@ -114,19 +114,14 @@ def main() -> None:
         lambda: launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out))
 
     stream = 0 if args.fake_driver else torch.cuda.current_stream().cuda_stream
-    if hasattr(launch, "bind"):
-        bound = launch.bind(a.data, a.scale, b.data, b.scale, out)
-        plan, params_address = bound.plan, bound.params.address
-        figures["prebuilt launch"] = time_us(bound)
-        if driver.raw_launch_function() is not None:
-            parts = plan.kernel.launch_parts(plan.grid)
-            fn, function, config = parts.fn, parts.function, parts.config_for(stream)
-            figures["raw cuLaunchKernelEx (ctypes)"] = time_us(
-                lambda: fn(config, function, params_address, None))
-    else:  # an older checkout: parameter blocks kept on the plan
-        plan = launch._plan(M, N, K, None if args.fake_driver else 0, pyfp8gemm.get_num_sms(),
-                            None)
-        params_address = next(iter(plan.param_blocks.values())).address
+    bound = launch.bind(a.data, a.scale, b.data, b.scale, out)
+    plan, params_address = bound.plan, bound.params.address
+    figures["prebuilt launch"] = time_us(bound)
+    if driver.raw_launch_function() is not None:
+        parts = plan.kernel.launch_parts(plan.grid)
+        fn, function, config = parts.fn, parts.function, parts.config_for(stream)
+        figures["raw cuLaunchKernelEx (ctypes)"] = time_us(
+            lambda: fn(config, function, params_address, None))
     kernel = plan.kernel
     bindings_config = kernel._config(plan.grid)
 

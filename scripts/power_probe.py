@@ -22,7 +22,7 @@ import torch
 from triton.testing import do_bench
 
 from pyfp8gemm.host.fp8tensor import quantize
-from pyfp8gemm.host.heuristics import choose_config, make_config
+from pyfp8gemm.host.heuristics import choose_dense, make_config
 from pyfp8gemm.host.launch import fp8_gemm_nt_launch
 
 
@@ -68,7 +68,7 @@ def main():
     b = quantize(torch.randn(n, k, device="cuda", dtype=torch.bfloat16), "128x128")
     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
     scale_a = a.scale.t().contiguous().t()
-    heuristic = choose_config(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count)
+    heuristic = choose_dense(m, n, k, torch.cuda.get_device_properties(0).multi_processor_count)
     if args.specs:
         from config_spec import parse
         configs = {f"pyfp8gemm {spec}": parse(spec) for spec in args.specs}

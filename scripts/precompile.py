@@ -1,6 +1,6 @@
 """Compile kernels into the disk cache in parallel (GPU machine or not: compiling needs no GPU).
 
-    python scripts/precompile.py --all [--jobs N]     every kernel the heuristic can launch
+    python scripts/precompile.py --all [--jobs N]     every kernel the heuristics can launch
     python scripts/precompile.py SPEC ... [--jobs N]  the given configs (scripts/config_spec.py)
 
 The device scripts run it first: the GPU suite then finds every kernel compiled (one process per
@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def _compile(cfg):
     from pyfp8gemm.cache.compiler import compile_kernel
-    from pyfp8gemm.host.launch import kernel_spec
+    from pyfp8gemm.host.kernels import kernel_spec
     compile_kernel(kernel_spec(cfg))
     return cfg.name
 
@@ -30,8 +30,8 @@ def main():
     args = parser.parse_args()
     from config_spec import parse
     from pyfp8gemm.host.heuristics import all_configs
-    configs = [parse(s) for s in args.specs] + (all_configs() if args.all else [])
-    kernels = sorted({cfg.kernel_config for cfg in configs}, key=lambda c: c.name)
+    configs = [parse(s).config for s in args.specs] + (all_configs() if args.all else [])
+    kernels = sorted(set(configs), key=lambda c: c.name)
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
         names = list(pool.map(_compile, kernels))

@@ -14,10 +14,10 @@ import torch
 from triton.testing import do_bench
 
 from bench.shapes import SHAPE_SETS, parse_shape
-from pyfp8gemm.device.gemm_1d2d import BLOCK_M_256_MAX_N, GemmConfig
+from pyfp8gemm.device.config import BLOCK_M_256_MAX_N, GemmConfig
 from pyfp8gemm.host.device_info import get_num_sms
 from pyfp8gemm.host.fp8tensor import quantize
-from pyfp8gemm.host.heuristics import BLOCK_N_CANDIDATES, choose_config, make_config
+from pyfp8gemm.host.heuristics import BLOCK_N_CANDIDATES, choose_dense, make_config
 from pyfp8gemm.host.launch import fp8_gemm_nt_launch
 from pyfp8gemm.testing import calc_diff, reference_gemm
 
@@ -26,7 +26,7 @@ def candidates(m, n, k, num_sms):
     """The heuristic's choice and its neighbours: BLOCK_N around it (multiples of 8 included),
     the other multicast modes, BLOCK_M 64 for small M and 256 for large M, and the deepest
     ring that shared memory holds next to the heuristic's stage count."""
-    chosen = choose_config(m, n, k, num_sms)
+    chosen = choose_dense(m, n, k, num_sms).config
     block_ms = {chosen.block_m}
     if m <= 256:
         block_ms |= {64, 128}
@@ -54,17 +54,17 @@ def candidates(m, n, k, num_sms):
     if m >= 1024:           # rasterization group height
         for group_m in (4, 8, 32):
             configs.add(GemmConfig(chosen.block_m, chosen.block_n, chosen.stages,
-                                   chosen.multicast, group_m, chosen.overlap_promotion))
+                                   chosen.multicast, group_m))
     deepest = GemmConfig.max_stages(chosen.block_m, chosen.block_n)
     if deepest > chosen.stages:
         configs.add(GemmConfig(chosen.block_m, chosen.block_n, deepest, chosen.multicast,
-                               chosen.group_m, chosen.overlap_promotion))
+                               chosen.group_m))
     return chosen, sorted(configs, key=lambda c: c.name)
 
 
 def _compile(cfg):
     from pyfp8gemm.cache.compiler import compile_kernel
-    from pyfp8gemm.host.launch import kernel_spec
+    from pyfp8gemm.host.kernels import kernel_spec
     compile_kernel(kernel_spec(cfg))
     return cfg.name
 

@@ -3,10 +3,11 @@ run at all, checked before any launch."""
 
 import pytest
 
-import pyfp8gemm.device.gemm_1d2d as gemm
+import pyfp8gemm.device.config as gemm
+from pyfp8gemm.device.gemm_1d2d import TENSORMAP_PARAMS
 from pyfp8gemm.cache import compiler, toolchain
-from pyfp8gemm.device.gemm_1d2d import GemmConfig, check_register_budget
-from pyfp8gemm.host.launch import kernel_spec
+from pyfp8gemm.device.config import GemmConfig, check_register_budget
+from pyfp8gemm.host.kernels import kernel_spec
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +41,10 @@ def test_overlapped_kernel_is_not_serialized_and_does_not_spill(two_warpgroup_ke
     sass = toolchain.sass(kernel.cubin)
     counts = toolchain.count_opcodes(sass)
     assert counts["QGMMA"] == 16 and counts["USETMAXREG"] == 2
-    ptx = compiler.kernel_to_ptx(kernel_spec(cfg).make_kernel(), gemm.KERNEL_SIGNATURE,
+    ptx = compiler.kernel_to_ptx(kernel_spec(cfg).make_kernel(), kernel_spec(cfg).signature,
                                  cfg.threads)
     ptx = compiler.tensormaps_by_value(compiler.rename_entry(ptx, cfg.name), cfg.name,
-                                       gemm.TENSORMAP_PARAMS)
+                                       TENSORMAP_PARAMS)
     _, info = toolchain.ptxas_verbose(ptx)
     assert "C7514" not in info and "serialized" not in info
 
@@ -62,28 +63,6 @@ def test_block_m_256_builds_two_waves_without_spills(block_n, multicast):
 def test_block_m_256_needs_block_n_at_most_128():
     with pytest.raises(ValueError, match="block_m=256 needs block_n <= 128"):
         GemmConfig(256, 144, 3)
-
-
-def test_two_warpgroups_without_overlap_take_turns_when_asked():
-    """BLOCK_N > 128 at BLOCK_M 128 (one fragment per warpgroup) with mma_turns: the two math
-    warpgroups issue their wgmmas in turns around named barriers 5/6 (bar.sync before,
-    bar.arrive after), plus warpgroup 1's first pass and warpgroup 0's last wait, which keep
-    the barriers balanced. Not by default any more (measured 0-3% slower, bench/JOURNAL.md)."""
-    assert not GemmConfig(128, 160, 5, "a").mma_turns    # default: no turns
-    cfg = GemmConfig(128, 160, 5, "a", mma_turns=True)
-    assert cfg.mma_turns and not cfg.overlap_promotion and cfg.name.endswith("_turns")
-    assert not GemmConfig(128, 128, 5, mma_turns=True).mma_turns   # overlapped: two in flight
-    assert not GemmConfig(64, 192, 4, mma_turns=True).mma_turns    # one math warpgroup
-    kernel = compiler.compile_kernel(kernel_spec(cfg))
-    check_register_budget(cfg, kernel.meta["registers"])
-    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
-    sass = toolchain.sass(kernel.cubin)
-    counts = toolchain.count_opcodes(sass)
-    assert counts["QGMMA"] == 4 * 4     # a K loop per B-scale split (tile offsets 0/32/64/96)
-    lines = [line for line in sass.splitlines() if "QGMMA" in line or "BAR." in line]
-    first = next(i for i, line in enumerate(lines) if "QGMMA" in line)
-    assert "BAR.SYNC" in lines[first - 1] and "BAR.ARV" in lines[first + 4]
-    assert sum("BAR.ARV" in line for line in lines) >= 2            # the first pass + per batch
 
 
 @pytest.mark.parametrize("cfg, loops", [(GemmConfig(128, 192, 4, "b"), 2),

@@ -8,8 +8,25 @@ import torch
 from cuda.bindings import driver as cu
 
 import pyfp8gemm
-from pyfp8gemm.device.gemm_1d2d import GemmConfig
+from pyfp8gemm.device import scheduler
+from pyfp8gemm.device.config import GemmConfig
 from pyfp8gemm.host import device_info, driver, launch
+from pyfp8gemm.host.problem import GemmProblem, KernelChoice
+
+
+def choice_of(m, n, k, num_sms=132):
+    """The heuristic's dense choice, flattened: config fields + split policy."""
+    from pyfp8gemm.host.heuristics import choose_dense
+    c = choose_dense(m, n, k, num_sms)
+    return type("Choice", (), dict(c.config.__dict__, split_k=c.split_k,
+                                     split_last_wave=c.split_last_wave))
+
+
+def whole_and_grid(choice, m, n, num_sms=132):
+    cfg = choice.config
+    whole = scheduler.whole_tiles(cfg, m, n, choice.split_k, choice.split_last_wave, num_sms)
+    units = scheduler.unit_count(cfg, m, n, 7168, choice.split_k, whole)
+    return whole, scheduler.grid_size(cfg, units, num_sms)
 
 
 class RecordingKernel:
@@ -46,10 +63,10 @@ def fake_gpu(monkeypatch):
     kernel = RecordingKernel()
     plans = {}
 
-    def fake_plan(m, n, k, device_index, num_sms, cfg):
-        key = (m, n, k)
+    def fake_plan(problem, device_index, num_sms, choice):
+        key = (problem.m, problem.n, problem.k)
         if key not in plans:
-            plans[key] = launch.Plan(GemmConfig(128, 64, 8), kernel, 33, m, n, k)
+            plans[key] = launch.Plan(KernelChoice(GemmConfig(128, 64, 8)), kernel, 33, problem)
         return plans[key]
 
     monkeypatch.setattr(launch, "_plan", fake_plan)
@@ -123,7 +140,7 @@ def test_set_num_sms_rebinds(fake_gpu, monkeypatch):
     monkeypatch.setattr(device_info, "_num_sms_limit", 66)
     launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out)
     assert len(launch._bound) == 2
-    assert {key[-1] for key in launch._bound} == {None, 66}
+    assert {key.num_sms_limit for key in launch._bound} == {None, 66}
 
 
 def test_one_launch_configuration_per_stream(fake_gpu, monkeypatch):
@@ -206,14 +223,15 @@ def test_param_block_copies_tensormaps_by_value():
 
 def test_split_k_parameters_and_a_workspace_per_stream(fake_gpu, monkeypatch):
     kernel, encoded, plans = fake_gpu
-    cfg = GemmConfig(64, 16, 21, split_k=3)
+    choice = KernelChoice(GemmConfig(64, 16, 21, split_k=True), 3)
+    cfg = choice.config
     m, n, k = 64, 576, 7168
 
     def workspace_on_cpu(self, stream):
         pair = self._workspaces.get(stream)
         if pair is None:
-            tiles = -(-self.m // cfg.block_m) * -(-self.n // cfg.block_n)
-            pair = (torch.empty(tiles * cfg.split_k * cfg.block_m * cfg.block_n),
+            tiles = -(-self.problem.m // cfg.block_m) * -(-self.problem.n // cfg.block_n)
+            pair = (torch.empty(tiles * choice.split_k * cfg.block_m * cfg.block_n),
                     torch.zeros(tiles, dtype=torch.int32))
             self._workspaces[stream] = pair
         return pair
@@ -222,7 +240,7 @@ def test_split_k_parameters_and_a_workspace_per_stream(fake_gpu, monkeypatch):
     monkeypatch.setattr(driver, "current_raw_stream", lambda index: current["stream"])
     monkeypatch.setattr(launch.Plan, "workspace", workspace_on_cpu)
     monkeypatch.setattr(launch, "_plan", lambda *args: plans.setdefault(
-        "split", launch.Plan(cfg, kernel, 108, m, n, k)))
+        "split", launch.Plan(choice, kernel, 108, GemmProblem(m, n, k))))
     a, b, out = operands(m, n, k)
     launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out)
     launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out)
@@ -244,11 +262,11 @@ def test_split_k_parameters_and_a_workspace_per_stream(fake_gpu, monkeypatch):
 
 
 def test_split_k_choice():
-    from pyfp8gemm.host.heuristics import choose_config, choose_split_k, split_k_fits
+    from pyfp8gemm.host.heuristics import choose_split_k, split_k_fits
 
-    assert choose_config(64, 576, 7168, 132).split_k == 3            # 36 tiles -> 108 CTAs
-    assert choose_config(4096, 4096, 7168, 132).split_k == 1
-    assert choose_config(64, 2112, 7168, 132).split_k == 1           # 132 tiles already
+    assert choice_of(64, 576, 7168).split_k == 3                     # 36 tiles -> 108 CTAs
+    assert choice_of(4096, 4096, 7168).split_k == 1
+    assert choice_of(64, 2112, 7168).split_k == 1                    # 132 tiles already
     assert choose_split_k(36, 512, 132) == 1                         # 4 K blocks: keep whole
     assert split_k_fits(3, 7168) and not split_k_fits(4, 5 * 128)    # 5 blocks: 2+2+1+0
     for tiles in range(1, 70):
@@ -262,40 +280,37 @@ def test_last_wave_split_choice_and_plan():
     split 4 ways (14 K blocks each) instead of idling 108 SMs for a third tile time.
     4096x2112x7168 (4 waves of 128x128 + 16 tiles, split 4 ways until session 8) now runs
     3 waves of 128x192 sharing B: 4% faster than the split tail (bench/JOURNAL.md)."""
-    from pyfp8gemm.host.heuristics import choose_config, choose_last_wave_split
+    from pyfp8gemm.host.heuristics import choose_dense, choose_last_wave_split
 
-    cfg = choose_config(1536, 3072, 7168, 132)
+    cfg = choice_of(1536, 3072, 7168)
     assert (cfg.block_m, cfg.block_n, cfg.multicast, cfg.split_k, cfg.split_last_wave) == \
         (128, 128, "none", 4, True)
-    assert launch.whole_tiles(cfg, 1536, 3072, 132) == 264
-    assert launch.grid_size(cfg, 1536, 3072, 132) == 132
-    cfg = choose_config(4096, 2112, 7168, 132)
+    assert whole_and_grid(choose_dense(1536, 3072, 7168, 132), 1536, 3072) == (264, 132)
+    cfg = choice_of(4096, 2112, 7168)
     assert (cfg.block_m, cfg.block_n, cfg.multicast, cfg.split_k) == (128, 192, "b", 1)
-    cfg = GemmConfig(128, 128, 5, split_k=4, split_last_wave=True)        # 4 waves + 16 tiles
-    assert launch.whole_tiles(cfg, 4096, 2112, 132) == 528
-    assert launch.grid_size(cfg, 4096, 2112, 132) == 132
-    cfg = GemmConfig(256, 128, 3, split_k=4, split_last_wave=True)        # 2 waves + 8 tiles
-    assert launch.whole_tiles(cfg, 4096, 2112, 132) == 264
+    tail = KernelChoice(GemmConfig(128, 128, 5, split_k=True), 4, True)   # 4 waves + 16 tiles
+    assert whole_and_grid(tail, 4096, 2112) == (528, 132)
+    tail = KernelChoice(GemmConfig(256, 128, 3, split_k=True), 4, True)   # 2 waves + 8 tiles
+    assert whole_and_grid(tail, 4096, 2112)[0] == 264
     assert choose_last_wave_split(544, 7168, 132) == 4
     assert choose_last_wave_split(132, 7168, 132) == 1               # one full wave
     assert choose_last_wave_split(264 + 100, 7168, 132) == 1         # last wave 3/4 full
     assert choose_last_wave_split(544, 1024, 132) == 1               # 8 K blocks: too short
-    assert choose_config(4096, 4096, 7168, 132).split_k == 1         # 3.9 waves: keep whole
-    whole = GemmConfig(128, 128, 5, split_k=1)
-    assert launch.whole_tiles(whole, 4096, 2112, 132) == 544
-    plain = GemmConfig(64, 16, 21, split_k=3)
-    assert launch.whole_tiles(plain, 64, 576, 132) == 0
-    assert launch.grid_size(plain, 64, 576, 132) == 108
+    assert choice_of(4096, 4096, 7168).split_k == 1                  # 3.9 waves: keep whole
+    whole = KernelChoice(GemmConfig(128, 128, 5))
+    assert whole_and_grid(whole, 4096, 2112)[0] == 544
+    plain = KernelChoice(GemmConfig(64, 16, 21, split_k=True), 3)
+    assert whole_and_grid(plain, 64, 576) == (0, 108)
     with pytest.raises(ValueError, match="split_last_wave needs split_k > 1"):
-        GemmConfig(128, 128, 5, split_last_wave=True)
+        KernelChoice(GemmConfig(128, 128, 5, split_k=True), 1, True)
 
 
 def test_last_wave_split_parameters_and_workspace(fake_gpu, monkeypatch):
     kernel, encoded, plans = fake_gpu
-    cfg = GemmConfig(128, 128, 5, split_k=4, split_last_wave=True)
+    choice = KernelChoice(GemmConfig(128, 128, 5, split_k=True), 4, True)
     m, n, k = 4096, 2112, 7168
     monkeypatch.setattr(launch, "_plan", lambda *args: plans.setdefault(
-        "tail", launch.Plan(cfg, kernel, 132, m, n, k)))
+        "tail", launch.Plan(choice, kernel, 132, GemmProblem(m, n, k))))
     a, b, out = operands(m, n, k)
     made, empty, zeros = {}, torch.empty, torch.zeros
     monkeypatch.setattr(torch, "empty", lambda size, **kw: (
@@ -311,20 +326,23 @@ def test_last_wave_split_parameters_and_workspace(fake_gpu, monkeypatch):
 
 
 def test_split_k_kernel_is_shared_by_every_split_count():
-    assert GemmConfig(64, 16, 21, split_k=5).kernel_config == GemmConfig(64, 16, 21, split_k=2)
-    assert GemmConfig(128, 128, 5, split_k=4, split_last_wave=True).kernel_config == \
-        GemmConfig(128, 128, 5, split_k=2)
-    assert GemmConfig(64, 16, 21, split_k=5).name == GemmConfig(64, 16, 21, split_k=2).name
-    assert GemmConfig(256, 128, 3, split_k=3).kernel_config == GemmConfig(256, 128, 3, split_k=2)
-    with pytest.raises(ValueError, match="split_k > 1 needs multicast 'none'"):
-        GemmConfig(128, 128, 5, "a", split_k=2)
+    """The split count and which tiles split are launch policy (KernelChoice), not kernel
+    fields: every split count runs the one kernel built with split-K."""
+    kernel = GemmConfig(64, 16, 21, split_k=True)
+    assert KernelChoice(kernel, 5).config == KernelChoice(kernel, 2).config == kernel
+    assert KernelChoice(kernel, 5).name != KernelChoice(kernel, 2).name
+    with pytest.raises(ValueError, match="needs a kernel built with split-K"):
+        KernelChoice(GemmConfig(64, 16, 21), 2)
+    with pytest.raises(TypeError, match="split count is a launch parameter"):
+        GemmConfig(64, 16, 21, split_k=3)
+    with pytest.raises(ValueError, match="split_k needs multicast 'none'"):
+        GemmConfig(128, 128, 5, "a", split_k=True)
 
 
 def test_small_m_multicast_b_choice():
     """BLOCK_M 64 with two M tiles shares the weight tile only with BLOCK_N >= 64 and long K
     (measured: +6-13% at K = 7168, -8% at 128x4096x2048; bench/JOURNAL.md, session 4)."""
-    from pyfp8gemm.host.heuristics import choose_config
-
+    choose_config = choice_of
     shared = choose_config(128, 4096, 7168, 132)
     assert (shared.block_m, shared.block_n, shared.multicast) == (64, 64, "b")
     assert choose_config(96, 4096, 7168, 132).multicast == "b"
@@ -337,8 +355,7 @@ def test_small_m_multicast_b_choice():
 def test_block_m_256_multicast_choice():
     """BLOCK_M 256 shares A across two N-neighbour CTAs when the N tiles pair up (measured
     faster under sustained, power-capped load), and runs without a cluster otherwise."""
-    from pyfp8gemm.host.heuristics import choose_config
-
+    choose_config = choice_of
     for m, n, k in ((4096, 4096, 7168), (4096, 7168, 16384), (8192, 8192, 8192),
                     (4096, 32768, 512)):
         cfg = choose_config(m, n, k, 132)

@@ -159,7 +159,7 @@ def test_optional_import_only_swallows_the_missing_module_itself(monkeypatch, tm
 @pytest.mark.parametrize("argv", [["inspect"], ["inspect", "--json"], ["inspect", "--help"]])
 def test_inspect_passes_its_arguments_through(monkeypatch, argv):
     received = []
-    _fake_module(monkeypatch, "pyfp8gemm.cache.inspect",
+    _fake_module(monkeypatch, "pyfp8gemm.inspect",
                  main=lambda args: received.append(list(args)) or 7)
     assert cli.main(argv) == 7
     assert received == [argv[1:]]
@@ -168,7 +168,7 @@ def test_inspect_passes_its_arguments_through(monkeypatch, argv):
 def test_inspect_missing_module(monkeypatch, capsys):
     real_import = report.optional_import
     monkeypatch.setattr(report, "optional_import",
-                        lambda name: None if name == "pyfp8gemm.cache.inspect" else real_import(name))
+                        lambda name: None if name == "pyfp8gemm.inspect" else real_import(name))
     assert cli.main(["inspect", "--json"]) == 1
     assert "not available" in capsys.readouterr().err
 

@@ -177,6 +177,11 @@ ld_global_nc_f32 = ptx_instruction(
     "ld_global_nc_f32", "ld.global.nc.f32 $0, [$1];", (u64,), f32,
     doc="ld.global.nc.f32: read-only (non-coherent) global load of one float.")
 
+ld_global_nc_s32 = ptx_instruction(
+    "ld_global_nc_s32", "ld.global.nc.s32 $0, [$1];", (u64,), i32,
+    doc="ld.global.nc.s32: read-only (non-coherent) global load of one int32 (layout tensors "
+        "the kernel reads and nobody writes while it runs).")
+
 cp_async_4 = ptx_instruction(
     "cp_async_4", "cp.async.ca.shared.global [$0], [$1], 4;", (u32, u64),
     doc="cp.async 4 bytes global -> shared (LDGSTS): the thread does not wait for the data.")
@@ -288,6 +293,12 @@ tma_store_2d = ptx_instruction(
     "cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [$0, {$2, $3}], [$1];",
     (u64, u32, i32, i32),
     doc="cp.async.bulk.tensor.2d store (tensor_map, smem_src, x, y) in a bulk group.")
+
+tma_store_3d = ptx_instruction(
+    "tma_store_3d",
+    "cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [$0, {$2, $3, $4}], [$1];",
+    (u64, u32, i32, i32, i32),
+    doc="cp.async.bulk.tensor.3d store (tensor_map, smem_src, x, y, z) in a bulk group.")
 
 tma_store_commit = ptx_instruction(
     "tma_store_commit", "cp.async.bulk.commit_group;",

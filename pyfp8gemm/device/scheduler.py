@@ -1,37 +1,104 @@
-"""Persistent tile scheduler: which output tile a CTA computes next.
+"""The work schedule: which (group, tile, K range) a CTA computes next, on the GPU and the host.
 
-The grid has one CTA per SM (or per SM pair, in 2-CTA clusters). The output is cut into
-BLOCK_M x BLOCK_N tiles; a *unit* is what one cluster computes at once (one tile, or two tiles
-side by side that share the multicast operand). Cluster c takes units c, c + clusters, ...
+The grid is persistent: one CTA per SM (or per SM pair, in 2-CTA clusters). The output is cut
+into BLOCK_M x BLOCK_N tiles; a *unit* is what one cluster computes at once (one tile, or two
+tiles side by side that share the multicast operand, or one K share of a split tile). Cluster c
+takes units c, c + clusters, ...
 
-Units are visited in groups of `group_m` unit-rows (Triton's "grouped ordering"): inside a
-group the M index moves fastest, so the CTAs running at the same time touch `group_m` rows
-of A and a few columns of B, which stay in L2 instead of streaming all of B per row of A.
+Units are visited in groups of `group_m` unit-rows (Triton's "grouped ordering"): inside a group
+the M index moves fastest, so the CTAs running at the same time touch `group_m` rows of A and a
+few columns of B, which stay in L2 instead of streaming all of B per row of A.
+
+Schedules (GemmConfig.schedule):
+* dense: M x N tiles, all of K. With split-K, the first `whole_tiles` units are whole tiles and
+  every later tile is `split_k` consecutive units, each a contiguous share of its K blocks.
+* m_grouped_contiguous: the rows of A are grouped; the group of an M block is read from the
+  per-row layout tensor (`m_indices[m_block * BLOCK_M]`). Blocks of padding (-1, or an id that
+  is not a group) get an empty K range: no loads, no MMA, zero rows stored.
+* m_grouped_masked: A is (groups, M_max, K); group g has `masked_m[g]` rows (read on the GPU),
+  so ceil(masked_m[g] / BLOCK_M) M blocks: empty groups and blocks past the count cost nothing.
+
+`make_schedule(..., device=True)` gives the kernel's inline device functions; `device=False`
+gives the same source as plain Python (the host twin), which the launcher and the tests use:
+one formula for the kernel, the grid and the tests.
 """
 
-from numba import cuda
+import operator
+from typing import Callable, NamedTuple
 
-from .ptx import udiv32
+BLOCK_K = 128
 
 
-def make_tile_scheduler(cluster_m, cluster_n, group_m):
-    """Make `tile_of(unit, rank, num_m_units, num_n_units) -> (m_block, n_block)`.
+class Schedule(NamedTuple):
+    begin: Callable   # begin(m, n, k, split_k, whole_tiles, layout, groups, where) -> work:
+                      #   what this CTA walks (computed once, shared by all roles); `where` is
+                      #   the host twin's (first unit, unit step, cluster rank), ignored on the
+                      #   GPU, which reads them from blockIdx, gridDim and %cluster_ctarank
+    count: Callable   # count(work) -> number of units
+    tile: Callable    # tile(unit, work) -> (group, m_block, n_block, tile_unit, split,
+                      #   kb_begin, kb_end); tile_unit counts split tiles for the workspace
+
+
+class _HostOps:
+    """The host twin's arithmetic: Python ints, and `layout` is a sequence."""
+    jit = staticmethod(lambda f: f)
+    div = staticmethod(operator.floordiv)
+    i32 = staticmethod(int)
+    load = staticmethod(lambda layout, index: int(layout[index]))
+    position = staticmethod(lambda where, cluster: where)
+
+
+def _device_ops():
+    from numba import cuda
+    from numba.cuda import types
+
+    from .ptx import cluster_ctarank, ld_global_nc_s32, udiv32
+
+    class DeviceOps:
+        # (32-bit divisions: numba's 64-bit ones are slow subroutine calls)
+        jit = staticmethod(cuda.jit(device=True, inline="always"))
+        div = staticmethod(udiv32)
+        i32 = staticmethod(types.int32)
+        load = staticmethod(lambda layout, index: ld_global_nc_s32(layout + 4 * index))
+    DeviceOps.load = staticmethod(DeviceOps.jit(
+        lambda layout, index: ld_global_nc_s32(layout + 4 * index)))
+
+    @DeviceOps.jit
+    def position(where, cluster):
+        """(first unit, unit step, rank in the cluster) of this CTA."""
+        rank = cluster_ctarank() if cluster > 1 else 0
+        return (rank, types.int32(cuda.blockIdx.x // cluster),
+                types.int32(cuda.gridDim.x // cluster))
+    DeviceOps.position = staticmethod(position)
+    return DeviceOps
+
+
+def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, split_k,
+                  device=True):
+    """The schedule's functions for one kernel configuration (all arguments compile-time).
 
     cluster_m == 2: the cluster's two CTAs take vertically adjacent tiles (they share B).
-    cluster_n == 2: horizontally adjacent tiles (they share A). `rank` is the CTA's rank in
-    its cluster (0 without clusters).
+    cluster_n == 2: horizontally adjacent tiles (they share A). `split_k`: whether the kernel
+    has split-K (else the split arithmetic folds away).
     """
     assert cluster_m * cluster_n <= 2
+    ops = _device_ops() if device else _HostOps
+    jit, div, i32, load, position = ops.jit, ops.div, ops.i32, ops.load, ops.position
+    cluster = cluster_m * cluster_n
+    BM, BN = block_m, block_n
+    GROUPED_CONTIGUOUS = schedule == "m_grouped_contiguous"
+    MASKED = schedule == "m_grouped_masked"
+    split_k_built = split_k
 
-    @cuda.jit(device=True, inline="always")
+    @jit
     def tile_of(unit, rank, num_m_units, num_n_units):
-        # (32-bit divisions: numba's 64-bit ones are slow subroutine calls)
+        """(m_block, n_block) of a tile unit, in grouped order."""
         units_per_group = group_m * num_n_units
-        group = udiv32(unit, units_per_group)
+        group = div(unit, units_per_group)
         first_m = group * group_m
         rows_in_group = min(num_m_units - first_m, group_m)
         in_group = unit - group * units_per_group
-        n_unit = udiv32(in_group, rows_in_group)
+        n_unit = div(in_group, rows_in_group)
         m_unit = first_m + (in_group - n_unit * rows_in_group)
         if cluster_m == 2:
             return m_unit * 2 + rank, n_unit
@@ -39,4 +106,146 @@ def make_tile_scheduler(cluster_m, cluster_n, group_m):
             return m_unit, n_unit * 2 + rank
         return m_unit, n_unit
 
-    return tile_of
+    @jit
+    def masked_blocks(layout, g):
+        """M blocks of group g of a masked layout (its row count read on the GPU)."""
+        return div(load(layout, g) + (BM - 1), BM)
+
+    @jit
+    def begin(m, n, k, split_k, whole_tiles, layout, groups, where):
+        """What this CTA walks: (K blocks per tile, (split_k, whole_tiles), cluster rank, first
+        unit, unit stride, M and N units, (layout, groups, M units per group)), computed once
+        at the kernel's entry for all roles. `m` is M_max for a masked layout. (The int32 casts
+        narrow numba's int64; no configuration spilled without them either.)"""
+        num_kb = i32((k + BLOCK_K - 1) // BLOCK_K)
+        if not split_k_built:
+            split_k = 1         # constants, so the unit arithmetic folds away
+            whole_tiles = 0
+        num_m_units = i32((m + BM * cluster_m - 1) // (BM * cluster_m))
+        num_n_units = i32((n + BN * cluster_n - 1) // (BN * cluster_n))
+        masked_units = 0
+        if MASKED:
+            for g in range(groups):
+                masked_units += masked_blocks(layout, g)
+        rank, first, step = position(where, cluster)
+        return (num_kb, (split_k, whole_tiles), rank, first, step, num_m_units, num_n_units,
+                (layout, groups, i32(masked_units)))
+
+    @jit
+    def count(work):
+        num_kb, splitting, rank, first, step, num_m_units, num_n_units, grouping = work
+        if MASKED:
+            return grouping[2] * num_n_units
+        tiles = num_m_units * num_n_units
+        if not split_k_built:
+            return tiles
+        split_k, whole_tiles = splitting
+        return whole_tiles + (tiles - whole_tiles) * split_k
+
+    @jit
+    def unit_work(unit, num_kb, splitting):
+        """(tile unit, split, first K block, end K block) of a unit: the first whole_tiles units
+        are whole tiles (all of K; the host sets whole_tiles to the tiles of the full waves when
+        only the last, partial wave is split), then each later tile is split_k consecutive
+        units (run by neighbouring CTAs at the same time), each a contiguous share of its K
+        blocks (the host makes every share non-empty)."""
+        if not split_k_built:
+            return unit, 0, i32(0), num_kb
+        split_k, whole_tiles = splitting
+        if unit < whole_tiles:
+            return unit, 0, i32(0), num_kb
+        tail_tile = div(unit - whole_tiles, split_k)
+        split = unit - whole_tiles - tail_tile * split_k
+        per_split = div(num_kb + split_k - 1, split_k)
+        kb_begin = split * per_split
+        return (whole_tiles + tail_tile, split, i32(kb_begin),
+                i32(min(num_kb, kb_begin + per_split)))
+
+    @jit
+    def masked_tile(unit, num_kb, num_n_units, layout, groups):
+        """Group g's M blocks come after those of groups < g; each M block's N units are
+        consecutive (the CTAs running at once share A's rows)."""
+        m_unit = div(unit, num_n_units)
+        n_block = unit - m_unit * num_n_units
+        group = 0
+        blocks = masked_blocks(layout, 0)
+        while m_unit >= blocks and group + 1 < groups:
+            m_unit -= blocks
+            group += 1
+            blocks = masked_blocks(layout, group)
+        return i32(group), i32(m_unit), i32(n_block), unit, 0, i32(0), num_kb
+
+    @jit
+    def tile(unit, work):
+        num_kb, splitting, rank, first, step, num_m_units, num_n_units, grouping = work
+        if MASKED:
+            return masked_tile(unit, num_kb, num_n_units, grouping[0], grouping[1])
+        tile_unit, split, kb_begin, kb_end = unit_work(unit, num_kb, splitting)
+        m_block, n_block = tile_of(tile_unit, rank, num_m_units, num_n_units)
+        group = 0
+        if GROUPED_CONTIGUOUS:
+            group = load(grouping[0], m_block * BM)
+            if group < 0 or group >= grouping[1]:      # padding: nothing to compute
+                group = -1
+                kb_end = kb_begin
+        return i32(group), m_block, n_block, tile_unit, split, kb_begin, kb_end
+
+    return Schedule(begin, count, tile)
+
+
+# --- the host's view of the same schedule -------------------------------------------------------
+
+def host_schedule(cfg):
+    """The host twin of `cfg`'s schedule."""
+    cluster_m, cluster_n = cfg.cluster_shape
+    return make_schedule(cfg.schedule, cfg.block_m, cfg.block_n, cluster_m, cluster_n,
+                         cfg.group_m, cfg.split_k, device=False)
+
+
+def tiles(cfg, m, n):
+    """Output tiles of an (M, N) problem (one group's M for grouped schedules)."""
+    return -(-m // cfg.block_m) * -(-n // cfg.block_n)
+
+
+def whole_tiles(cfg, m, n, split_k, split_last_wave, num_sms):
+    """How many tiles (the first, in scheduling order) run unsplit: all without split-K, none
+    with plain split-K, the full waves' with `split_last_wave`."""
+    total = tiles(cfg, m, n)
+    if split_k == 1:
+        return total
+    if split_last_wave:
+        return total - total % num_sms
+    return 0
+
+
+def unit_count(cfg, m, n, k, split_k=1, whole=None, layout=(), groups=1):
+    """Work units of a launch (what the grid is sized by); `layout` is needed for masked."""
+    schedule = host_schedule(cfg)
+    whole = tiles(cfg, m, n) if whole is None else whole
+    work = schedule.begin(m, n, k, split_k, whole, layout, groups, (0, 0, 1))
+    return schedule.count(work)
+
+
+def grid_size(cfg, units, num_sms):
+    """Persistent grid: one CTA per SM, but no more clusters than there are work units."""
+    return min(units, num_sms // cfg.cluster_size) * cfg.cluster_size
+
+
+def walk(cfg, m, n, k, grid, split_k=1, whole=None, layout=(), groups=1):
+    """Every CTA's work in the order it runs it: {cta: [(group, m_block, n_block, split,
+    kb_begin, kb_end), ...]} (the host twin, step by step as the kernel's loops go)."""
+    schedule = host_schedule(cfg)
+    whole = tiles(cfg, m, n) if whole is None else whole
+    cluster = cfg.cluster_size
+    out = {}
+    for cta in range(grid):
+        work = schedule.begin(m, n, k, split_k, whole, layout, groups,
+                              (cta % cluster, cta // cluster, grid // cluster))
+        units = schedule.count(work)
+        unit, visited = cta // cluster, []
+        while unit < units:
+            group, m_block, n_block, _, split, kb_begin, kb_end = schedule.tile(unit, work)
+            visited.append((group, m_block, n_block, split, kb_begin, kb_end))
+            unit += grid // cluster
+        out[cta] = visited
+    return out

@@ -92,6 +92,22 @@ def tensormap_2d(dtype, address: int, inner: int, outer: int, row_stride_bytes: 
         "cuTensorMapEncodeTiled")
 
 
+def tensormap_3d(dtype, address: int, dims, strides_bytes, box, swizzle_bytes: int = 0
+                 ) -> cu.CUtensorMap:
+    """A TMA descriptor for a 3-D tensor: `dims` (innermost first), the byte strides of the
+    two outer dimensions, the box. Out-of-bounds reads are zeros, stores are dropped (per
+    dimension: a box never runs into the next slice of an outer dimension)."""
+    u64, u32 = cu.cuuint64_t, cu.cuuint32_t
+    return check(cu.cuTensorMapEncodeTiled(
+        dtype, 3, address, [u64(d) for d in dims], [u64(s) for s in strides_bytes],
+        [u32(b) for b in box], [u32(1), u32(1), u32(1)],
+        cu.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE,
+        _SWIZZLE[swizzle_bytes],
+        cu.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+        cu.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+        "cuTensorMapEncodeTiled")
+
+
 # ----------------------------------------------------------------------------------------------
 # The raw launch: cuLaunchKernelEx through ctypes
 # ----------------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import functools
 
-from ..device.gemm_1d2d import BLOCK_K, MAX_SPLIT_K, GemmConfig
+from ..device.config import BLOCK_K, MAX_SPLIT_K, GemmConfig
+from .problem import GemmProblem, KernelChoice
 
 MAX_STAGES = 32                 # i.e. no cap below what shared memory holds
 # The fixed per-tile cost, in columns of BLOCK_N (fitted to the sweeps: 32 picks the best
@@ -91,10 +92,18 @@ def stages_for(block_m: int, block_n: int) -> int:
     return min(MAX_STAGES, GemmConfig.max_stages(block_m, block_n))
 
 
-def make_config(block_m: int, block_n: int, multicast: str = "none",
-                split_k: int = 1, split_last_wave: bool = False) -> GemmConfig:
+def make_config(block_m: int, block_n: int, multicast: str = "none", split_k: bool = False,
+                schedule: str = "dense") -> GemmConfig:
+    """The kernel of a tile shape, with the deepest ring shared memory holds."""
     return GemmConfig(block_m, block_n, stages_for(block_m, block_n), multicast,
-                      split_k=split_k, split_last_wave=split_last_wave)
+                      split_k=split_k, schedule=schedule)
+
+
+def make_choice(block_m: int, block_n: int, multicast: str = "none", split_k: int = 1,
+                split_last_wave: bool = False, schedule: str = "dense") -> KernelChoice:
+    """A kernel and its split policy (split_k > 1 runs the kernel built with split-K)."""
+    return KernelChoice(make_config(block_m, block_n, multicast, split_k > 1, schedule),
+                        split_k, split_last_wave)
 
 
 def split_k_fits(split_k: int, k: int) -> bool:
@@ -125,28 +134,23 @@ def choose_last_wave_split(tiles: int, k: int, num_sms: int) -> int:
     return choose_split_k(tiles % num_sms, k, num_sms)
 
 
+def choose_config(problem: GemmProblem, num_sms: int) -> KernelChoice:
+    """The kernel and launch policy pyfp8gemm uses for `problem` on `num_sms` SMs."""
+    if problem.kind == "dense":
+        return choose_dense(problem.m, problem.n, problem.k, num_sms)
+    if problem.kind in ("m_grouped_contiguous", "m_grouped_masked"):
+        return choose_m_grouped(problem, num_sms)
+    raise NotImplementedError(f"no kernel for {problem.kind!r} problems yet")
+
+
 @functools.lru_cache(maxsize=1024)
-def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
+def choose_dense(m: int, n: int, k: int, num_sms: int) -> KernelChoice:
     """The configuration pyfp8gemm launches for an (M, N, K) GEMM on `num_sms` SMs."""
     wants_multicast = m >= MULTICAST_MIN_M and num_sms % 2 == 0
 
     def cost(block_m, block_n, last_wave_split):
-        m_blocks, n_blocks = _ceil_div(m, block_m), _ceil_div(n, block_n)
-        tiles = m_blocks * n_blocks
-        waves = _ceil_div(tiles, num_sms)
-        if last_wave_split > 1:
-            waves = tiles // num_sms + 1 / last_wave_split + TAIL_REDUCE_WAVES
-        time = waves * block_m * (block_n + TILE_OVERHEAD_COLUMNS[block_m])
-        if block_m == 256:
-            time *= BLOCK_M_256_SPEEDUP
-        elif block_n > 128:
-            time *= NO_OVERLAP_PENALTY[block_m]     # promotion not overlapped (registers)
-        if (wants_multicast and block_m == 128 and (
-                last_wave_split > 1 or _multicast_for(m_blocks, n_blocks) == "none")):
-            time *= NO_MULTICAST_PENALTY
-        if _straddle_costs(block_m, block_n):
-            time *= STRADDLE_PENALTY                # tiles cross B-scale blocks
-        return time, -block_m, -block_n
+        return tile_cost(_ceil_div(m, block_m), _ceil_div(n, block_n), block_m, block_n,
+                         num_sms, last_wave_split, wants_multicast)
 
     def best_tile(block_ms):
         options = [(bm, bn, 1) for bm in block_ms for bn in BLOCK_N_CANDIDATES[bm]
@@ -166,7 +170,7 @@ def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
         # (128x2112x7168: 64x32 252 TFLOPS vs 128x16 225; 128x4096x7168: 64x64 377 vs 128x32 369).
         block_m, block_n, last_wave_split = best_tile((64,))
     if last_wave_split > 1:
-        return make_config(block_m, block_n, "none", last_wave_split, split_last_wave=True)
+        return make_choice(block_m, block_n, "none", last_wave_split, split_last_wave=True)
     multicast = "none"
     if wants_multicast and block_m == 128:
         multicast = _multicast_for(_ceil_div(m, block_m), _ceil_div(n, block_n))
@@ -178,7 +182,72 @@ def choose_config(m: int, n: int, k: int, num_sms: int) -> GemmConfig:
     split_k = 1
     if multicast == "none":
         split_k = choose_split_k(_ceil_div(m, block_m) * _ceil_div(n, block_n), k, num_sms)
-    return make_config(block_m, block_n, multicast, split_k)
+    return make_choice(block_m, block_n, multicast, split_k)
+
+
+def tile_cost(m_blocks: int, n_blocks: int, block_m: int, block_n: int, num_sms: int,
+              last_wave_split: int = 1, wants_multicast: bool = False):
+    """The cost model (module docstring) of m_blocks x n_blocks tiles; smaller is faster, ties
+    go to the larger tile."""
+    tiles = m_blocks * n_blocks
+    waves = _ceil_div(tiles, num_sms)
+    if last_wave_split > 1:
+        waves = tiles // num_sms + 1 / last_wave_split + TAIL_REDUCE_WAVES
+    time = waves * block_m * (block_n + TILE_OVERHEAD_COLUMNS[block_m])
+    if block_m == 256:
+        time *= BLOCK_M_256_SPEEDUP
+    elif block_n > 128:
+        time *= NO_OVERLAP_PENALTY[block_m]     # promotion not overlapped (registers)
+    if (wants_multicast and block_m == 128 and (
+            last_wave_split > 1 or _multicast_for(m_blocks, n_blocks) == "none")):
+        time *= NO_MULTICAST_PENALTY
+    if _straddle_costs(block_m, block_n):
+        time *= STRADDLE_PENALTY                # tiles cross B-scale blocks
+    return time, -block_m, -block_n
+
+
+# MoE grouped GEMMs (m-grouped contiguous and masked) use the dense kernel with a grouped
+# schedule, so the dense cost model applies to their tiles, counted per group: a group of r
+# rows takes ceil(r / BLOCK_M) M blocks, so small groups favour BLOCK_M 64 (a 128-row block half
+# empty costs a whole tile). BLOCK_M is at most the contiguous layout's segment alignment (a
+# block must not span two groups; 256 never), no split-K (MoE K is long: 2048-7168), and
+# clusters only as multicast A (two M neighbours may belong to different groups; masked runs
+# without clusters, its schedule takes each group's N tiles in turn).
+GROUPED_BLOCK_N = tuple(n for n in range(16, 193, 16) if n != 176)
+
+
+@functools.lru_cache(maxsize=1024)
+def choose_m_grouped(problem: GemmProblem, num_sms: int) -> KernelChoice:
+    rows, groups, n = problem.rows_per_group, problem.groups, problem.n
+    contiguous = problem.kind == "m_grouped_contiguous"
+    block_ms = (64,) if rows <= 64 else (64, 128)
+    if contiguous:
+        block_ms = tuple(bm for bm in block_ms if bm <= problem.m_alignment) or (64,)
+    wants_multicast = contiguous and rows * groups >= MULTICAST_MIN_M and num_sms % 2 == 0
+
+    def cost(block_m, block_n):
+        return tile_cost(groups * _ceil_div(rows, block_m), _ceil_div(n, block_n), block_m,
+                         block_n, num_sms, 1, wants_multicast)
+
+    block_m, block_n = min(((bm, bn) for bm in block_ms for bn in GROUPED_BLOCK_N
+                            if not (bm == 128 and bn > 128 and rows < WIDE_TILE_MIN_M)),
+                           key=lambda c: cost(*c))
+    multicast = "none"
+    if wants_multicast and block_m == 128 and _ceil_div(n, block_n) % 2 == 0:
+        multicast = "a"
+    return make_choice(block_m, block_n, multicast, schedule=problem.kind)
+
+
+def grouped_configs() -> list[GemmConfig]:
+    """Every grouped kernel choose_m_grouped can pick."""
+    out = []
+    for schedule in ("m_grouped_contiguous", "m_grouped_masked"):
+        for block_m in (64, 128):
+            for block_n in GROUPED_BLOCK_N:
+                out.append(make_config(block_m, block_n, schedule=schedule))
+                if schedule == "m_grouped_contiguous" and block_m == 128:
+                    out.append(make_config(block_m, block_n, "a", schedule=schedule))
+    return out
 
 
 @functools.cache
@@ -202,13 +271,14 @@ def _multicast_for(m_blocks: int, n_blocks: int) -> str:
 
 
 def all_configs() -> list[GemmConfig]:
-    """Every kernel choose_config can launch (what `inspect` compiles and tests run). The
-    split count is a kernel parameter: split_k=2 stands for every split_k > 1."""
-    return [make_config(block_m, block_n, multicast, split_k)
-            for block_m, candidates in BLOCK_N_CANDIDATES.items()
-            for block_n in candidates
-            for multicast in ("none", "a", "b")
-            for split_k in (1, 2)
-            if not (block_m == 64 and multicast == "a")
-            and not (block_m == 64 and multicast == "b" and block_n < SMALL_M_MULTICAST_B_MIN_N)
-            and not (split_k > 1 and multicast != "none")]
+    """Every kernel choose_config can launch (what `inspect` compiles and tests run)."""
+    dense = [make_config(block_m, block_n, multicast, split_k)
+             for block_m, candidates in BLOCK_N_CANDIDATES.items()
+             for block_n in candidates
+             for multicast in ("none", "a", "b")
+             for split_k in (False, True)
+             if not (block_m == 64 and multicast == "a")
+             and not (block_m == 64 and multicast == "b"
+                      and block_n < SMALL_M_MULTICAST_B_MIN_N)
+             and not (split_k and multicast != "none")]
+    return dense + grouped_configs()

@@ -1,35 +1,58 @@
-"""Launching the dense FP8 GEMM kernel on validated torch tensors.
+"""The launch core: from kernel-ready torch tensors to one cuLaunchKernelEx.
 
-`fp8_gemm_nt_launch` is the one function between the public API (host/gemm.py, which validates
-and converts inputs) and the GPU; `bind` is the same without the launch, for callers that keep
-the result (host/gemm.py's fast path). A call reads the tensors' pointers and sizes and looks
-up the `BoundLaunch` for them: built once per (pointers, M, N, K, device, config, SM limit)
-from the plan (config, loaded kernel, grid) and a parameter block (four tensor maps encoded
-once, by value). Calling a BoundLaunch reads torch's current stream and makes one
-cuLaunchKernelEx through ctypes (driver.LaunchParts). No device synchronization, no
-allocation: the call is CUDA-graph capturable.
+Every GEMM goes through `bind(LaunchKey) -> BoundLaunch`. A `LaunchKey` names everything a
+launch depends on (pointers, sizes, the layout tensor and group count of grouped GEMMs, device,
+forced choice, SM limit); the BoundLaunch built for it holds the plan (problem, kernel choice,
+loaded kernel, grid: `Plan`) and a parameter block (tensor maps encoded once, by value).
+Calling a BoundLaunch reads torch's current stream and makes one cuLaunchKernelEx through
+ctypes (driver.LaunchParts): no device synchronization, no allocation, CUDA-graph capturable.
+
+A kernel family declares its parameters (device module), its tensor maps and its grid
+(`Plan.param_block`, scheduler.py's host twin); today's family is the 1D2D kernel with its three
+schedules (dense, m-grouped contiguous, m-grouped masked).
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 
-from ..cache.compiler import KernelSpec, compile_kernel
-from ..device.gemm_1d2d import (
-    BLOCK_K, D_STORE_ROWS, KERNEL_SIGNATURE, TENSORMAP_PARAMS, GemmConfig, check_register_budget,
-    make_fp8_gemm_1d2d,
-)
+from ..cache.compiler import compile_kernel
+from ..device import scheduler
+from ..device.config import BLOCK_K, D_STORE_ROWS, GemmConfig, check_register_budget
 from . import device_info, driver
 from .device_info import get_num_sms
 from .heuristics import choose_config, split_k_fits
+from .kernels import kernel_spec
+from .problem import GemmProblem, KernelChoice
 
-def kernel_spec(cfg: GemmConfig) -> KernelSpec:
-    """How to build the kernel of one configuration (for the compile cache and `inspect`)."""
-    return KernelSpec(name=cfg.name, make_kernel=functools.partial(make_fp8_gemm_1d2d, cfg),
-                      signature=KERNEL_SIGNATURE, threads=cfg.threads,
-                      tensormap_params=TENSORMAP_PARAMS, config=cfg.__dict__.copy())
+
+class LaunchKey(NamedTuple):
+    """Everything one launch depends on (a BoundLaunch is built once per key)."""
+    a: int                      # pointers: A's data, A's scales, B's data, B's scales, D
+    a_scale: int
+    b: int
+    b_scale: int
+    out: int
+    m: int                      # M (M_sum for contiguous, M_max for masked), N, K
+    n: int
+    k: int
+    a_scale_stride: int         # A's scales: floats between K blocks (align(M, 4))
+    device: int
+    choice: KernelChoice | None  # forced (tests, tuning), else the heuristic's
+    num_sms_limit: int | None   # set_num_sms
+    kind: str = "dense"         # GemmProblem.kind
+    layout: int = 0             # grouped: the m_indices / masked_m tensor's pointer
+    groups: int = 1
+    expected_m: int | None = None
+    m_alignment: int = 128
+
+    @property
+    def problem(self) -> GemmProblem:
+        return GemmProblem(self.m, self.n, self.k, self.kind, self.groups, self.expected_m,
+                           m_alignment=self.m_alignment)
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,37 +64,17 @@ def loaded_kernel(cfg: GemmConfig, device_index: int) -> driver.LoadedKernel:
                                cfg.smem_bytes, cfg.cluster_size)
 
 
-def whole_tiles(cfg: GemmConfig, m: int, n: int, num_sms: int) -> int:
-    """How many tiles (the first, in scheduling order) run unsplit: all without split-K,
-    none with plain split-K, the full waves' with `split_last_wave`."""
-    tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
-    if cfg.split_k == 1:
-        return tiles
-    if cfg.split_last_wave:
-        return tiles - tiles % num_sms
-    return 0
-
-
-def grid_size(cfg: GemmConfig, m: int, n: int, num_sms: int) -> int:
-    """Persistent grid: one CTA per SM, but no more clusters than there are work units."""
-    cluster_m = 2 if cfg.multicast == "b" else 1
-    cluster_n = 2 if cfg.multicast == "a" else 1
-    tiles = (-(-m // (cfg.block_m * cluster_m))) * (-(-n // (cfg.block_n * cluster_n)))
-    whole = whole_tiles(cfg, m, n, num_sms)
-    units = whole + (tiles - whole) * cfg.split_k
-    return min(units, num_sms // cfg.cluster_size) * cfg.cluster_size
-
-
 class Plan:
-    """Everything about one (M, N, K, device, config) that does not change between calls:
-    the config, the loaded kernel, the grid."""
+    """Everything about one (problem, device, kernel choice) that does not change between
+    calls: the choice, the loaded kernel, the grid and the split-K schedule."""
 
-    def __init__(self, cfg: GemmConfig, kernel: driver.LoadedKernel, grid: int, m, n, k,
-                 device_index: int = 0):
-        self.cfg, self.kernel, self.grid = cfg, kernel, grid
-        self.m, self.n, self.k = m, n, k
-        # With split_last_wave the grid is every SM (grid_size), so the full waves are these.
-        self.whole_tiles = whole_tiles(cfg, m, n, grid)
+    def __init__(self, choice: KernelChoice, kernel: driver.LoadedKernel, grid: int,
+                 problem: GemmProblem, device_index: int = 0):
+        self.choice, self.cfg, self.kernel, self.grid = choice, choice.config, kernel, grid
+        self.problem = problem
+        # With split_last_wave the grid is every SM, so the full waves are these.
+        self.whole_tiles = scheduler.whole_tiles(self.cfg, problem.m, problem.n,
+                                                 choice.split_k, choice.split_last_wave, grid)
         self.device_index = device_index
         self._workspaces: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -82,35 +85,50 @@ class Plan:
         it."""
         pair = self._workspaces.get(stream)
         if pair is None:
-            cfg = self.cfg
-            tiles = -(-self.m // cfg.block_m) * -(-self.n // cfg.block_n) - self.whole_tiles
+            cfg, p = self.cfg, self.problem
+            split_tiles = scheduler.tiles(cfg, p.m, p.n) - self.whole_tiles
             device = torch.device("cuda", self.device_index)
-            pair = (torch.empty(tiles * cfg.split_k * cfg.block_m * cfg.block_n,
+            pair = (torch.empty(split_tiles * self.choice.split_k * cfg.block_m * cfg.block_n,
                                 dtype=torch.float32, device=device),
-                    torch.zeros(tiles, dtype=torch.int32, device=device))
+                    torch.zeros(split_tiles, dtype=torch.int32, device=device))
             self._workspaces[stream] = pair
         return pair
 
-    def param_block(self, a_ptr: int, a_scale_ptr: int, a_scale_stride: int, b_ptr: int,
-                    b_scale_ptr: int, out_ptr: int, workspace_ptr: int = 0,
+    def param_block(self, key: LaunchKey, workspace_ptr: int = 0,
                     counters_ptr: int = 0) -> driver.ParamBlock:
-        """The kernel's parameters for these tensors (by pointer), tensor maps by value.
-        `a_scale_stride` is the activation scales' K-block stride in floats: align(M, 4).
+        """The kernel's parameters for the tensors of `key`, tensor maps by value.
         `workspace_ptr`/`counters_ptr`: the split-K scratch (Plan.workspace), 0 without."""
-        cfg, m, n, k = self.cfg, self.m, self.n, self.k
+        cfg, p = self.cfg, self.problem
+        m, n, k, g = p.m, p.n, p.k, p.groups
+        kb = -(-k // BLOCK_K)
         tensormap = driver.tensormap_2d
-        return driver.ParamBlock((
-            tensormap(driver.DTYPE_FP8, a_ptr, k, m, k, BLOCK_K, cfg.block_m, 128),
-            tensormap(driver.DTYPE_FP8, b_ptr, k, n, k, BLOCK_K, cfg.block_n, 128),
-            tensormap(driver.DTYPE_F32, a_scale_ptr, m, -(-k // BLOCK_K), a_scale_stride * 4,
-                      cfg.block_m, 1),
-            tensormap(driver.DTYPE_BF16, out_ptr, n, m, n * 2, cfg.swizzle_d // 2, D_STORE_ROWS,
-                      cfg.swizzle_d),
-            (driver.c_int64, b_scale_ptr),
+        a_rows = m * g if p.kind == "m_grouped_masked" else m
+        b_rows = n * g if p.kind != "dense" else n
+        a = tensormap(driver.DTYPE_FP8, key.a, k, a_rows, k, BLOCK_K, cfg.block_m, 128)
+        b = tensormap(driver.DTYPE_FP8, key.b, k, b_rows, k, BLOCK_K, cfg.block_n, 128)
+        if p.kind == "m_grouped_masked":
+            # A's scales (groups, K blocks, align(M_max, 4)); D (groups, M_max, N): 3-D maps,
+            # so that no box reaches into the next group's rows.
+            pad = key.a_scale_stride
+            sfa = driver.tensormap_3d(driver.DTYPE_F32, key.a_scale, (m, kb, g),
+                                      (pad * 4, pad * kb * 4), (cfg.block_m, 1, 1))
+            d = driver.tensormap_3d(driver.DTYPE_BF16, key.out, (n, m, g), (n * 2, n * m * 2),
+                                    (cfg.swizzle_d // 2, D_STORE_ROWS, 1), cfg.swizzle_d)
+        else:
+            sfa = tensormap(driver.DTYPE_F32, key.a_scale, m, kb, key.a_scale_stride * 4,
+                            cfg.block_m, 1)
+            d = tensormap(driver.DTYPE_BF16, key.out, n, m, n * 2, cfg.swizzle_d // 2,
+                          D_STORE_ROWS, cfg.swizzle_d)
+        params = [
+            a, b, sfa, d,
+            (driver.c_int64, key.b_scale),
             (driver.c_int64, workspace_ptr), (driver.c_int64, counters_ptr),
             (driver.c_int32, m), (driver.c_int32, n), (driver.c_int32, k),
-            (driver.c_int32, cfg.split_k), (driver.c_int32, self.whole_tiles),
-        ))
+            (driver.c_int32, self.choice.split_k), (driver.c_int32, self.whole_tiles),
+        ]
+        if p.kind != "dense":
+            params += [(driver.c_int64, key.layout), (driver.c_int32, g)]
+        return driver.ParamBlock(tuple(params))
 
 
 class BoundLaunch:
@@ -123,14 +141,14 @@ class BoundLaunch:
     __slots__ = ("plan", "key", "device_index", "params", "_stream_of", "_fn", "_function",
                  "_params_address", "_configs", "_parts", "_split_k", "_stream_params")
 
-    def __init__(self, plan: Plan, key: tuple, device_index: int, params: driver.ParamBlock):
-        self.plan, self.key, self.device_index, self.params = plan, key, device_index, params
+    def __init__(self, plan: Plan, key: LaunchKey, params: driver.ParamBlock):
+        self.plan, self.key, self.device_index, self.params = plan, key, key.device, params
         parts = plan.kernel.launch_parts(plan.grid)
         self._parts, self._fn, self._function = parts, parts.fn, parts.function
         self._configs = parts.configs
         self._params_address = params.address
         self._stream_of = driver.current_raw_stream
-        self._split_k = plan.cfg.split_k > 1
+        self._split_k = plan.choice.split_k > 1
         self._stream_params: dict[int, driver.ParamBlock] = {}
 
     def __call__(self) -> None:
@@ -148,10 +166,8 @@ class BoundLaunch:
 
     def _split_k_params(self, stream: int) -> driver.ParamBlock:
         """The parameter block with the split-K workspace of `stream` (built once per stream)."""
-        a_ptr, sa_ptr, b_ptr, sb_ptr, out_ptr, _, _, _, sa_stride = self.key[:9]
         workspace, counters = self.plan.workspace(stream)
-        block = self.plan.param_block(a_ptr, sa_ptr, sa_stride, b_ptr, sb_ptr, out_ptr,
-                                      workspace.data_ptr(), counters.data_ptr())
+        block = self.plan.param_block(self.key, workspace.data_ptr(), counters.data_ptr())
         self._stream_params[stream] = block
         return block
 
@@ -165,76 +181,104 @@ class BoundLaunch:
         self._parts.failed(err)
 
     def with_out(self, out: torch.Tensor) -> BoundLaunch:
-        """The same GEMM writing into another (M, N) bf16 output of the same device."""
-        key = self.key[:4] + (out.data_ptr(),) + self.key[5:]
+        """The same GEMM writing into another output of the same shape and device."""
+        key = self.key._replace(out=out.data_ptr())
         bound = _bound.get(key)
         return bound if bound is not None else _bind(key)
 
 
-#: BoundLaunch per (a, a_scale, b, b_scale, out pointers, M, N, K, a_scale stride, device,
-#: config, set_num_sms value): what a repeated call finds. Bounded: the oldest goes first.
-_bound: dict[tuple, BoundLaunch] = {}
+#: BoundLaunch per LaunchKey: what a repeated call finds. Bounded: the oldest goes first.
+_bound: dict[LaunchKey, BoundLaunch] = {}
 MAX_BOUND_LAUNCHES = 1024
 
 
-def _bind(key: tuple) -> BoundLaunch:
-    a_ptr, sa_ptr, b_ptr, sb_ptr, out_ptr, m, n, k, sa_stride, device_index, config, _ = key
-    plan = _plan(m, n, k, device_index, get_num_sms(device_index), config)
-    bound = BoundLaunch(plan, key, device_index,
-                        plan.param_block(a_ptr, sa_ptr, sa_stride, b_ptr, sb_ptr, out_ptr))
+def _bind(key: LaunchKey) -> BoundLaunch:
+    plan = _plan(key.problem, key.device, get_num_sms(key.device), key.choice)
+    bound = BoundLaunch(plan, key, plan.param_block(key))
     if len(_bound) >= MAX_BOUND_LAUNCHES:
         driver.evict_oldest(_bound)
     _bound[key] = bound
     return bound
 
 
+def as_choice(config: KernelChoice | GemmConfig | None) -> KernelChoice | None:
+    """A forced configuration: a KernelChoice, or a GemmConfig launched without a split."""
+    return KernelChoice(config) if isinstance(config, GemmConfig) else config
+
+
 @functools.lru_cache(maxsize=1024)
-def _plan(m: int, n: int, k: int, device_index: int, num_sms: int,
-          cfg: GemmConfig | None) -> Plan:
-    cfg = cfg or choose_config(m, n, k, num_sms)
-    if cfg.multicast == "a" and -(-n // cfg.block_n) % 2:
+def _plan(problem: GemmProblem, device_index: int, num_sms: int,
+          choice: KernelChoice | None) -> Plan:
+    choice = choice or choose_config(problem, num_sms)
+    cfg = choice.config
+    if cfg.schedule != (problem.kind if problem.kind != "dense" else "dense"):
+        raise ValueError(f"{cfg.name}: a {cfg.schedule!r} kernel cannot run a {problem.kind!r} "
+                         "problem")
+    if cfg.multicast == "a" and -(-problem.n // cfg.block_n) % 2:
         raise ValueError(f"{cfg.name}: multicast 'a' needs an even number of N tiles")
-    if cfg.multicast == "b" and -(-m // cfg.block_m) % 2:
+    if cfg.multicast == "b" and -(-problem.m // cfg.block_m) % 2:
         raise ValueError(f"{cfg.name}: multicast 'b' needs an even number of M tiles")
-    if not split_k_fits(cfg.split_k, k):
-        raise ValueError(f"{cfg.name}: split_k={cfg.split_k} leaves a split without K blocks "
-                         f"(K={k} has {-(-k // BLOCK_K)} blocks of {BLOCK_K})")
-    kernel = loaded_kernel(cfg.kernel_config, device_index)
-    return Plan(cfg, kernel, grid_size(cfg, m, n, num_sms), m, n, k, device_index)
+    if not split_k_fits(choice.split_k, problem.k):
+        raise ValueError(f"{choice.name}: split_k={choice.split_k} leaves a split without K "
+                         f"blocks (K={problem.k} has {-(-problem.k // BLOCK_K)} blocks of "
+                         f"{BLOCK_K})")
+    if problem.kind == "m_grouped_contiguous" and problem.m_alignment % cfg.block_m:
+        raise ValueError(f"{cfg.name}: BLOCK_M {cfg.block_m} does not divide the contiguous "
+                         f"layout's alignment {problem.m_alignment}")
+    kernel = loaded_kernel(cfg, device_index)
+    if problem.kind == "m_grouped_masked":
+        grid = scheduler.grid_size(cfg, num_sms, num_sms)       # units known on the GPU only
+    else:
+        whole = scheduler.whole_tiles(cfg, problem.m, problem.n, choice.split_k,
+                                      choice.split_last_wave, num_sms)
+        units = scheduler.unit_count(cfg, problem.m, problem.n, problem.k, choice.split_k,
+                                     whole)
+        grid = scheduler.grid_size(cfg, units, num_sms)
+    return Plan(choice, kernel, grid, problem, device_index)
+
+
+def dense_key(a_data, a_scale, b_data, b_scale, out, config=None) -> LaunchKey:
+    return LaunchKey(a_data.data_ptr(), a_scale.data_ptr(), b_data.data_ptr(),
+                     b_scale.data_ptr(), out.data_ptr(), a_data.shape[0], b_data.shape[0],
+                     a_data.shape[1], a_scale.stride(-1), a_data.get_device(),
+                     as_choice(config), device_info._num_sms_limit)
 
 
 def bind(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
          b_scale: torch.Tensor, out: torch.Tensor,
-         config: GemmConfig | None = None) -> BoundLaunch:
+         config: KernelChoice | GemmConfig | None = None) -> BoundLaunch:
     """The BoundLaunch of `fp8_gemm_nt_launch(a_data, a_scale, b_data, b_scale, out, config)`
     (same contract): calling it launches the GEMM on torch's current stream."""
-    m, k = a_data.shape
-    key = (a_data.data_ptr(), a_scale.data_ptr(), b_data.data_ptr(), b_scale.data_ptr(),
-           out.data_ptr(), m, b_data.shape[0], k, a_scale.stride(1), a_data.get_device(), config,
-           device_info._num_sms_limit)
+    key = dense_key(a_data, a_scale, b_data, b_scale, out, config)
     bound = _bound.get(key)
     return bound if bound is not None else _bind(key)
 
 
 def fp8_gemm_nt_launch(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
                        b_scale: torch.Tensor, out: torch.Tensor,
-                       config: GemmConfig | None = None) -> torch.Tensor:
+                       config: KernelChoice | GemmConfig | None = None) -> torch.Tensor:
     """out[M, N] (bf16) = (a_data * a_scale) @ (b_data * b_scale)^T on the GPU.
 
     Inputs must already be validated (host/gemm.py does it): a_data e4m3 (M, K) and b_data e4m3
     (N, K) contiguous; a_scale the MN-major TMA-aligned (M, ceil(K/128)) view with strides
     (1, align(M, 4)); b_scale float32 (ceil(N/128), ceil(K/128)) contiguous; out bf16 (M, N)
     contiguous; K % 16 == 0, N % 8 == 0. `config` forces a configuration (tests, tuning).
-
-    A repeated call (same pointers and sizes) costs the metadata reads, one dictionary lookup
-    and the launch (`bind(...)()`, inlined).
     """
-    m, k = a_data.shape
-    key = (a_data.data_ptr(), a_scale.data_ptr(), b_data.data_ptr(), b_scale.data_ptr(),
-           out.data_ptr(), m, b_data.shape[0], k, a_scale.stride(1), a_data.get_device(), config,
-           device_info._num_sms_limit)
-    bound = _bound.get(key)
-    if bound is None:
-        bound = _bind(key)
-    bound()
+    bind(a_data, a_scale, b_data, b_scale, out, config)()
     return out
+
+
+def launch_grouped(kind: str, a_data, a_scale, b_data, b_scale, out, layout: torch.Tensor,
+                   groups: int, expected_m: int | None, m_alignment: int = 128,
+                   config: KernelChoice | GemmConfig | None = None) -> None:
+    """Launch an m-grouped GEMM (`kind` m_grouped_contiguous / m_grouped_masked) on
+    kernel-ready tensors (host/launchers.py states the layouts)."""
+    masked = kind == "m_grouped_masked"
+    m = a_data.shape[1] if masked else a_data.shape[0]
+    key = LaunchKey(a_data.data_ptr(), a_scale.data_ptr(), b_data.data_ptr(),
+                    b_scale.data_ptr(), out.data_ptr(), m, b_data.shape[1], a_data.shape[-1],
+                    a_scale.stride(-1), a_data.get_device(), as_choice(config),
+                    device_info._num_sms_limit, kind, layout.data_ptr(), groups,
+                    expected_m, m_alignment)
+    bound = _bound.get(key)
+    (bound if bound is not None else _bind(key))()

@@ -73,9 +73,9 @@ class CheckResult:
 def _config_name(m: int, n: int, k: int) -> str:
     """The heuristic's choice for the shape, for the table (blank if it cannot be told)."""
     try:
-        from pyfp8gemm.host.heuristics import choose_config
+        from pyfp8gemm.host.heuristics import choose_dense
 
-        return choose_config(m, n, k, device_info.get_num_sms()).name
+        return choose_dense(m, n, k, device_info.get_num_sms()).name
     except Exception:
         return ""
 

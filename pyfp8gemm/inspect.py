@@ -13,14 +13,14 @@ import json
 import sys
 import time
 
-from . import toolchain
-from .compiler import compile_kernel
+from .cache import toolchain
+from .cache.compiler import compile_kernel
 
 
 def inspect_all(progress=None) -> list[dict]:
     """Compile (or fetch from the cache) every configuration and read its cubin back."""
-    from ..host.heuristics import all_configs
-    from ..host.launch import kernel_spec
+    from .host.heuristics import all_configs
+    from .host.kernels import kernel_spec
 
     rows = []
     configs = all_configs()

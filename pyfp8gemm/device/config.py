@@ -1,0 +1,208 @@
+"""What a GEMM kernel is compiled for: `GemmConfig`, and the constants of the CTA's layout.
+
+A config says *how* a kernel computes (tile, ring depth, cluster, which schedule and which
+scaling it is built for); the problem it runs on (M, N, K, groups) and the host's launch policy
+(how many ways K is split, which tiles) are kernel parameters, not config fields. Everything a
+config derives (shared-memory layout, thread counts, swizzles) is a compile-time constant of the
+kernel factories that take it.
+"""
+
+import math
+from dataclasses import dataclass
+
+BLOCK_K = 128                   # one K block = one scale block = 4 wgmma k32 steps
+D_STORE_ROWS = 64               # the output is TMA-stored in 64-row slabs (one per warpgroup wave)
+SMEM_LIMIT = 232448             # dynamic shared memory per CTA on sm_90 (227 KB)
+# setmaxnreg budgets: the producer warpgroup (a TMA thread and a B-scale thread) needs few
+# registers, the math warpgroups hold the fragments. setmaxnreg moves registers inside the CTA's
+# pool, which is what it got at launch (ptxas's count x threads: 168 x 384 = 64512 with two math
+# warpgroups), NOT the SM's 65536: 56 * 128 + 224 * 256 = 64512 fits exactly (a budget beyond
+# the pool leaves a setmaxnreg.inc waiting forever: a hang seen on the H200, which
+# check_register_budget refuses). With two loader threads, 40 producer registers spilled; at 224
+# the math warpgroups hold every configuration the heuristic picks without spilling.
+PRODUCER_REGISTERS = 56
+MATH_REGISTERS = {1: 248, 2: 224}
+# BLOCK_M 256 keeps two final fragments and one MMA fragment per thread: 1.5 * BLOCK_N floats.
+BLOCK_M_256_MAX_N = 128
+MAX_SPLIT_K = 16
+SFB_STAGE_BYTES = 16            # a ring slot's B scales: the tile's one or two 128-column blocks
+# Straddling BLOCK_N with at most this many scale splits get one K loop per split (constant
+# split, see k_loop.py); the others select scales per 8-column group at run time.
+MAX_K_LOOP_COPIES = 4
+
+#: The work schedules a kernel can be built for (device/scheduler.py).
+SCHEDULES = ("dense", "m_grouped_contiguous", "m_grouped_masked")
+
+
+def align(x, a):
+    return (x + a - 1) // a * a
+
+
+def check_register_budget(cfg: "GemmConfig", launch_registers: int):
+    """Raise unless the setmaxnreg budgets fit the CTA's register pool.
+
+    setmaxnreg only moves registers inside what the CTA got at launch (ptxas's register count x
+    threads). If the warpgroups ask for more in total, a setmaxnreg.inc waits forever: the GPU
+    hangs. Checked on the host before the first launch of every kernel.
+    """
+    pool = launch_registers * cfg.threads
+    wanted = 128 * PRODUCER_REGISTERS + cfg.math_threads * MATH_REGISTERS[cfg.math_warpgroups]
+    if wanted > pool:
+        raise RuntimeError(
+            f"{cfg.name}: setmaxnreg budgets need {wanted} registers but the CTA gets {pool} "
+            f"({launch_registers} x {cfg.threads} threads); launching would hang the GPU")
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """One kernel specialization. Everything derived from it is a compile-time constant."""
+    block_m: int                # 64 (one math warpgroup), 128 (two), 256 (two, 2 waves each)
+    block_n: int                # multiple of 16 in [16, 256] (register budget permitting)
+    stages: int                 # depth of the TMA ring
+    multicast: str = "none"     # "none", "a" (2 CTAs along N share A), "b" (along M share B)
+    group_m: int = 16           # rasterization group height, in cluster units
+    split_k: bool = False       # built with the split-K reduction (the split count and which
+                                # tiles are split are kernel parameters)
+    schedule: str = "dense"     # one of SCHEDULES
+
+    def __post_init__(self):
+        if self.block_m not in (64, 128, 256):
+            raise ValueError(f"block_m must be 64, 128 or 256, got {self.block_m}")
+        if self.block_m == 256 and self.block_n > BLOCK_M_256_MAX_N:
+            raise ValueError(f"block_m=256 needs block_n <= {BLOCK_M_256_MAX_N} (two final "
+                             f"fragments per warpgroup must fit in registers), got {self.block_n}")
+        if self.block_n % 8 or not 16 <= self.block_n <= 256:
+            raise ValueError(f"block_n must be a multiple of 8 in [16, 256], got {self.block_n}")
+        if self.max_scale_offset + self.block_n > 256:
+            raise ValueError(f"block_n={self.block_n}: a tile could span three 128-column B-scale "
+                             "blocks (the kernel promotes with at most two)")
+        if self.multicast not in ("none", "a", "b"):
+            raise ValueError(f"multicast must be 'none', 'a' or 'b', got {self.multicast!r}")
+        if not isinstance(self.split_k, bool):
+            raise TypeError(f"split_k is whether the kernel has the split-K reduction (a bool), "
+                            f"got {self.split_k!r}; the split count is a launch parameter")
+        if self.split_k and self.multicast != "none":
+            raise ValueError("split_k needs multicast 'none'")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.schedule != "dense" and (self.split_k or self.multicast == "b"):
+            raise ValueError(f"schedule {self.schedule!r}: no split-K, no multicast 'b' (two M "
+                             "blocks of a cluster may belong to different groups)")
+        if self.schedule == "m_grouped_masked" and self.multicast != "none":
+            raise ValueError("schedule 'm_grouped_masked' runs without clusters")
+        if self.stages < 1 or self.smem_bytes > SMEM_LIMIT:
+            raise ValueError(f"{self}: {self.smem_bytes} B of shared memory > {SMEM_LIMIT}")
+
+    @property
+    def overlap_promotion(self):
+        """Two fragments in flight (promote K block i while i+1's wgmmas run): only where the
+        registers hold them (BLOCK_N <= 128, one wave per warpgroup)."""
+        return self.block_n <= 128 and self.waves == 1
+
+    @property
+    def scale_splits(self):
+        """The scale splits tiles can have: a tile's offset in its first B-scale block (a
+        multiple of gcd(BLOCK_N, 128)) decides how many of its 8-column groups take that
+        block's scale (all of them, one split, where tiles never straddle)."""
+        groups = self.block_n // 8
+        return tuple(sorted({min(groups, (128 - offset) // 8)
+                             for offset in range(0, 128, math.gcd(self.block_n, 128))}))
+
+    @property
+    def straddles(self):
+        """Whether a tile can cross a 128-column B-scale block boundary."""
+        return 128 % self.block_n != 0
+
+    @property
+    def static_scale_splits(self):
+        """Straddling tiles get one K loop per scale split, each promotion with its split a
+        constant (no per-group select), where the promotion is on the critical path (not
+        overlapped) and the splits are few; otherwise one loop selects at run time."""
+        return (self.straddles and not self.overlap_promotion
+                and len(self.scale_splits) <= MAX_K_LOOP_COPIES)
+
+    @property
+    def max_scale_offset(self):
+        """Largest column offset of a tile inside its first 128-column B-scale block."""
+        return 128 - math.gcd(self.block_n, 128)
+
+    # --- shape of the CTA ---
+    @property
+    def math_warpgroups(self):
+        return 1 if self.block_m == 64 else 2
+
+    @property
+    def waves(self):
+        """64-row wgmma waves per math warpgroup per K block (2 for BLOCK_M 256)."""
+        return self.block_m // (64 * self.math_warpgroups)
+
+    @property
+    def math_threads(self):
+        return 128 * self.math_warpgroups
+
+    @property
+    def threads(self):
+        return self.math_threads + 128          # + the producer warpgroup
+
+    @property
+    def cluster_size(self):
+        return 1 if self.multicast == "none" else 2
+
+    @property
+    def cluster_shape(self):
+        """(CTAs along M, CTAs along N) of a cluster."""
+        return (2 if self.multicast == "b" else 1), (2 if self.multicast == "a" else 1)
+
+    # --- the output tile in shared memory ---
+    @property
+    def swizzle_d(self):
+        """Widest TMA swizzle (bytes) whose panels tile a BLOCK_N row of bf16 exactly; 16 means
+        no swizzle, in panels of 8 columns (e.g. BLOCK_N 136 = 17 panels), which stmatrix also
+        writes without bank conflicts (8 rows x 16 bytes = 128 contiguous bytes)."""
+        return next(s for s in (128, 64, 32, 16) if (self.block_n * 2) % s == 0)
+
+    # --- shared-memory layout (byte offsets from the 1024-aligned base) ---
+    @property
+    def a_stage_bytes(self):
+        return self.block_m * BLOCK_K
+
+    @property
+    def b_stage_bytes(self):
+        return self.block_n * BLOCK_K
+
+    @property
+    def sfa_stage_bytes(self):
+        return align(self.block_m * 4, 128)
+
+    @property
+    def smem_offsets(self):
+        d = 0
+        a = d + self.block_m * self.block_n * 2
+        b = a + self.stages * self.a_stage_bytes
+        sfa = b + self.stages * self.b_stage_bytes
+        sfb = sfa + self.stages * self.sfa_stage_bytes
+        full = sfb + self.stages * SFB_STAGE_BYTES
+        empty = full + 8 * self.stages
+        flag = empty + 8 * self.stages                  # split-K: "this CTA reduces the tile"
+        end = flag + (16 if self.split_k else 0)
+        return dict(d=d, a=a, b=b, sfa=sfa, sfb=sfb, full=full, empty=empty, flag=flag,
+                    end=end)
+
+    @property
+    def smem_bytes(self):
+        return self.smem_offsets["end"]
+
+    @property
+    def name(self):
+        kind = "" if self.schedule == "dense" else "_" + self.schedule
+        mc = "" if self.multicast == "none" else f"_mc{self.multicast}2"
+        overlap = "_ovl" if self.overlap_promotion else ""
+        split = "_splitk" if self.split_k else ""
+        return (f"fp8_gemm_1d2d{kind}_m{self.block_m}_n{self.block_n}_k{BLOCK_K}"
+                f"_s{self.stages}{mc}_g{self.group_m}{overlap}{split}")
+
+    @staticmethod
+    def max_stages(block_m, block_n):
+        per_stage = (block_m * BLOCK_K + block_n * BLOCK_K + align(block_m * 4, 128)
+                     + SFB_STAGE_BYTES + 16)
+        return (SMEM_LIMIT - block_m * block_n * 2) // per_stage

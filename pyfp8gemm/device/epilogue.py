@@ -1,0 +1,124 @@
+"""Epilogues: what happens to a tile's FP32 accumulators once its K loop is done.
+
+* `make_bf16_epilogue(cfg)`: bf16 via stmatrix into swizzled shared memory, then one TMA store
+  per swizzle panel, which drains while the next tile's K loop runs. Each math warpgroup stores
+  its own 64-row slabs on its own: no barrier across warpgroups, so one can start the next
+  tile's wgmmas while the other is still here (the tensor cores idled during a tile-wide
+  epilogue).
+* `make_split_k_reduction(cfg)`: split-K's FP32 partial tiles through a global workspace; the
+  last CTA of a tile to finish adds them up (in split order: bitwise reproducible) and stores.
+"""
+
+from typing import Callable, NamedTuple
+
+from numba import cuda
+
+from .config import D_STORE_ROWS
+from .ptx import (
+    atom_add_global_u32, fence_acq_rel_gpu, fence_proxy_async_smem, ld_shared_u32,
+    named_barrier_sync, st_global_u32, st_shared_u32, tma_store_2d, tma_store_3d,
+    tma_store_commit,
+    tma_store_wait, tma_store_wait_read,
+)
+from .tile import (
+    fragment_add_global_v4, fragment_store_bf16, fragment_store_global_v4, fragment_zeros,
+)
+
+EPILOGUE_BARRIER = 2            # named barriers 2, 3: one per math warpgroup (0 is syncthreads)
+SPLIT_K_BARRIER = 4             # all math threads, around the split-K counter
+
+
+class Epilogue(NamedTuple):
+    store: Callable    # store(base, tmap_d, final, row0, n_block, group, tid, warpgroup)
+    drain: Callable    # drain(tid): the last stores must finish before the CTA exits
+
+
+def make_bf16_epilogue(cfg, grouped_rows=False):
+    """`grouped_rows`: D is (groups, M_max, N), stored through a 3-D tensor map whose bounds
+    clip each group's rows at M_max (a 2-D map would let a slab run into the next group)."""
+    inline = cuda.jit(device=True, inline="always")
+    BM, BN, WAVES = cfg.block_m, cfg.block_n, cfg.waves
+    SWIZZLE_D = cfg.swizzle_d
+    D_PANELS = BN * 2 // SWIZZLE_D    # TMA stores per output tile (one per swizzle panel)
+    SMEM_D = cfg.smem_offsets["d"]
+    n_acc, final_acc = BN // 2, WAVES * BN // 2
+    store_first = fragment_store_bf16(n_acc, BM, SWIZZLE_D, final_acc, 0)
+    store_last = fragment_store_bf16(n_acc, BM, SWIZZLE_D, final_acc, (WAVES - 1) * n_acc)
+    assert D_STORE_ROWS == 64
+    assert not (grouped_rows and WAVES == 2)
+
+    @inline
+    def store(base, tmap_d, final, row0, n_block, group, tid, warpgroup):
+        """Store the tile whose first output row is `row0` (of `group` with grouped_rows)."""
+        lane_in_group = tid % 128
+        slab_rows = base + SMEM_D + 64 * SWIZZLE_D * warpgroup   # this group's rows, panel 0
+        # The group's previous TMA stores must have finished reading its slabs.
+        if lane_in_group < D_PANELS:
+            tma_store_wait_read()
+        named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
+        store_first(base + SMEM_D, final, 16 * (tid // 32), tid % 32)
+        if WAVES == 2:
+            store_last(base + SMEM_D, final, 128 + 16 * (tid // 32), tid % 32)
+        fence_proxy_async_smem()                  # stmatrix writes -> visible to TMA
+        named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
+        if lane_in_group < D_PANELS:              # one thread per swizzle panel
+            panel = slab_rows + lane_in_group * (BM * SWIZZLE_D)
+            column = n_block * BN + lane_in_group * (SWIZZLE_D // 2)
+            row = row0 + 64 * warpgroup
+            if grouped_rows:
+                tma_store_3d(tmap_d, panel, column, row, group)
+            else:
+                tma_store_2d(tmap_d, panel, column, row)
+                if WAVES == 2:
+                    tma_store_2d(tmap_d, panel + 128 * SWIZZLE_D, column, row + 128)
+            tma_store_commit()
+
+    @inline
+    def drain(tid):
+        if tid % 128 < D_PANELS:
+            tma_store_wait()
+
+    return Epilogue(store, drain)
+
+
+def make_split_k_reduction(cfg):
+    """`reduce(base, final, workspace, counters, split_k, tile_unit, split, tid) -> (final,
+    stores)`: publish this CTA's FP32 partial tile; the last of the tile's split_k CTAs to get
+    here adds the others' partials to its own and is the one to store the tile (returns (sum,
+    1) there, (final, 0) elsewhere). The classic threadfence reduction: write, fence, count;
+    the tile's counter is reset by its last CTA for the next launch. `tile_unit` counts split
+    tiles only (the workspace has slots for those)."""
+    inline = cuda.jit(device=True, inline="always")
+    BM, BN, MATH_THREADS = cfg.block_m, cfg.block_n, cfg.math_threads
+    FLAG = cfg.smem_offsets["flag"]
+    final_acc = cfg.waves * BN // 2
+    store_partial = fragment_store_global_v4(final_acc)
+    add_partial = fragment_add_global_v4(final_acc)
+    final_zeros = fragment_zeros(final_acc)
+
+    @inline
+    def reduce(base, final, workspace, counters, split_k, tile_unit, split, tid):
+        slots = workspace + 4 * (BM * BN) * (tile_unit * split_k)
+        lane_offset = 16 * tid                   # float4 group g of thread t: (g * threads + t)
+        store_partial(slots + 4 * (BM * BN) * split + lane_offset, final, 16 * MATH_THREADS)
+        fence_acq_rel_gpu()
+        named_barrier_sync(SPLIT_K_BARRIER, MATH_THREADS)
+        if tid == 0:
+            arrived = atom_add_global_u32(counters + 4 * tile_unit, 1)
+            last = 1 if arrived == split_k - 1 else 0
+            if last:
+                st_global_u32(counters + 4 * tile_unit, 0)
+            st_shared_u32(base + FLAG, last)
+        named_barrier_sync(SPLIT_K_BARRIER, MATH_THREADS)
+        reduces = ld_shared_u32(base + FLAG)
+        if reduces:
+            # Sum every split's partial (own included) in split order: the same additions in
+            # the same order whichever CTA comes last, so results are bitwise reproducible.
+            fence_acq_rel_gpu()
+            final = final_zeros()
+            for other in range(split_k):
+                final = add_partial(final, slots + 4 * (BM * BN) * other + lane_offset,
+                                    16 * MATH_THREADS)
+        return final, reduces
+
+    return reduce

@@ -1,0 +1,266 @@
+"""The K loop of one tile: wgmmas over the ring's K blocks, with DeepSeek-V3's promotion.
+
+Per 128-wide K block, each math warpgroup issues 4 wgmma m64nNk32 into a fresh FP32 fragment
+(its own 64-row wave of the tile; two waves for BLOCK_M 256), then "promotes" it on the CUDA
+cores: final += fragment * scale (the tensor core's FP8 accumulator keeps ~14 bits; summing each
+K block separately in FP32 is DeepSeek-V3's fix). The scales are the promotion part:
+
+* `make_scaling_1d2d(cfg)`: A's per-row scale x B's per-128x128-block scale (one or two B-scale
+  blocks per tile: a tile may straddle a 128-column boundary), the forward/dgrad recipe.
+
+A part is a `Scaling` of device functions the loop calls at fixed points: `block_scales` once
+per K block (before the slot is released), `row_scales` per wave before its wgmmas, `combine`
+after them, and `promote_first_wave` / `promote_last_wave`, which fold a finished fragment into
+`final`.
+
+`make_k_loop(cfg, ring, scaling, first_groups)` returns `k_loop(base, final, acc, acc_next,
+descs, stage, phase, sfa_row, lane, n_first, kb_begin, kb_end) -> (final, acc, acc_next, stage,
+phase)`; `make_tile_k_loop` picks, per tile, the copy compiled for its scale split.
+"""
+
+from typing import Callable, NamedTuple
+
+from numba import cuda
+from numba.cuda import types
+
+from .config import BLOCK_K, SFB_STAGE_BYTES
+from .ptx import ld_shared_f32, smem_descriptor_words, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait
+from .tile import fragment_fence, fragment_promote, fragment_zeros
+
+
+class Scaling(NamedTuple):
+    block_scales: Callable         # block_scales(base, stage) -> this K block's B-side scales
+    row_scales: Callable           # row_scales(sfa_row, stage, wave) -> A-side scales
+    combine: Callable              # combine(row_scales, block_scales) -> promotion scales
+    promote_first_wave: Callable   # promote(final, acc, scales, n_first) -> final
+    promote_last_wave: Callable
+
+
+def make_scaling_1d2d(cfg, first_groups=None):
+    """A 1x128 x B 128x128: a thread's rows r, r + 8 take sa[r] * sb; a straddling tile's
+    8-column groups left of the B-scale boundary take the first block's sb, the rest the
+    second's (split at `n_first` at run time, or at the constant `first_groups` where the K loop
+    is compiled per split)."""
+    inline = cuda.jit(device=True, inline="always")
+    n_acc, waves = cfg.block_n // 2, cfg.waves
+    final_acc = waves * n_acc
+    straddle, sfa_bytes = cfg.straddles, cfg.sfa_stage_bytes
+    sfb_base = cfg.smem_offsets["sfb"]
+    static = cfg.static_scale_splits
+
+    @inline
+    def block_scales(base, stage):
+        """The B scales of the K block in slot `stage`: its first and second 128-column block's
+        (the same value unless tiles straddle)."""
+        sfb = base + sfb_base + SFB_STAGE_BYTES * stage
+        sb = ld_shared_f32(sfb)
+        return sb, (ld_shared_f32(sfb + 4) if straddle else sb)
+
+    @inline
+    def row_scales(sfa_row, stage, wave):
+        """This thread's two rows' A scales (`sfa_row`: its row's address in slot 0)."""
+        sfa = sfa_row + sfa_bytes * stage + 4 * 128 * wave
+        return ld_shared_f32(sfa), ld_shared_f32(sfa + 32)
+
+    @inline
+    def combine(rows, b_scales):
+        sa_row0, sa_row8 = rows
+        sb, sb_second = b_scales
+        return sa_row0 * sb, sa_row8 * sb, sa_row0 * sb_second, sa_row8 * sb_second
+
+    def promotion(wave):
+        if static:
+            promote = fragment_promote(n_acc, True, final_acc, wave * n_acc, first_groups)
+        else:
+            promote = fragment_promote(n_acc, straddle, final_acc, wave * n_acc)
+
+        @inline
+        def promote_scaled(final, acc, scales, n_first):
+            s_row0, s_row8, s_row0_second, s_row8_second = scales
+            if straddle and static:
+                return promote(final, acc, s_row0, s_row8, s_row0_second, s_row8_second)
+            if straddle:
+                return promote(final, acc, s_row0, s_row8, s_row0_second, s_row8_second,
+                               n_first)
+            return promote(final, acc, s_row0, s_row8)
+        return promote_scaled
+
+    return Scaling(block_scales, row_scales, combine, promotion(0), promotion(waves - 1))
+
+
+def make_k_loop(cfg, ring, scaling):
+    """The K-block loop of one tile (see the module docstring). Every wgmma has completed when
+    it returns, so a branch between loops never makes ptxas copy an in-flight fragment."""
+    inline = cuda.jit(device=True, inline="always")
+    BN, WAVES = cfg.block_n, cfg.waves
+    A_BYTES, B_BYTES = cfg.a_stage_bytes, cfg.b_stage_bytes
+    OVERLAP_PROMOTION = cfg.overlap_promotion
+    mma = wgmma_fp8(BN)
+    _, desc = smem_descriptor_words(128)
+    wait_mma = wgmma_wait(0)
+    wait_mma_one = wgmma_wait(1)
+    fence = fragment_fence(BN // 2)
+    next_slot, wait_slot, slot_ready, release_slot = (
+        ring.next_slot, ring.wait_full, ring.test_full, ring.release)
+    load_b_scales, row_scales, combine = (
+        scaling.block_scales, scaling.row_scales, scaling.combine)
+    promote_first_wave, promote_last_wave = scaling.promote_first_wave, scaling.promote_last_wave
+
+    @inline
+    def issue_wave(base, acc, descs, stage, sfa_row, wave, b_scales):
+        """Start the 4 wgmmas of one 64-row wave of the K block in slot `stage`, into a fresh
+        `acc`. Returns acc (valid after a wgmma wait) and the wave's promotion scales. Every
+        smem read of the slot happens here or in `block_scales`, before the slot is
+        released."""
+        rows = row_scales(sfa_row, stage, wave)
+        a = descs[0] + A_BYTES // 16 * stage + 128 * BLOCK_K // 16 * wave  # descriptor low words
+        b = descs[1] + B_BYTES // 16 * stage
+        acc = fence(acc)
+        wgmma_fence()
+        acc = mma(desc(a), desc(b), acc, 0)                 # fresh fragment
+        acc = mma(desc(a + 2), desc(b + 2), acc, 1)         # +32 bytes along K
+        acc = mma(desc(a + 4), desc(b + 4), acc, 1)
+        acc = mma(desc(a + 6), desc(b + 6), acc, 1)
+        wgmma_commit()
+        return acc, combine(rows, b_scales)
+
+    @inline
+    def issue_k_block(base, acc, descs, stage, phase, sfa_row, ready):
+        """Wait for the K block in slot `stage` (unless an earlier test found it `ready`) and
+        start its (only) wave. Returns acc and the promotion scales."""
+        if not ready:
+            wait_slot(base, stage, phase)
+        return issue_wave(base, acc, descs, stage, sfa_row, 0, load_b_scales(base, stage))
+
+    @inline
+    def retire_k_block(base, final, acc, scales, stage, lane, n_first):
+        """Release slot `stage` and promote a finished fragment into `final` (FP32, CUDA
+        cores)."""
+        acc = fence(acc)
+        release_slot(base, stage, lane)
+        return promote_last_wave(final, acc, scales, n_first)
+
+    @inline
+    def retire_and_look_ahead(base, final, acc, scales, stage, next_stage, next_phase, lane,
+                              n_first):
+        """retire_k_block, with a test of whether the K block of slot `next_stage` has landed
+        between the release and the promotion: returns (final, ready). When it has, the next
+        wgmmas issue right after the FFMAs instead of after a try_wait (NVCC schedules
+        DeepGEMM's wait the same way)."""
+        acc = fence(acc)
+        release_slot(base, stage, lane)
+        ready = slot_ready(base, next_stage, next_phase)
+        return promote_last_wave(final, acc, scales, n_first), ready
+
+    @inline
+    def issue_and_retire(base, final, acc_new, acc_done, scales_done, stage_done, descs, stage,
+                         phase, ready, sfa_row, lane, n_first):
+        """One step of the overlapped pipeline: start the K block in slot `stage` into
+        `acc_new`, then wait for the block before it (`acc_done`, in slot `stage_done`),
+        release its slot, test whether the block after `stage` has landed (`ready`) and
+        promote."""
+        acc_new, scales_new = issue_k_block(base, acc_new, descs, stage, phase, sfa_row, ready)
+        new_stage = stage
+        stage, phase = next_slot(stage, phase)
+        wait_mma_one()
+        final, ready = retire_and_look_ahead(base, final, acc_done, scales_done, stage_done,
+                                             stage, phase, lane, n_first)
+        return final, acc_new, scales_new, new_stage, stage, phase, ready
+
+    @inline
+    def k_loop(base, final, acc, acc_next, descs, stage, phase, sfa_row, lane, n_first,
+               kb_begin, kb_end):
+        if OVERLAP_PROMOTION:
+            # Two fragments in flight: while K block kb is promoted on the CUDA cores, the
+            # tensor cores already run kb + 1. Unrolled by two with the tail peeled, so that no
+            # fragment whose wgmma is still running passes a branch merge (ptxas would copy its
+            # registers and serialize every wgmma, warning C7514).
+            acc, scales = issue_k_block(base, acc, descs, stage, phase, sfa_row, 0)
+            acc_stage = stage
+            stage, phase = next_slot(stage, phase)
+            ready = types.int32(0)
+            kb = kb_begin
+            while kb + 2 < kb_end:
+                (final, acc_next, scales_next, next_stage, stage, phase,
+                 ready) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
+                                           descs, stage, phase, ready, sfa_row, lane, n_first)
+                (final, acc, scales, acc_stage, stage, phase,
+                 ready) = issue_and_retire(base, final, acc, acc_next, scales_next,
+                                           next_stage, descs, stage, phase, ready, sfa_row,
+                                           lane, n_first)
+                kb = types.int32(kb + 2)
+            # Tail: block kb is in flight, and maybe one more block is left.
+            if kb + 1 < kb_end:
+                (final, acc_next, scales_next, next_stage, stage, phase,
+                 ready) = issue_and_retire(base, final, acc_next, acc, scales, acc_stage,
+                                           descs, stage, phase, ready, sfa_row, lane, n_first)
+                wait_mma()
+                final = retire_k_block(base, final, acc_next, scales_next, next_stage,
+                                       lane, n_first)
+            else:
+                wait_mma()
+                final = retire_k_block(base, final, acc, scales, acc_stage, lane, n_first)
+        else:
+            # One fragment: issue, wait, promote. The other math warpgroup's wgmmas keep the
+            # tensor cores busy meanwhile.
+            ready = types.int32(0)
+            kb = kb_begin
+            while kb < kb_end:
+                kb = types.int32(kb + 1)
+                if not ready:
+                    wait_slot(base, stage, phase)
+                b_scales = load_b_scales(base, stage)
+                acc, scales = issue_wave(base, acc, descs, stage, sfa_row, 0, b_scales)
+                wait_mma()
+                if WAVES == 2:
+                    # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile.
+                    final = promote_first_wave(final, fence(acc), scales, n_first)
+                    acc, scales = issue_wave(base, acc, descs, stage, sfa_row, 1, b_scales)
+                    wait_mma()
+                next_stage, phase = next_slot(stage, phase)
+                final, ready = retire_and_look_ahead(base, final, acc, scales, stage,
+                                                     next_stage, phase, lane, n_first)
+                stage = next_stage
+        return final, acc, acc_next, stage, phase
+    return k_loop
+
+
+def make_tile_k_loop(cfg, ring, make_scaling):
+    """`tile_k_loop(split, ...k_loop's arguments)`: the K loop compiled for the tile's scale
+    split (a chain of uniform branches over the splits, the last one untested). Where the
+    promotion is on the critical path (no overlap: BLOCK_N > 128 or BLOCK_M 256) and the splits
+    are few, each split gets its own copy with the split a constant (DeepGEMM's
+    num_former_iters); otherwise one loop selects each group's scale at run time (an overlapped
+    loop hides that behind the next wgmmas, and three copies of it, unrolled by two, took 21 s
+    instead of 5 to compile)."""
+    inline = cuda.jit(device=True, inline="always")
+    splits = cfg.scale_splits if cfg.static_scale_splits else (cfg.block_n // 8,)
+
+    def chain(splits):
+        k_loop = make_k_loop(cfg, ring, make_scaling(cfg, splits[0]))
+        if len(splits) == 1:
+            @inline
+            def only(split, base, final, acc, acc_next, descs, stage, phase, sfa_row, lane,
+                     n_first, kb_begin, kb_end):
+                return k_loop(base, final, acc, acc_next, descs, stage, phase, sfa_row, lane,
+                              n_first, kb_begin, kb_end)
+            return only
+        SPLIT = splits[0]
+        others = chain(splits[1:])
+
+        @inline
+        def dispatch(split, base, final, acc, acc_next, descs, stage, phase, sfa_row, lane,
+                     n_first, kb_begin, kb_end):
+            if split == SPLIT:
+                return k_loop(base, final, acc, acc_next, descs, stage, phase, sfa_row, lane,
+                              n_first, kb_begin, kb_end)
+            return others(split, base, final, acc, acc_next, descs, stage, phase, sfa_row,
+                          lane, n_first, kb_begin, kb_end)
+        return dispatch
+
+    return chain(splits)
+
+
+def fragments(cfg):
+    """(zeros, final_zeros): a fresh MMA fragment and a fresh tile accumulator."""
+    return fragment_zeros(cfg.block_n // 2), fragment_zeros(cfg.waves * cfg.block_n // 2)

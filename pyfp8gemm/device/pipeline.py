@@ -1,0 +1,100 @@
+"""The ring of shared-memory stages between the producer and the math warpgroups.
+
+`stages` slots, each with two mbarriers: `full[s]` (the slot's K block has landed: the loader
+threads arrive on it, TMA completes its transaction bytes) and `empty[s]` (every math warp of
+every CTA the slot was filled for is done reading it). Both sides walk the slots in the same
+order; a slot's barrier phase flips each time the walk wraps around, so a waiter passes the
+parity of the round it expects.
+
+    ring = make_ring(stages, full_offset, empty_offset, full_arrivals, empty_arrivals, cluster)
+    producer:  ring.wait_empty(base, stage, phase); fill slot; stage, phase = ring.next_slot(...)
+    consumer:  ring.wait_full(...) (or ring.test_full); read; ring.release(base, stage, lane)
+"""
+
+from typing import Callable, NamedTuple
+
+from numba import cuda
+from numba.cuda import types
+
+from .ptx import (
+    fence_mbarrier_init, mbarrier_arrive, mbarrier_arrive_cluster, mbarrier_init,
+    mbarrier_test_wait, mbarrier_wait,
+)
+
+
+class Ring(NamedTuple):
+    init: Callable           # init(base): one thread sets up every barrier
+    next_slot: Callable      # next_slot(stage, phase) -> (stage, phase)
+    wait_full: Callable      # wait_full(base, stage, phase): the slot holds its K block
+    test_full: Callable      # test_full(base, stage, phase) -> 1 if it does already
+    wait_empty: Callable     # wait_empty(base, stage, phase): the slot may be refilled
+    release: Callable        # release(base, stage, lane): this warp is done with the slot
+
+
+def make_ring(stages, full_offset, empty_offset, full_arrivals, empty_arrivals, cluster):
+    """The ring's device functions for `stages` slots whose barriers sit at byte offsets
+    `full_offset` / `empty_offset` (8 bytes a slot) of shared memory. `empty_arrivals`: one per
+    math warp of each CTA that reads what the slot's loads deliver (`cluster` CTAs with
+    multicast: a warp releases the slot at each of them)."""
+    inline = cuda.jit(device=True, inline="always")
+
+    @inline
+    def init(base):
+        for s in range(stages):
+            mbarrier_init(base + full_offset + 8 * s, full_arrivals)
+            mbarrier_init(base + empty_offset + 8 * s, empty_arrivals)
+        fence_mbarrier_init()
+
+    @inline
+    def next_slot(stage, phase):
+        """Advance around the ring; the parity flips each time it wraps."""
+        if stage + 1 == stages:
+            return types.int32(0), types.int32(phase ^ 1)
+        return types.int32(stage + 1), phase
+
+    @inline
+    def wait_full(base, stage, phase):
+        mbarrier_wait(base + full_offset + 8 * stage, phase)
+
+    @inline
+    def test_full(base, stage, phase):
+        return mbarrier_test_wait(base + full_offset + 8 * stage, phase)
+
+    @inline
+    def wait_empty(base, stage, phase):
+        mbarrier_wait(base + empty_offset + 8 * stage, phase ^ 1)
+
+    @inline
+    def release(base, stage, lane):
+        empty = base + empty_offset + 8 * stage
+        if cluster > 1:         # one arrival per warp at each CTA that loaded into the slot
+            if lane < cluster:
+                mbarrier_arrive_cluster(empty, lane)
+        elif lane == 0:
+            mbarrier_arrive(empty)
+
+    return Ring(init, next_slot, wait_full, test_full, wait_empty, release)
+
+
+def make_ring_loader(ring, schedule, load_slot):
+    """A loader thread's loop: walk this CTA's work in the order the math warpgroups consume
+    it; for each K block, wait until ring slot `stage` is free and call
+    `load_slot(base, operands, rank, stage, group, m_block, n_block, kb)` to fill it."""
+    inline = cuda.jit(device=True, inline="always")
+    count, tile = schedule.count, schedule.tile
+    next_slot, wait_empty = ring.next_slot, ring.wait_empty
+
+    @inline
+    def loader_loop(base, operands, work):
+        rank, unit, unit_step = work[2], work[3], work[4]
+        stage = types.int32(0)
+        phase = types.int32(0)
+        # (The bound is recomputed per tile: one register less to keep live.)
+        while unit < count(work):
+            group, m_block, n_block, _, _, kb_begin, kb_end = tile(unit, work)
+            for kb in range(kb_begin, kb_end):
+                wait_empty(base, stage, phase)
+                load_slot(base, operands, rank, stage, group, m_block, n_block, kb)
+                stage, phase = next_slot(stage, phase)
+            unit += unit_step
+    return loader_loop

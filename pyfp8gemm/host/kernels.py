@@ -1,0 +1,24 @@
+"""Every kernel the library can launch, as compile specs: what `inspect`, warm-up and the
+compare script enumerate, and what the launch core loads."""
+
+from __future__ import annotations
+
+import functools
+
+from ..cache.compiler import KernelSpec
+from ..device import gemm_1d2d
+from ..device.config import GemmConfig
+
+
+def kernel_spec(cfg: GemmConfig) -> KernelSpec:
+    """How to build the kernel of one configuration (for the compile cache and `inspect`)."""
+    params = gemm_1d2d.params_of(cfg)
+    return KernelSpec(name=cfg.name, make_kernel=functools.partial(gemm_1d2d.make_fp8_gemm_1d2d, cfg),
+                      signature=tuple(t for _, t in params), threads=cfg.threads,
+                      tensormap_params=gemm_1d2d.TENSORMAP_PARAMS, config=cfg.__dict__.copy())
+
+
+def all_kernel_specs() -> list[KernelSpec]:
+    """One spec per distinct kernel the heuristics can pick."""
+    from .heuristics import all_configs
+    return [kernel_spec(cfg) for cfg in all_configs()]
