@@ -61,17 +61,25 @@ def test_the_ctypes_launch_is_in_use():
     assert_exact(out, a, b)
 
 
-def test_repeated_calls_take_the_fast_path_and_stay_correct():
+def test_repeated_calls_take_the_fast_path_and_stay_correct(monkeypatch):
     a, b, out = operands()
     gemm.fp8_gemm_nt(a, b, out)
     remembered = len(gemm._fast_nt)
+    # A fast-path miss goes through the checked path (which would remember the same key again,
+    # leaving the count unchanged): count those calls instead.
+    checked_calls = []
+    checked = gemm._fp8_gemm_nt_checked
+    monkeypatch.setattr(gemm, "_fp8_gemm_nt_checked",
+                        lambda *args: checked_calls.append(1) or checked(*args))
     for _ in range(3):
         refill(a, b)
         out.fill_(float("nan"))
         assert gemm.fp8_gemm_nt(a, b, out) is out
         torch.cuda.synchronize()
         assert_exact(out, a, b)
-    assert len(gemm._fast_nt) == remembered          # hits, nothing new remembered
+    assert checked_calls == []                       # every repeat was a fast-path hit
+    assert len(gemm._fast_nt) == remembered          # and nothing new was remembered
+    monkeypatch.undo()
     y = gemm.matmul(a, b.t())
     y2 = gemm.matmul(a, b.t())                        # fast path with out=None
     torch.cuda.synchronize()

@@ -1,11 +1,13 @@
 """The GEMM kernel as ptxas builds it (CPU, no GPU): the properties that decide whether it can
 run at all, checked before any launch."""
 
+import os
+
 import pytest
 
 import pyfp8gemm.device.config as gemm
 from pyfp8gemm.device.gemm_1d2d import TENSORMAP_PARAMS
-from pyfp8gemm.cache import compiler, toolchain
+from pyfp8gemm.cache import compiler, store, toolchain
 from pyfp8gemm.device.config import GemmConfig, check_register_budget
 from pyfp8gemm.host.kernels import kernel_spec
 
@@ -14,6 +16,27 @@ from pyfp8gemm.host.kernels import kernel_spec
 def two_warpgroup_kernel():
     cfg = GemmConfig(128, 128, 5, "a")
     return cfg, compiler.compile_kernel(kernel_spec(cfg))
+
+
+def test_the_kernel_comes_from_the_test_cache_with_the_cubins_own_registers(
+        two_warpgroup_kernel, private_kernel_cache):
+    """Compiled into the session's temporary cache (conftest), never the user's real one; and
+    the registers the launcher's budget check reads are the cubin's, whatever the metadata says
+    (a forged entry claimed fewer, issue 17)."""
+    cfg, kernel = two_warpgroup_kernel
+    spec = kernel_spec(cfg)
+    key = store.key_of(compiler.cache_key(spec))
+    disk = store.disk_store()
+    assert disk is not None and str(disk.root) == os.path.realpath(private_kernel_cache)
+    entry = disk.read(key)
+    assert entry is not None and entry.name == cfg.name and entry.payload == kernel.cubin
+    cubin_registers = toolchain.resource_usage(kernel.cubin)[cfg.name]["registers"]
+    assert kernel.meta["registers"] == cubin_registers
+    disk.put(key, entry.payload, {**entry.meta, "registers": 8}, parts=entry.parts)
+    compiler._compiled.clear()
+    store.kernel_memory.clear()
+    reloaded = compiler.compile_kernel(spec)
+    assert reloaded.cubin == kernel.cubin and reloaded.meta["registers"] == cubin_registers
 
 
 def test_setmaxnreg_budgets_fit_the_launch_pool(two_warpgroup_kernel):
