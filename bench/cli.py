@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what = parser.add_argument_group("what to measure")
     what.add_argument(
+        "--kind", choices=("gemm", "m-grouped-contiguous", "m-grouped-masked"), default="gemm",
+        help="gemm (default) or a grouped MoE kind on DeepGEMM's shapes (bench/grouped.py: "
+        "takes --providers pyfp8gemm,deepgemm,cublas-loop,torch-grouped-bf16, --timing, --json)",
+    )
+    what.add_argument(
         "--set", dest="sets", action="append", choices=sorted(SHAPE_SETS), metavar="NAME",
         help=f"a named shape set (repeatable): {', '.join(SHAPE_SETS)}; default: anchors unless --shape is given",
     )
@@ -200,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(list_everything())
         return EXIT_OK
+    if args.kind != "gemm":
+        from bench.grouped import run_grouped
+
+        return run_grouped(args.kind, providers=provider_keys(args.providers), timing=args.timing,
+                           warmup_ms=args.warmup_ms, rep_ms=args.rep_ms, seed=args.seed,
+                           json_path=args.json)
 
     from bench.providers import BASELINE_KEY, PROVIDER_NAMES, PROVIDERS_BY_KEY, select_providers
     from bench.report import format_report
