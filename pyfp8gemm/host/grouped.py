@@ -35,8 +35,9 @@ g's last block (DeepGEMM leaves them unspecified). Group ends past M_sum are cli
 
 Masked. ``d[g, :m_g] = A[g, :m_g] @ B[g]^T`` with ``m_g = min(max(masked_m[g], 0), M_max)``;
 rows at or past m_g are left untouched (neither read nor written), so a group with
-masked_m[g] == 0 costs nothing. `expected_m` is a hint for the kernel's configuration only; any
-positive value gives the same result.
+masked_m[g] == 0 costs nothing. `expected_m` (both GEMMs) is a hint for the kernel's
+configuration only: it never changes which rows are written or what they hold beyond the FP32
+summation order of another configuration (last bits).
 
 Operands. `a`: an FP8Tensor ("1x128") or a (data, scale) pair; `b`: a (data, scale) pair with
 data E4M3 (G, N, K) and scale float32 (G, ceil(N/128), ceil(K/128)) (see `quantize_grouped`);
@@ -562,7 +563,7 @@ def m_grouped_fp8_gemm_nt_masked(a, b, d: torch.Tensor, masked_m: torch.Tensor,
             (never by the host on CUDA: no synchronization, CUDA-graph replayable with new
             values). Values are clamped to [0, M_max].
         expected_m: a positive int, the rows per group the caller expects: a configuration
-            hint only, it never changes the result.
+            hint only (see the module docstring).
 
     Returns:
         d.
