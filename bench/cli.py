@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     what = parser.add_argument_group("what to measure")
     what.add_argument(
-        "--kind", choices=("gemm", "m-grouped-contiguous", "m-grouped-masked"), default="gemm",
+        "--kind", choices=("gemm", "m-grouped-contiguous", "m-grouped-masked",
+                           "wgrad-1d1d", "k-grouped", "train-step"), default="gemm",
         help="gemm (default) or a grouped MoE kind on DeepGEMM's shapes (bench/grouped.py: "
         "takes --providers pyfp8gemm,deepgemm,cublas-loop,torch-grouped-bf16, --timing, --json)",
     )
@@ -205,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(list_everything())
         return EXIT_OK
+    if args.kind in ("wgrad-1d1d", "k-grouped", "train-step"):   # FP8 training: bench/training.py
+        from bench.training import run_training
+
+        return run_training(args.kind, provider_keys(args.providers), args.timing, args.warmup_ms,
+                            args.rep_ms, args.seed, args.json)
     if args.kind != "gemm":
         from bench.grouped import run_grouped
 
