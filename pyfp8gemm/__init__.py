@@ -51,6 +51,7 @@ _LAZY_EXPORTS = {
     "set_mk_alignment_for_contiguous_layout": "pyfp8gemm.host.grouped",
     "get_m_alignment_for_contiguous_layout": "pyfp8gemm.host.grouped",
     "quantize_grouped": "pyfp8gemm.host.grouped",
+    "warmup": "pyfp8gemm.warmup",
 }
 
 

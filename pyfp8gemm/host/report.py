@@ -148,6 +148,17 @@ def _cache_dir() -> str:
         return f"unknown (pyfp8gemm.cache.store.cache_dir() failed: {error})"
 
 
+def _cache_status() -> str:
+    """On, off (and why), read-only or not created yet: creates nothing (docs/CACHE.md)."""
+    store = optional_import("pyfp8gemm.cache.store")
+    if store is None or not hasattr(store, "describe_status"):
+        return "unknown (pyfp8gemm.cache.store.describe_status is not in this version)"
+    try:
+        return store.describe_status()
+    except Exception as error:
+        return f"unknown ({type(error).__name__}: {error})"
+
+
 def _toolchain_rows() -> list[tuple[str, str]]:
     toolchain = optional_import("pyfp8gemm.cache.toolchain")
     if toolchain is None:
@@ -200,6 +211,7 @@ def collect() -> Report:
         ("directory", _cache_dir()),
         ("set by", "$PYFP8GEMM_CACHE_DIR" if os.environ.get("PYFP8GEMM_CACHE_DIR")
          else "default (set $PYFP8GEMM_CACHE_DIR to move it)"),
+        ("status", _cache_status()),
     ]))
     return report
 
