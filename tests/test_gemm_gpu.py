@@ -368,7 +368,7 @@ def check_config(cfg, m: int, n: int, k: int) -> None:
 
 def _block_m_256_configs():
     try:
-        from pyfp8gemm.host.heuristics import make_choice as make_config
+        from pyfp8gemm.host.heuristics import make_config
     except Exception:
         return []
     return [make_config(256, block_n, multicast)
@@ -394,7 +394,7 @@ def test_block_m_256(cfg):
 
 def _block_n_8_configs():
     try:
-        from pyfp8gemm.host.heuristics import make_choice as make_config
+        from pyfp8gemm.host.heuristics import make_config
     except Exception:
         return []
     return [make_config(block_m, block_n, multicast)

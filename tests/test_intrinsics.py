@@ -31,7 +31,7 @@ from pyfp8gemm.cache.toolchain import CompileError
 from pyfp8gemm.device import ptx, tile
 from pyfp8gemm.device.ptx import (
     cluster_ctarank, cluster_sync, cp_async_4, cp_async_mbarrier_arrive_noinc, elect_one, fence_mbarrier_init, fence_proxy_async_smem,
-    ld_global_nc_f32, ld_shared_f32, mbarrier_arrive, mbarrier_arrive_cluster,
+    ld_global_nc_f32, ld_global_nc_s32, ld_shared_f32, mbarrier_arrive, mbarrier_arrive_cluster,
     mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_test_wait, mbarrier_wait,
     named_barrier_arrive,
     named_barrier_sync, pack_bf16x2,
@@ -44,7 +44,7 @@ from pyfp8gemm.device.ptx import (
 )
 from pyfp8gemm.device.tile import (
     fragment_add_global_v4, fragment_fence, fragment_promote, fragment_store_bf16,
-    fragment_store_global_v4, fragment_zeros,
+    fragment_store_bf16_global, fragment_store_global_v4, fragment_zeros,
 )
 
 import microkernels
@@ -169,6 +169,21 @@ def partial_tile_round_trip(out):
 @tiny_kernel("ld_global_nc_f32")
 def read_only_global_load(out):
     st_global_f32(out, ld_global_nc_f32(out + 4))
+
+
+@tiny_kernel("ld_global_nc_s32")
+def read_only_global_int(out):
+    st_global_u32(out, ld_global_nc_s32(out + 4) + 1)
+
+
+store_bounded_8 = fragment_store_bf16_global(8)
+
+
+@tiny_kernel("fragment_store_bf16_global")
+def bounded_bf16_store(out):
+    tid = cuda.threadIdx.x
+    frag = add_partial_8(zeros_8(), out + 16 * tid, 16 * 128)
+    store_bounded_8(out + 8192 + 4 * tid, frag, 256, 40 - tid // 4, 16 - 2 * (tid % 4))
 
 
 @tiny_kernel("pack_bf16x2")
@@ -430,6 +445,9 @@ SASS_OF = [
     ("partial_tile_round_trip", r"STG\.E\.128\b"),
     ("broadcast_lane_0", r"SHFL\.IDX\b"),                       # warp_uniform
     ("read_only_global_load", r"LDG\.E\.CONSTANT\b"),             # ld.global.nc
+    ("read_only_global_int", r"LDG\.E\.CONSTANT\b"),
+    ("bounded_bf16_store", r"F2FP\.BF16\.F32\.PACK_AB\b"),
+    ("bounded_bf16_store", r"STG\.E\b"),
     ("pack_two_floats", r"F2FP\.BF16\.F32\.PACK_AB\b"),           # cvt.rn.bf16x2.f32
     ("elect_a_lane", r"ELECT\b"),
     ("named_barrier_1_of_128", r"BAR\.SYNC\S* 0x1, 0x80\b"),      # id 1, 128 threads

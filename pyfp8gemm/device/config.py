@@ -31,7 +31,9 @@ SFB_STAGE_BYTES = 16            # a ring slot's B scales: the tile's one or two 
 MAX_K_LOOP_COPIES = 4
 
 #: The work schedules a kernel can be built for (device/scheduler.py).
-SCHEDULES = ("dense", "m_grouped_contiguous", "m_grouped_masked")
+SCHEDULES = ("dense", "m_grouped_contiguous", "m_grouped_masked", "k_grouped")
+#: Scaling recipes: A 1x128 with B 128x128 (bf16 out) or with B 1x128 (FP32 out, the wgrad).
+SCALINGS = ("1d2d", "1d1d")
 
 
 def align(x, a):
@@ -64,6 +66,8 @@ class GemmConfig:
     split_k: bool = False       # built with the split-K reduction (the split count and which
                                 # tiles are split are kernel parameters)
     schedule: str = "dense"     # one of SCHEDULES
+    scaling: str = "1d2d"       # one of SCALINGS
+    accumulate: bool = False    # 1d1d: D = C + A @ B^T (C read in the epilogue)
 
     def __post_init__(self):
         if self.block_m not in (64, 128, 256):
@@ -73,7 +77,18 @@ class GemmConfig:
                              f"fragments per warpgroup must fit in registers), got {self.block_n}")
         if self.block_n % 8 or not 16 <= self.block_n <= 256:
             raise ValueError(f"block_n must be a multiple of 8 in [16, 256], got {self.block_n}")
-        if self.max_scale_offset + self.block_n > 256:
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
+        if self.scaling == "1d1d" and (self.schedule not in ("dense", "k_grouped")
+                                       or self.multicast != "none" or self.split_k
+                                       or self.block_m == 256):
+            raise ValueError("scaling '1d1d' runs the dense or k_grouped schedule, BLOCK_M 64 or "
+                             "128, without clusters or split-K")
+        if self.schedule == "k_grouped" and self.scaling != "1d1d":
+            raise ValueError("schedule 'k_grouped' needs scaling '1d1d'")
+        if self.accumulate and self.scaling != "1d1d":
+            raise ValueError("accumulate needs scaling '1d1d' (FP32 output)")
+        if self.scaling == "1d2d" and self.max_scale_offset + self.block_n > 256:
             raise ValueError(f"block_n={self.block_n}: a tile could span three 128-column B-scale "
                              "blocks (the kernel promotes with at most two)")
         if self.multicast not in ("none", "a", "b"):
@@ -96,8 +111,10 @@ class GemmConfig:
     @property
     def overlap_promotion(self):
         """Two fragments in flight (promote K block i while i+1's wgmmas run): only where the
-        registers hold them (BLOCK_N <= 128, one wave per warpgroup)."""
-        return self.block_n <= 128 and self.waves == 1
+        registers hold them (BLOCK_N <= 128, one wave per warpgroup; 1D1D keeps BLOCK_N / 4
+        column scales per thread as well: BLOCK_N <= 64)."""
+        widest = 128 if self.scaling == "1d2d" else 64
+        return self.block_n <= widest and self.waves == 1
 
     @property
     def scale_splits(self):
@@ -110,8 +127,9 @@ class GemmConfig:
 
     @property
     def straddles(self):
-        """Whether a tile can cross a 128-column B-scale block boundary."""
-        return 128 % self.block_n != 0
+        """Whether a tile can cross a 128-column B-scale block boundary (1D2D only: 1D1D has
+        a scale per column)."""
+        return self.scaling == "1d2d" and 128 % self.block_n != 0
 
     @property
     def static_scale_splits(self):
@@ -175,13 +193,23 @@ class GemmConfig:
         return align(self.block_m * 4, 128)
 
     @property
+    def sfb_stage_bytes(self):
+        """1D2D: the tile's one or two B-scale blocks; 1D1D: a scale per column (TMA box)."""
+        return SFB_STAGE_BYTES if self.scaling == "1d2d" else align(self.block_n * 4, 128)
+
+    @property
+    def d_stage_bytes(self):
+        """The bf16 output tile staged for its TMA store (1D1D stores FP32 from registers)."""
+        return self.block_m * self.block_n * 2 if self.scaling == "1d2d" else 0
+
+    @property
     def smem_offsets(self):
         d = 0
-        a = d + self.block_m * self.block_n * 2
+        a = d + self.d_stage_bytes
         b = a + self.stages * self.a_stage_bytes
         sfa = b + self.stages * self.b_stage_bytes
         sfb = sfa + self.stages * self.sfa_stage_bytes
-        full = sfb + self.stages * SFB_STAGE_BYTES
+        full = sfb + self.stages * self.sfb_stage_bytes
         empty = full + 8 * self.stages
         flag = empty + 8 * self.stages                  # split-K: "this CTA reduces the tile"
         end = flag + (16 if self.split_k else 0)
@@ -198,11 +226,14 @@ class GemmConfig:
         mc = "" if self.multicast == "none" else f"_mc{self.multicast}2"
         overlap = "_ovl" if self.overlap_promotion else ""
         split = "_splitk" if self.split_k else ""
-        return (f"fp8_gemm_1d2d{kind}_m{self.block_m}_n{self.block_n}_k{BLOCK_K}"
-                f"_s{self.stages}{mc}_g{self.group_m}{overlap}{split}")
+        acc = "_acc" if self.accumulate else ""
+        return (f"fp8_gemm_{self.scaling}{kind}_m{self.block_m}_n{self.block_n}_k{BLOCK_K}"
+                f"_s{self.stages}{mc}_g{self.group_m}{overlap}{split}{acc}")
 
     @staticmethod
-    def max_stages(block_m, block_n):
-        per_stage = (block_m * BLOCK_K + block_n * BLOCK_K + align(block_m * 4, 128)
-                     + SFB_STAGE_BYTES + 16)
-        return (SMEM_LIMIT - block_m * block_n * 2) // per_stage
+    def max_stages(block_m, block_n, scaling="1d2d"):
+        cfg = GemmConfig(block_m, block_n, 1, scaling=scaling,
+                         schedule="dense")                  # its layout, with one stage
+        per_stage = (block_m * BLOCK_K + block_n * BLOCK_K + cfg.sfa_stage_bytes
+                     + cfg.sfb_stage_bytes + 16)
+        return (SMEM_LIMIT - cfg.d_stage_bytes) // per_stage

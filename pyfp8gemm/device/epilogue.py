@@ -5,6 +5,8 @@
   its own 64-row slabs on its own: no barrier across warpgroups, so one can start the next
   tile's wgmmas while the other is still here (the tensor cores idled during a tile-wide
   epilogue).
+* `make_bounded_bf16_store(cfg)`: bf16 from registers to global memory, rows and columns
+  bounded (the masked grouped GEMM, whose rows past a group's count stay untouched).
 * `make_split_k_reduction(cfg)`: split-K's FP32 partial tiles through a global workspace; the
   last CTA of a tile to finish adds them up (in split order: bitwise reproducible) and stores.
 """
@@ -16,12 +18,12 @@ from numba import cuda
 from .config import D_STORE_ROWS
 from .ptx import (
     atom_add_global_u32, fence_acq_rel_gpu, fence_proxy_async_smem, ld_shared_u32,
-    named_barrier_sync, st_global_u32, st_shared_u32, tma_store_2d, tma_store_3d,
-    tma_store_commit,
+    named_barrier_sync, st_global_u32, st_shared_u32, tma_store_2d, tma_store_commit,
     tma_store_wait, tma_store_wait_read,
 )
 from .tile import (
-    fragment_add_global_v4, fragment_store_bf16, fragment_store_global_v4, fragment_zeros,
+    fragment_add_global_v4, fragment_store_bf16, fragment_store_bf16_global,
+    fragment_store_global_v4, fragment_zeros,
 )
 
 EPILOGUE_BARRIER = 2            # named barriers 2, 3: one per math warpgroup (0 is syncthreads)
@@ -33,9 +35,7 @@ class Epilogue(NamedTuple):
     drain: Callable    # drain(tid): the last stores must finish before the CTA exits
 
 
-def make_bf16_epilogue(cfg, grouped_rows=False):
-    """`grouped_rows`: D is (groups, M_max, N), stored through a 3-D tensor map whose bounds
-    clip each group's rows at M_max (a 2-D map would let a slab run into the next group)."""
+def make_bf16_epilogue(cfg):
     inline = cuda.jit(device=True, inline="always")
     BM, BN, WAVES = cfg.block_m, cfg.block_n, cfg.waves
     SWIZZLE_D = cfg.swizzle_d
@@ -45,11 +45,10 @@ def make_bf16_epilogue(cfg, grouped_rows=False):
     store_first = fragment_store_bf16(n_acc, BM, SWIZZLE_D, final_acc, 0)
     store_last = fragment_store_bf16(n_acc, BM, SWIZZLE_D, final_acc, (WAVES - 1) * n_acc)
     assert D_STORE_ROWS == 64
-    assert not (grouped_rows and WAVES == 2)
 
     @inline
-    def store(base, tmap_d, final, row0, n_block, group, tid, warpgroup):
-        """Store the tile whose first output row is `row0` (of `group` with grouped_rows)."""
+    def store(base, tmap_d, final, row0, n_block, tid, warpgroup):
+        """Store the tile whose first output row is `row0`."""
         lane_in_group = tid % 128
         slab_rows = base + SMEM_D + 64 * SWIZZLE_D * warpgroup   # this group's rows, panel 0
         # The group's previous TMA stores must have finished reading its slabs.
@@ -65,12 +64,9 @@ def make_bf16_epilogue(cfg, grouped_rows=False):
             panel = slab_rows + lane_in_group * (BM * SWIZZLE_D)
             column = n_block * BN + lane_in_group * (SWIZZLE_D // 2)
             row = row0 + 64 * warpgroup
-            if grouped_rows:
-                tma_store_3d(tmap_d, panel, column, row, group)
-            else:
-                tma_store_2d(tmap_d, panel, column, row)
-                if WAVES == 2:
-                    tma_store_2d(tmap_d, panel + 128 * SWIZZLE_D, column, row + 128)
+            tma_store_2d(tmap_d, panel, column, row)
+            if WAVES == 2:
+                tma_store_2d(tmap_d, panel + 128 * SWIZZLE_D, column, row + 128)
             tma_store_commit()
 
     @inline
@@ -79,6 +75,27 @@ def make_bf16_epilogue(cfg, grouped_rows=False):
             tma_store_wait()
 
     return Epilogue(store, drain)
+
+
+def make_bounded_bf16_store(cfg):
+    """`store(d, final, row0, rows, n_block, n, tid)`: the tile straight from registers to
+    global memory (bf16), writing only rows < `rows` and columns < `n`, where `d` is the
+    address of the output's row 0 (of this group) and `row0` the tile's first row. For outputs
+    whose rows past a bound must stay untouched (masked grouped GEMMs): a TMA store writes
+    whole 64-row boxes."""
+    inline = cuda.jit(device=True, inline="always")
+    BN = cfg.block_n
+    assert cfg.waves == 1
+    store_fragment = fragment_store_bf16_global(BN // 2)
+
+    @inline
+    def store(d, final, row0, rows, n_block, n, tid):
+        lane = tid % 32
+        row = row0 + 16 * (tid // 32) + lane // 4          # this thread's first row
+        col = n_block * BN + 2 * (lane % 4)                  # and first column
+        store_fragment(d + 2 * (row * n + col), final, 2 * n, rows - row, n - col)
+
+    return store
 
 
 def make_split_k_reduction(cfg):

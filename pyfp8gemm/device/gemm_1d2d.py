@@ -17,8 +17,9 @@ CTAs take neighbouring N tiles (multicast="a"), B when they take neighbouring M 
 The same kernel serves the MoE grouped GEMMs (GemmConfig.schedule): B is then (groups * N, K)
 and the schedule says which group a tile belongs to: for m_grouped_contiguous a per-row group
 index (padding blocks have no K blocks and store zeros), for m_grouped_masked A is
-(groups * M_max, K), D (groups, M_max, N), A's scales (groups, K blocks, align(M_max, 4)), and
-group g has masked_m[g] rows.
+(groups * M_max, K), D (groups, M_max, N), A's scales (groups, K blocks, align(M_max, 4)),
+group g has masked_m[g] rows, and the epilogue stores from registers, rows bounded by that
+count (rows past it stay untouched).
 
 Reading order: the producer's slot fillers `load_tiles` and `load_b_scales_into_slot`, then
 `math_loop` (tiles -> K loop -> epilogue), then the kernel entry.
@@ -28,7 +29,7 @@ from numba import cuda
 from numba.cuda import types
 
 from .config import BLOCK_K, MATH_REGISTERS, PRODUCER_REGISTERS, SFB_STAGE_BYTES
-from .epilogue import make_bf16_epilogue, make_split_k_reduction
+from .epilogue import make_bf16_epilogue, make_bounded_bf16_store, make_split_k_reduction
 from .k_loop import fragments, make_scaling_1d2d, make_tile_k_loop
 from .pipeline import make_ring, make_ring_loader
 from .ptx import (
@@ -41,18 +42,21 @@ from .scheduler import make_schedule
 # Kernel parameters: four tensor maps (by value after the PTX post-edit), B's scales, the split-K
 # workspace and its per-tile counters (0 without split-K), M, N, K, the split count (1 without)
 # and the number of leading tiles that are not split (0: all are; see scheduler.py); grouped
-# schedules add the layout tensor (m_indices or masked_m) and the number of groups.
+# schedules add the layout tensor (m_indices or masked_m) and the number of groups, masked the
+# output's address (its epilogue stores from registers, bounded by each group's row count).
 PARAMS = (("tmap_a", types.int64), ("tmap_b", types.int64), ("tmap_sfa", types.int64),
           ("tmap_d", types.int64), ("sfb", types.int64), ("workspace", types.int64),
           ("counters", types.int64), ("m", types.int32), ("n", types.int32),
           ("k", types.int32), ("split_k", types.int32), ("whole_tiles", types.int32))
 GROUPED_PARAMS = PARAMS + (("layout", types.int64), ("groups", types.int32))
+MASKED_PARAMS = GROUPED_PARAMS + (("d", types.int64),)
 TENSORMAP_PARAMS = (0, 1, 2, 3)
 
 
 def params_of(cfg):
     """The kernel's (name, numba type) parameters."""
-    return PARAMS if cfg.schedule == "dense" else GROUPED_PARAMS
+    return {"dense": PARAMS, "m_grouped_contiguous": GROUPED_PARAMS,
+            "m_grouped_masked": MASKED_PARAMS}[cfg.schedule]
 
 
 def make_fp8_gemm_1d2d(cfg):
@@ -81,9 +85,11 @@ def make_fp8_gemm_1d2d(cfg):
     schedule = make_schedule(cfg.schedule, BM, BN, CLUSTER_M, CLUSTER_N, cfg.group_m, SPLIT_K)
     # (numba inlines only functions it finds under plain names: parts are unpacked here)
     init_ring = ring.init
-    begin, count, tile = schedule
+    begin, count, tile, _ = schedule
     tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_1d2d)
-    store_tile, drain_stores = make_bf16_epilogue(cfg, grouped_rows=MASKED)
+    store_tile, drain_stores = make_bf16_epilogue(cfg)
+    store_rows = make_bounded_bf16_store(cfg) if MASKED else None
+    group_rows = schedule.rows
     reduce_split_k = make_split_k_reduction(cfg)
     zeros, final_zeros = fragments(cfg)
     desc_low, _ = smem_descriptor_words(128)
@@ -147,7 +153,7 @@ def make_fp8_gemm_1d2d(cfg):
     # ---- math warpgroups: tiles -> K loop -> epilogue ------------------------------------
 
     @inline
-    def math_loop(base, tmap_d, workspace, counters, work, m, tid):
+    def math_loop(base, tmap_d, workspace, counters, work, m, n, d, tid):
         rank, unit, unit_step = work[2], work[3], work[4]
         lane = types.int32(tid % 32)
         row = 16 * (tid // 32) + lane // 4        # this thread's first fragment row in the tile
@@ -172,8 +178,11 @@ def make_fp8_gemm_1d2d(cfg):
                     sfa_row, lane, n_first, kb_begin, kb_end)
             unit += unit_step
             row0 = m_block * BM
-            if not SPLIT_K:
-                store_tile(base, tmap_d, final, row0, n_block, group, tid, warpgroup)
+            if MASKED:            # D (groups, M_max, N): rows past the group's count untouched
+                store_rows(d + 2 * (group * m) * n, final, row0, group_rows(work, group),
+                           n_block, n, tid)
+            elif not SPLIT_K:
+                store_tile(base, tmap_d, final, row0, n_block, tid, warpgroup)
             else:
                 split_k, whole_tiles = work[1]
                 reduces = 1
@@ -181,14 +190,15 @@ def make_fp8_gemm_1d2d(cfg):
                     final, reduces = reduce_split_k(base, final, workspace, counters, split_k,
                                                     tile_unit - whole_tiles, split, tid)
                 if reduces:     # a whole tile, or the last of a split tile's CTAs: store
-                    store_tile(base, tmap_d, final, row0, n_block, group, tid, warpgroup)
-        drain_stores(tid)
+                    store_tile(base, tmap_d, final, row0, n_block, tid, warpgroup)
+        if not MASKED:
+            drain_stores(tid)
 
     # ---- the kernel ------------------------------------------------------------------------
 
     @inline
     def gemm(smem, tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, workspace, counters, m, n, k,
-             split_k, whole_tiles, layout, groups):
+             split_k, whole_tiles, layout, groups, d):
         base = smem_base(smem)
         tid = cuda.threadIdx.x
         work = begin(m, n, k, split_k, whole_tiles, layout, groups, 0)
@@ -216,23 +226,29 @@ def make_fp8_gemm_1d2d(cfg):
                 cuda.syncwarp()
         else:
             math_registers()
-            math_loop(base, tmap_d, workspace, counters, work, m, tid)
+            math_loop(base, tmap_d, workspace, counters, work, m, n, d, tid)
 
         if CLUSTER > 1:           # no CTA may leave while its peer can still signal its smem
             cluster_sync()
 
-    if GROUPED:
+    if MASKED:
+        def fp8_gemm_1d2d(tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, workspace, counters, m, n, k,
+                          split_k, whole_tiles, layout, groups, d):
+            smem = cuda.shared.array(0, types.uint8, alignment=1024)
+            gemm(smem, tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, workspace, counters, m, n, k,
+                 split_k, whole_tiles, layout, groups, d)
+    elif GROUPED:
         def fp8_gemm_1d2d(tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, workspace, counters, m, n, k,
                           split_k, whole_tiles, layout, groups):
             smem = cuda.shared.array(0, types.uint8, alignment=1024)
             gemm(smem, tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, workspace, counters, m, n, k,
-                 split_k, whole_tiles, layout, groups)
+                 split_k, whole_tiles, layout, groups, 0)
     else:
         def fp8_gemm_1d2d(tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, workspace, counters, m, n, k,
                           split_k, whole_tiles):
             smem = cuda.shared.array(0, types.uint8, alignment=1024)
             gemm(smem, tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, workspace, counters, m, n, k,
-                 split_k, whole_tiles, 0, 1)
+                 split_k, whole_tiles, 0, 1, 0)
 
     fp8_gemm_1d2d.__name__ = fp8_gemm_1d2d.__qualname__ = cfg.name
     return fp8_gemm_1d2d

@@ -7,6 +7,8 @@ K block separately in FP32 is DeepSeek-V3's fix). The scales are the promotion p
 
 * `make_scaling_1d2d(cfg)`: A's per-row scale x B's per-128x128-block scale (one or two B-scale
   blocks per tile: a tile may straddle a 128-column boundary), the forward/dgrad recipe.
+* `make_scaling_1d1d(cfg)`: A's per-row scale x B's per-row scale, i.e. a scale per output
+  column (the weight-gradient recipe: both operands are activations or gradients).
 
 A part is a `Scaling` of device functions the loop calls at fixed points: `block_scales` once
 per K block (before the slot is released), `row_scales` per wave before its wgmmas, `combine`
@@ -25,7 +27,10 @@ from numba.cuda import types
 
 from .config import BLOCK_K, SFB_STAGE_BYTES
 from .ptx import ld_shared_f32, smem_descriptor_words, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait
-from .tile import fragment_fence, fragment_promote, fragment_zeros
+from .tile import (
+    fragment_column_scales, fragment_fence, fragment_promote, fragment_promote_per_column,
+    fragment_zeros,
+)
 
 
 class Scaling(NamedTuple):
@@ -36,6 +41,18 @@ class Scaling(NamedTuple):
     promote_last_wave: Callable
 
 
+def make_row_scales(cfg):
+    """`row_scales(sfa_row, stage, wave)`: this thread's two rows' A scales (`sfa_row`: its
+    row's address in slot 0); both recipes scale A per row."""
+    sfa_bytes = cfg.sfa_stage_bytes
+
+    @cuda.jit(device=True, inline="always")
+    def row_scales(sfa_row, stage, wave):
+        sfa = sfa_row + sfa_bytes * stage + 4 * 128 * wave
+        return ld_shared_f32(sfa), ld_shared_f32(sfa + 32)
+    return row_scales
+
+
 def make_scaling_1d2d(cfg, first_groups=None):
     """A 1x128 x B 128x128: a thread's rows r, r + 8 take sa[r] * sb; a straddling tile's
     8-column groups left of the B-scale boundary take the first block's sb, the rest the
@@ -44,7 +61,7 @@ def make_scaling_1d2d(cfg, first_groups=None):
     inline = cuda.jit(device=True, inline="always")
     n_acc, waves = cfg.block_n // 2, cfg.waves
     final_acc = waves * n_acc
-    straddle, sfa_bytes = cfg.straddles, cfg.sfa_stage_bytes
+    straddle = cfg.straddles
     sfb_base = cfg.smem_offsets["sfb"]
     static = cfg.static_scale_splits
 
@@ -55,12 +72,6 @@ def make_scaling_1d2d(cfg, first_groups=None):
         sfb = base + sfb_base + SFB_STAGE_BYTES * stage
         sb = ld_shared_f32(sfb)
         return sb, (ld_shared_f32(sfb + 4) if straddle else sb)
-
-    @inline
-    def row_scales(sfa_row, stage, wave):
-        """This thread's two rows' A scales (`sfa_row`: its row's address in slot 0)."""
-        sfa = sfa_row + sfa_bytes * stage + 4 * 128 * wave
-        return ld_shared_f32(sfa), ld_shared_f32(sfa + 32)
 
     @inline
     def combine(rows, b_scales):
@@ -85,7 +96,39 @@ def make_scaling_1d2d(cfg, first_groups=None):
             return promote(final, acc, s_row0, s_row8)
         return promote_scaled
 
-    return Scaling(block_scales, row_scales, combine, promotion(0), promotion(waves - 1))
+    return Scaling(block_scales, make_row_scales(cfg), combine, promotion(0),
+                   promotion(waves - 1))
+
+
+def make_scaling_1d1d(cfg, first_groups=None):
+    """A 1x128 x B 1x128: element (r, c) takes sa[r] * sb[c]; the slot holds the K block's
+    BLOCK_N column scales (TMA-loaded), a thread reads those of its columns before the slot is
+    released (BLOCK_N / 4 floats)."""
+    inline = cuda.jit(device=True, inline="always")
+    n_acc, waves = cfg.block_n // 2, cfg.waves
+    sfb_base, sfb_bytes = cfg.smem_offsets["sfb"], cfg.sfb_stage_bytes
+    load_columns = fragment_column_scales(n_acc)
+
+    @inline
+    def block_scales(base, stage):
+        return load_columns(base + sfb_base + sfb_bytes * stage + 8 * (cuda.threadIdx.x % 4))
+
+    @inline
+    def combine(rows, columns):
+        sa_row0, sa_row8 = rows
+        return sa_row0, sa_row8, columns
+
+    def promotion(wave):
+        promote = fragment_promote_per_column(n_acc, waves * n_acc, wave * n_acc)
+
+        @inline
+        def promote_scaled(final, acc, scales, n_first):
+            sa_row0, sa_row8, columns = scales
+            return promote(final, acc, sa_row0, sa_row8, columns)
+        return promote_scaled
+
+    return Scaling(block_scales, make_row_scales(cfg), combine, promotion(0),
+                   promotion(waves - 1))
 
 
 def make_k_loop(cfg, ring, scaling):

@@ -17,6 +17,10 @@ Schedules (GemmConfig.schedule):
   is not a group) get an empty K range: no loads, no MMA, zero rows stored.
 * m_grouped_masked: A is (groups, M_max, K); group g has `masked_m[g]` rows (read on the GPU),
   so ceil(masked_m[g] / BLOCK_M) M blocks: empty groups and blocks past the count cost nothing.
+* k_grouped: every group is an M x N problem of its own K; the layout holds the cumulative K
+  blocks (int32, groups + 1), so group g's tiles take K blocks [cum[g], cum[g + 1]) (global
+  indices: the scales of all groups are concatenated along K). An empty group's tiles get an
+  empty K range (their output is C, or zeros).
 
 `make_schedule(..., device=True)` gives the kernel's inline device functions; `device=False`
 gives the same source as plain Python (the host twin), which the launcher and the tests use:
@@ -37,6 +41,8 @@ class Schedule(NamedTuple):
     count: Callable   # count(work) -> number of units
     tile: Callable    # tile(unit, work) -> (group, m_block, n_block, tile_unit, split,
                       #   kb_begin, kb_end); tile_unit counts split tiles for the workspace
+    rows: Callable    # rows(work, group) -> masked: the group's row count, clamped to
+                      #   [0, M_max] (what the epilogue may write)
 
 
 class _HostOps:
@@ -88,6 +94,7 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
     BM, BN = block_m, block_n
     GROUPED_CONTIGUOUS = schedule == "m_grouped_contiguous"
     MASKED = schedule == "m_grouped_masked"
+    K_GROUPED = schedule == "k_grouped"
     split_k_built = split_k
 
     @jit
@@ -107,9 +114,15 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
         return m_unit, n_unit
 
     @jit
-    def masked_blocks(layout, g):
-        """M blocks of group g of a masked layout (its row count read on the GPU)."""
-        return div(load(layout, g) + (BM - 1), BM)
+    def masked_rows(layout, g, m_max):
+        """Rows of group g of a masked layout (read on the GPU), clamped to [0, M_max]: a
+        negative or too large count never reaches an address."""
+        return i32(min(max(load(layout, g), 0), m_max))
+
+    @jit
+    def masked_blocks(layout, g, m_max):
+        """M blocks of group g of a masked layout."""
+        return div(masked_rows(layout, g, m_max) + (BM - 1), BM)
 
     @jit
     def begin(m, n, k, split_k, whole_tiles, layout, groups, where):
@@ -126,10 +139,10 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
         masked_units = 0
         if MASKED:
             for g in range(groups):
-                masked_units += masked_blocks(layout, g)
+                masked_units += masked_blocks(layout, g, m)
         rank, first, step = position(where, cluster)
         return (num_kb, (split_k, whole_tiles), rank, first, step, num_m_units, num_n_units,
-                (layout, groups, i32(masked_units)))
+                (layout, groups, i32(masked_units), m))
 
     @jit
     def count(work):
@@ -137,6 +150,8 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
         if MASKED:
             return grouping[2] * num_n_units
         tiles = num_m_units * num_n_units
+        if K_GROUPED:
+            return grouping[1] * tiles
         if not split_k_built:
             return tiles
         split_k, whole_tiles = splitting
@@ -162,24 +177,31 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
                 i32(min(num_kb, kb_begin + per_split)))
 
     @jit
-    def masked_tile(unit, num_kb, num_n_units, layout, groups):
+    def masked_tile(unit, num_kb, num_n_units, layout, groups, m_max):
         """Group g's M blocks come after those of groups < g; each M block's N units are
         consecutive (the CTAs running at once share A's rows)."""
         m_unit = div(unit, num_n_units)
         n_block = unit - m_unit * num_n_units
         group = 0
-        blocks = masked_blocks(layout, 0)
+        blocks = masked_blocks(layout, 0, m_max)
         while m_unit >= blocks and group + 1 < groups:
             m_unit -= blocks
             group += 1
-            blocks = masked_blocks(layout, group)
+            blocks = masked_blocks(layout, group, m_max)
         return i32(group), i32(m_unit), i32(n_block), unit, 0, i32(0), num_kb
 
     @jit
     def tile(unit, work):
         num_kb, splitting, rank, first, step, num_m_units, num_n_units, grouping = work
         if MASKED:
-            return masked_tile(unit, num_kb, num_n_units, grouping[0], grouping[1])
+            return masked_tile(unit, num_kb, num_n_units, grouping[0], grouping[1],
+                               grouping[3])
+        if K_GROUPED:
+            tiles = num_m_units * num_n_units
+            group = div(unit, tiles)
+            m_block, n_block = tile_of(unit - group * tiles, rank, num_m_units, num_n_units)
+            return (i32(group), m_block, n_block, unit, 0, i32(load(grouping[0], group)),
+                    i32(load(grouping[0], group + 1)))
         tile_unit, split, kb_begin, kb_end = unit_work(unit, num_kb, splitting)
         m_block, n_block = tile_of(tile_unit, rank, num_m_units, num_n_units)
         group = 0
@@ -190,7 +212,12 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
                 kb_end = kb_begin
         return i32(group), m_block, n_block, tile_unit, split, kb_begin, kb_end
 
-    return Schedule(begin, count, tile)
+    @jit
+    def rows(work, group):
+        grouping = work[7]
+        return masked_rows(grouping[0], group, grouping[3])
+
+    return Schedule(begin, count, tile, rows)
 
 
 # --- the host's view of the same schedule -------------------------------------------------------

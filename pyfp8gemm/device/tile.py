@@ -195,3 +195,127 @@ def fragment_add_global_v4(n_final):
 
     sig = frag(frag, u64, u64)
     return intrinsic(_typer(3, sig, codegen, f"fragment_add_global_v4_{n_final}"))
+
+
+@functools.cache
+def fragment_store_bf16_global(n_acc, n_final=None, offset=0):
+    """Make `store(address, fragment, row_bytes, rows, cols)`: the fragment's elements
+    offset..offset + n_acc as bf16 straight to global memory, only inside a bound.
+
+    `address` is this thread's first element (its first row, its first column: 2 * (lane % 4)
+    of the tile's first 8-column group), `row_bytes` the output's row stride, `rows` how many
+    rows from the thread's first row may be written (its rows are r and r + 8), `cols` how many
+    columns from its first column. Each pair of neighbouring columns is one predicated
+    st.global.b32 (N is a multiple of 8, so a pair is inside or outside as a whole). For
+    outputs whose rows past a bound must stay untouched (the masked grouped GEMM)."""
+    n_final = n_final or n_acc
+    u32, u64, i32 = types.uint32, types.uint64, types.int32
+    pack_asm = "cvt.rn.bf16x2.f32 $0, $2, $1;"
+    store_asm = "{ .reg .pred p; setp.ne.u32 p, $2, 0; @p st.global.b32 [$0], $1; }"
+
+    def codegen(context, builder, sig, args):
+        address, fragment, row_bytes, rows, cols = args
+        i64 = ir.IntType(64)
+        second_row = builder.add(address, builder.mul(row_bytes, ir.Constant(i64, 8)))
+        row_ok = (builder.icmp_signed(">", rows, ir.Constant(I32, 0)),
+                  builder.icmp_signed(">", rows, ir.Constant(I32, 8)))
+        for i in range(n_acc // 4):
+            col_ok = builder.icmp_signed(">", cols, ir.Constant(I32, 8 * i))
+            for half, row_address in enumerate((address, second_row)):
+                v = [builder.extract_value(fragment, offset + 4 * i + 2 * half + j)
+                     for j in range(2)]
+                packed = emit_asm(builder, pack_asm, (u32,), (types.float32,) * 2, v)
+                ok = builder.zext(builder.and_(row_ok[half], col_ok), I32)
+                at = builder.add(row_address, ir.Constant(i64, 16 * i))
+                emit_asm(builder, store_asm, (), (u64, u32, u32), [at, packed, ok])
+        return context.get_dummy_value()
+
+    sig = types.void(u64, _fragment(n_final), u64, i32, i32)
+    return intrinsic(_typer(5, sig, codegen, f"fragment_store_bf16_global_{n_acc}_{n_final}"
+                                             f"_at{offset}"))
+
+
+@functools.cache
+def fragment_column_scales(n_acc):
+    """Make `load(address) -> scales`: the per-column scales of this thread's fragment columns
+    from shared memory (1D1D: B's scale per output column), n_acc / 2 floats: column pair i
+    (8i + 2 * (lane % 4) + 0/1) at address + 32 * i, one ld.shared.v2 each. `address` is the
+    slot's scale of column 2 * (lane % 4)."""
+    scales = _fragment(n_acc // 2)
+    f32, u32 = types.float32, types.uint32
+
+    def codegen(context, builder, sig, args):
+        (address,) = args
+        out = []
+        for i in range(n_acc // 4):
+            at = builder.add(address, ir.Constant(I32, 32 * i))
+            out += emit_asm(builder, "ld.shared.v2.f32 {$0, $1}, [$2];", (f32, f32), (u32,),
+                            [at])
+        return context.make_tuple(builder, scales, out)
+
+    return intrinsic(_typer(1, scales(u32), codegen, f"fragment_column_scales_{n_acc}"))
+
+
+@functools.cache
+def fragment_promote_per_column(n_acc, n_final=None, offset=0):
+    """Make `promote(final, acc, scale_row0, scale_row8, column_scales) -> final`: the 1D1D
+    two-level accumulation, final += acc * (scale_a[row] * scale_b[column]) per element
+    (`column_scales` from fragment_column_scales)."""
+    n_final = n_final or n_acc
+    frag, final_frag = _fragment(n_acc), _fragment(n_final)
+    f32 = types.float32
+
+    def codegen(context, builder, sig, args):
+        final, acc, s_row0, s_row8, columns = args
+        out = [builder.extract_value(final, e) for e in range(n_final)]
+        for i in range(n_acc // 4):
+            for j in range(4):
+                e = 4 * i + j
+                column = builder.extract_value(columns, 2 * i + j % 2)
+                scale = builder.fmul(s_row0 if j < 2 else s_row8, column)
+                out[offset + e] = builder.fma(builder.extract_value(acc, e), scale,
+                                              out[offset + e])
+        return context.make_tuple(builder, final_frag, out)
+
+    sig = final_frag(final_frag, frag, f32, f32, _fragment(n_acc // 2))
+    return intrinsic(_typer(5, sig, codegen,
+                            f"fragment_promote_per_column_{n_acc}_{n_final}_at{offset}"))
+
+
+@functools.cache
+def fragment_store_f32_global(n_acc, accumulate):
+    """Make `store(d_address, c_address, fragment, row_bytes, rows, cols)`: the fragment as
+    FP32 straight to global memory, only inside a bound (see fragment_store_bf16_global for the
+    addressing; a column pair is one predicated st.global.v2.f32). With `accumulate`, each pair
+    is first read at c_address (the same offsets: C may be D itself) and added: D = C + frag.
+    Every element has one owning thread, so the read-modify-write needs no atomics."""
+    u64, i32, f32 = types.uint64, types.int32, types.float32
+    load_asm = ("{ .reg .pred p; setp.ne.u32 p, $3, 0; mov.f32 $0, 0f00000000; "
+                "mov.f32 $1, 0f00000000; @p ld.global.v2.f32 {$0, $1}, [$2]; }")
+    store_asm = "{ .reg .pred p; setp.ne.u32 p, $3, 0; @p st.global.v2.f32 [$0], {$1, $2}; }"
+
+    def codegen(context, builder, sig, args):
+        d_address, c_address, fragment, row_bytes, rows, cols = args
+        i64 = ir.IntType(64)
+        eight_rows = builder.mul(row_bytes, ir.Constant(i64, 8))
+        row_ok = (builder.icmp_signed(">", rows, ir.Constant(I32, 0)),
+                  builder.icmp_signed(">", rows, ir.Constant(I32, 8)))
+        for i in range(n_acc // 4):
+            col_ok = builder.icmp_signed(">", cols, ir.Constant(I32, 8 * i))
+            for half in range(2):
+                step = ir.Constant(i64, 32 * i)
+                if half:
+                    step = builder.add(step, eight_rows)
+                ok = builder.zext(builder.and_(row_ok[half], col_ok), I32)
+                v = [builder.extract_value(fragment, 4 * i + 2 * half + j) for j in range(2)]
+                if accumulate:
+                    c = emit_asm(builder, load_asm, (f32, f32), (u64, types.uint32),
+                                 [builder.add(c_address, step), ok])
+                    v = [builder.fadd(v[j], c[j]) for j in range(2)]
+                emit_asm(builder, store_asm, (), (u64, f32, f32, types.uint32),
+                         [builder.add(d_address, step)] + v + [ok])
+        return context.get_dummy_value()
+
+    sig = types.void(u64, u64, _fragment(n_acc), u64, i32, i32)
+    return intrinsic(_typer(6, sig, codegen, f"fragment_store_f32_global_{n_acc}"
+                                             f"{'_acc' if accumulate else ''}"))

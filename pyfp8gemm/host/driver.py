@@ -92,6 +92,11 @@ def tensormap_2d(dtype, address: int, inner: int, outer: int, row_stride_bytes: 
         "cuTensorMapEncodeTiled")
 
 
+def tensormap_bytes(tensormap: cu.CUtensorMap) -> bytes:
+    """The 128 bytes of an encoded tensor map (to place it in device memory)."""
+    return ctypes.string_at(tensormap.getPtr(), 128)
+
+
 def tensormap_3d(dtype, address: int, dims, strides_bytes, box, swizzle_bytes: int = 0
                  ) -> cu.CUtensorMap:
     """A TMA descriptor for a 3-D tensor: `dims` (innermost first), the byte strides of the

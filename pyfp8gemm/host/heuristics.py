@@ -93,10 +93,12 @@ def stages_for(block_m: int, block_n: int) -> int:
 
 
 def make_config(block_m: int, block_n: int, multicast: str = "none", split_k: bool = False,
-                schedule: str = "dense") -> GemmConfig:
+                schedule: str = "dense", scaling: str = "1d2d",
+                accumulate: bool = False) -> GemmConfig:
     """The kernel of a tile shape, with the deepest ring shared memory holds."""
-    return GemmConfig(block_m, block_n, stages_for(block_m, block_n), multicast,
-                      split_k=split_k, schedule=schedule)
+    stages = min(MAX_STAGES, GemmConfig.max_stages(block_m, block_n, scaling))
+    return GemmConfig(block_m, block_n, stages, multicast, split_k=split_k, schedule=schedule,
+                      scaling=scaling, accumulate=accumulate)
 
 
 def make_choice(block_m: int, block_n: int, multicast: str = "none", split_k: int = 1,
@@ -136,11 +138,13 @@ def choose_last_wave_split(tiles: int, k: int, num_sms: int) -> int:
 
 def choose_config(problem: GemmProblem, num_sms: int) -> KernelChoice:
     """The kernel and launch policy pyfp8gemm uses for `problem` on `num_sms` SMs."""
+    if problem.out_dtype == "f32":
+        return choose_1d1d(problem, num_sms)
     if problem.kind == "dense":
         return choose_dense(problem.m, problem.n, problem.k, num_sms)
     if problem.kind in ("m_grouped_contiguous", "m_grouped_masked"):
         return choose_m_grouped(problem, num_sms)
-    raise NotImplementedError(f"no kernel for {problem.kind!r} problems yet")
+    raise ValueError(f"{problem.kind!r} problems have FP32 output (out_dtype='f32')")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -186,7 +190,7 @@ def choose_dense(m: int, n: int, k: int, num_sms: int) -> KernelChoice:
 
 
 def tile_cost(m_blocks: int, n_blocks: int, block_m: int, block_n: int, num_sms: int,
-              last_wave_split: int = 1, wants_multicast: bool = False):
+              last_wave_split: int = 1, wants_multicast: bool = False, scaling: str = "1d2d"):
     """The cost model (module docstring) of m_blocks x n_blocks tiles; smaller is faster, ties
     go to the larger tile."""
     tiles = m_blocks * n_blocks
@@ -196,14 +200,38 @@ def tile_cost(m_blocks: int, n_blocks: int, block_m: int, block_n: int, num_sms:
     time = waves * block_m * (block_n + TILE_OVERHEAD_COLUMNS[block_m])
     if block_m == 256:
         time *= BLOCK_M_256_SPEEDUP
-    elif block_n > 128:
+    elif block_n > (128 if scaling == "1d2d" else WGRAD_OVERLAP_MAX_N):
         time *= NO_OVERLAP_PENALTY[block_m]     # promotion not overlapped (registers)
     if (wants_multicast and block_m == 128 and (
             last_wave_split > 1 or _multicast_for(m_blocks, n_blocks) == "none")):
         time *= NO_MULTICAST_PENALTY
-    if _straddle_costs(block_m, block_n):
+    if scaling == "1d2d" and _straddle_costs(block_m, block_n):
         time *= STRADDLE_PENALTY                # tiles cross B-scale blocks
     return time, -block_m, -block_n
+
+
+# Weight-gradient GEMMs (1D1D scaling, FP32 out; dense or k-grouped) use the same cost model,
+# not yet tuned on a GPU: BLOCK_M 64 for M <= 64 else 128, BLOCK_N up to 128 (a promotion with
+# a scale per column keeps BLOCK_N / 4 more floats per thread, so only BLOCK_N <= 64 overlaps
+# it with the next wgmmas), no clusters, no split-K. A k-grouped problem's tiles are those of
+# every group (G x M x N blocks).
+WGRAD_OVERLAP_MAX_N = 64
+WGRAD_BLOCK_N = tuple(range(16, 129, 16))
+
+
+@functools.lru_cache(maxsize=1024)
+def choose_1d1d(problem: GemmProblem, num_sms: int) -> KernelChoice:
+    block_ms = (64,) if problem.m <= 64 else (128,)
+    groups = problem.groups if problem.kind == "k_grouped" else 1
+
+    def cost(block_m, block_n):
+        return tile_cost(groups * _ceil_div(problem.m, block_m), _ceil_div(problem.n, block_n),
+                         block_m, block_n, num_sms, scaling="1d1d")
+
+    block_m, block_n = min(((bm, bn) for bm in block_ms for bn in WGRAD_BLOCK_N),
+                           key=lambda c: cost(*c))
+    return KernelChoice(make_config(block_m, block_n, schedule=problem.kind, scaling="1d1d",
+                                    accumulate=problem.accumulate))
 
 
 # MoE grouped GEMMs (m-grouped contiguous and masked) use the dense kernel with a grouped
@@ -281,4 +309,8 @@ def all_configs() -> list[GemmConfig]:
              and not (block_m == 64 and multicast == "b"
                       and block_n < SMALL_M_MULTICAST_B_MIN_N)
              and not (split_k and multicast != "none")]
-    return dense + grouped_configs()
+    wgrad = [make_config(block_m, block_n, schedule=schedule, scaling="1d1d",
+                         accumulate=accumulate)
+             for schedule in ("dense", "k_grouped") for block_m in (64, 128)
+             for block_n in WGRAD_BLOCK_N for accumulate in (False, True)]
+    return dense + grouped_configs() + wgrad

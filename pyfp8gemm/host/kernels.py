@@ -6,16 +6,22 @@ from __future__ import annotations
 import functools
 
 from ..cache.compiler import KernelSpec
-from ..device import gemm_1d2d
+from ..device import gemm_1d1d, gemm_1d2d
 from ..device.config import GemmConfig
 
 
 def kernel_spec(cfg: GemmConfig) -> KernelSpec:
-    """How to build the kernel of one configuration (for the compile cache and `inspect`)."""
-    params = gemm_1d2d.params_of(cfg)
-    return KernelSpec(name=cfg.name, make_kernel=functools.partial(gemm_1d2d.make_fp8_gemm_1d2d, cfg),
+    """How to build the kernel of one configuration (for the compile cache and `inspect`):
+    the family's factory, its declared parameters and which of them are tensor maps."""
+    if cfg.scaling == "1d1d":
+        make, params, tensormaps = gemm_1d1d.make_fp8_gemm_1d1d, gemm_1d1d.PARAMS, \
+            gemm_1d1d.TENSORMAP_PARAMS
+    else:
+        make, params, tensormaps = gemm_1d2d.make_fp8_gemm_1d2d, gemm_1d2d.params_of(cfg), \
+            gemm_1d2d.TENSORMAP_PARAMS
+    return KernelSpec(name=cfg.name, make_kernel=functools.partial(make, cfg),
                       signature=tuple(t for _, t in params), threads=cfg.threads,
-                      tensormap_params=gemm_1d2d.TENSORMAP_PARAMS, config=cfg.__dict__.copy())
+                      tensormap_params=tensormaps, config=cfg.__dict__.copy())
 
 
 def all_kernel_specs() -> list[KernelSpec]:

@@ -48,11 +48,15 @@ class LaunchKey(NamedTuple):
     groups: int = 1
     expected_m: int | None = None
     m_alignment: int = 128
+    out_dtype: str = "bf16"     # "f32": the 1D1D family (B's scales 1x128 too)
+    c: int = 0                  # 1D1D: C's pointer (D = C + A @ B^T), 0 without
+    b_scale_stride: int = 0     # 1D1D: B's scales' floats between K blocks (align(N, 4))
+    ks: tuple = ()              # k_grouped: every group's K (host values)
 
     @property
     def problem(self) -> GemmProblem:
         return GemmProblem(self.m, self.n, self.k, self.kind, self.groups, self.expected_m,
-                           m_alignment=self.m_alignment)
+                           self.out_dtype, self.c != 0, m_alignment=self.m_alignment)
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,8 +100,11 @@ class Plan:
 
     def param_block(self, key: LaunchKey, workspace_ptr: int = 0,
                     counters_ptr: int = 0) -> driver.ParamBlock:
-        """The kernel's parameters for the tensors of `key`, tensor maps by value.
+        """The kernel's parameters for the tensors of `key`, tensor maps by value (the
+        family's own list: the 1D2D kernel's or the 1D1D kernel's).
         `workspace_ptr`/`counters_ptr`: the split-K scratch (Plan.workspace), 0 without."""
+        if self.cfg.scaling == "1d1d":
+            return self._params_1d1d(key)
         cfg, p = self.cfg, self.problem
         m, n, k, g = p.m, p.n, p.k, p.groups
         kb = -(-k // BLOCK_K)
@@ -107,18 +114,17 @@ class Plan:
         a = tensormap(driver.DTYPE_FP8, key.a, k, a_rows, k, BLOCK_K, cfg.block_m, 128)
         b = tensormap(driver.DTYPE_FP8, key.b, k, b_rows, k, BLOCK_K, cfg.block_n, 128)
         if p.kind == "m_grouped_masked":
-            # A's scales (groups, K blocks, align(M_max, 4)); D (groups, M_max, N): 3-D maps,
-            # so that no box reaches into the next group's rows.
+            # A's scales (groups, K blocks, align(M_max, 4)): a 3-D map, so that no box reaches
+            # into the next group's rows. (The masked epilogue stores D from registers: its
+            # tensor map only keeps the parameter list the same as the other schedules'.)
             pad = key.a_scale_stride
             sfa = driver.tensormap_3d(driver.DTYPE_F32, key.a_scale, (m, kb, g),
                                       (pad * 4, pad * kb * 4), (cfg.block_m, 1, 1))
-            d = driver.tensormap_3d(driver.DTYPE_BF16, key.out, (n, m, g), (n * 2, n * m * 2),
-                                    (cfg.swizzle_d // 2, D_STORE_ROWS, 1), cfg.swizzle_d)
         else:
             sfa = tensormap(driver.DTYPE_F32, key.a_scale, m, kb, key.a_scale_stride * 4,
                             cfg.block_m, 1)
-            d = tensormap(driver.DTYPE_BF16, key.out, n, m, n * 2, cfg.swizzle_d // 2,
-                          D_STORE_ROWS, cfg.swizzle_d)
+        d = tensormap(driver.DTYPE_BF16, key.out, n, a_rows, n * 2, cfg.swizzle_d // 2,
+                      D_STORE_ROWS, cfg.swizzle_d)
         params = [
             a, b, sfa, d,
             (driver.c_int64, key.b_scale),
@@ -128,7 +134,52 @@ class Plan:
         ]
         if p.kind != "dense":
             params += [(driver.c_int64, key.layout), (driver.c_int32, g)]
+        if p.kind == "m_grouped_masked":
+            params += [(driver.c_int64, key.out)]
         return driver.ParamBlock(tuple(params))
+
+    def _params_1d1d(self, key: LaunchKey) -> driver.ParamBlock:
+        """The 1D1D kernel's parameters (device/gemm_1d1d.py). k_grouped: each group's A_g
+        (M, k_g) and B_g (N, k_g) get tensor maps of their own, in a table in device memory
+        built here once per bound launch (kept alive by its parameter block), and the
+        cumulative K blocks per group go with it (the schedule's layout)."""
+        cfg, p = self.cfg, self.problem
+        m, n, k = p.m, p.n, p.k
+        tensormap = driver.tensormap_2d
+        kb = -(-k // BLOCK_K)
+        sfa = tensormap(driver.DTYPE_F32, key.a_scale, m, kb, key.a_scale_stride * 4,
+                        cfg.block_m, 1)
+        sfb = tensormap(driver.DTYPE_F32, key.b_scale, n, kb, key.b_scale_stride * 4,
+                        cfg.block_n, 1)
+        keep = []
+        if p.kind == "k_grouped":
+            maps, cum, a_at, b_at = [], [0], key.a, key.b
+            for k_g in key.ks:
+                rows = max(k_g, BLOCK_K)     # an empty group's maps are never used
+                maps += [tensormap(driver.DTYPE_FP8, a_at, rows, m, rows, BLOCK_K, cfg.block_m,
+                                   128),
+                         tensormap(driver.DTYPE_FP8, b_at, rows, n, rows, BLOCK_K, cfg.block_n,
+                                   128)]
+                a_at, b_at = a_at + m * k_g, b_at + n * k_g
+                cum.append(cum[-1] + k_g // BLOCK_K)
+            device = torch.device("cuda", self.device_index)
+            table = torch.frombuffer(bytearray(b"".join(driver.tensormap_bytes(t) for t in maps)),
+                                     dtype=torch.uint8).to(device)
+            layout = torch.tensor(cum, dtype=torch.int32).to(device)
+            keep = [table, layout]
+            a = b = maps[0] if maps else None
+            layout_ptr, tmaps_ptr = layout.data_ptr(), table.data_ptr()
+        else:
+            a = tensormap(driver.DTYPE_FP8, key.a, k, m, k, BLOCK_K, cfg.block_m, 128)
+            b = tensormap(driver.DTYPE_FP8, key.b, k, n, k, BLOCK_K, cfg.block_n, 128)
+            layout_ptr = tmaps_ptr = 0
+        block = driver.ParamBlock((
+            a, b, sfa, sfb, (driver.c_int64, key.out), (driver.c_int64, key.c or key.out),
+            (driver.c_int32, m), (driver.c_int32, n), (driver.c_int32, k),
+            (driver.c_int64, layout_ptr), (driver.c_int32, p.groups),
+            (driver.c_int64, tmaps_ptr)))
+        block.keep = keep
+        return block
 
 
 class BoundLaunch:
@@ -211,9 +262,9 @@ def _plan(problem: GemmProblem, device_index: int, num_sms: int,
           choice: KernelChoice | None) -> Plan:
     choice = choice or choose_config(problem, num_sms)
     cfg = choice.config
-    if cfg.schedule != (problem.kind if problem.kind != "dense" else "dense"):
-        raise ValueError(f"{cfg.name}: a {cfg.schedule!r} kernel cannot run a {problem.kind!r} "
-                         "problem")
+    if cfg.schedule != problem.kind or (cfg.scaling == "1d1d") != (problem.out_dtype == "f32") \
+            or cfg.accumulate != problem.accumulate:
+        raise ValueError(f"{cfg.name} cannot run {problem}")
     if cfg.multicast == "a" and -(-problem.n // cfg.block_n) % 2:
         raise ValueError(f"{cfg.name}: multicast 'a' needs an even number of N tiles")
     if cfg.multicast == "b" and -(-problem.m // cfg.block_m) % 2:
@@ -228,6 +279,9 @@ def _plan(problem: GemmProblem, device_index: int, num_sms: int,
     kernel = loaded_kernel(cfg, device_index)
     if problem.kind == "m_grouped_masked":
         grid = scheduler.grid_size(cfg, num_sms, num_sms)       # units known on the GPU only
+    elif problem.kind == "k_grouped":
+        units = problem.groups * scheduler.tiles(cfg, problem.m, problem.n)
+        grid = scheduler.grid_size(cfg, units, num_sms)
     else:
         whole = scheduler.whole_tiles(cfg, problem.m, problem.n, choice.split_k,
                                       choice.split_last_wave, num_sms)
@@ -280,5 +334,23 @@ def launch_grouped(kind: str, a_data, a_scale, b_data, b_scale, out, layout: tor
                     a_scale.stride(-1), a_data.get_device(), as_choice(config),
                     device_info._num_sms_limit, kind, layout.data_ptr(), groups,
                     expected_m, m_alignment)
+    bound = _bound.get(key)
+    (bound if bound is not None else _bind(key))()
+
+
+def launch_1d1d(a_data, a_scale, b_data, b_scale, d, c, kind="dense", ks=(),
+                config: KernelChoice | GemmConfig | None = None) -> None:
+    """Launch the 1D1D GEMM (D = C + A @ B^T in FP32; `kind` dense or k_grouped) on
+    kernel-ready tensors (host/launchers.py states the layouts)."""
+    if kind == "k_grouped":
+        groups, m, n = d.shape
+        k = sum(ks)
+    else:
+        (m, k), n, groups = a_data.shape, b_data.shape[0], 1
+    key = LaunchKey(a_data.data_ptr(), a_scale.data_ptr(), b_data.data_ptr(),
+                    b_scale.data_ptr(), d.data_ptr(), m, n, k, a_scale.stride(-1),
+                    d.get_device(), as_choice(config), device_info._num_sms_limit, kind,
+                    groups=groups, out_dtype="f32", c=0 if c is None else c.data_ptr(),
+                    b_scale_stride=b_scale.stride(-1), ks=tuple(ks))
     bound = _bound.get(key)
     (bound if bound is not None else _bind(key))()

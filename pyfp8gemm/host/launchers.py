@@ -18,17 +18,14 @@ from __future__ import annotations
 import torch
 
 
-def _not_built(what: str):
-    raise NotImplementedError(f"{what}: the GPU kernel is not built yet in this version "
-                              "(the CPU reference backend computes it on CPU tensors)")
-
-
 def m_grouped_contiguous(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
                          b_scale: torch.Tensor, d: torch.Tensor, m_indices: torch.Tensor,
                          expected_m: int, alignment: int) -> None:
     """d[rows of group g] = A[rows] @ B[g]^T (bf16), `m_indices` int32 (M_sum,) on the GPU: the
     group of each row, constant over each `alignment`-row block, -1 for padding (written 0)."""
-    _not_built("m_grouped_fp8_gemm_nt_contiguous")
+    from .launch import launch_grouped
+    launch_grouped("m_grouped_contiguous", a_data, a_scale, b_data, b_scale, d, m_indices,
+                   b_data.shape[0], expected_m, alignment)
 
 
 def m_grouped_masked(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
@@ -36,18 +33,24 @@ def m_grouped_masked(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.
                      expected_m: int) -> None:
     """d[g, :masked_m[g]] = A[g, :masked_m[g]] @ B[g]^T (bf16); A (G, M_max, K), d (G, M_max, N),
     `masked_m` int32 (G,) on the GPU, read by the kernel only."""
-    _not_built("m_grouped_fp8_gemm_nt_masked")
+    from .launch import launch_grouped
+    launch_grouped("m_grouped_masked", a_data, a_scale, b_data, b_scale, d, masked_m,
+                   b_data.shape[0], expected_m)
 
 
 def gemm_1d1d(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
               b_scale: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None) -> None:
     """d = c + A @ B^T in FP32 (c None: d = A @ B^T; c may be d itself), both scales 1x128."""
-    _not_built("fp8_gemm_nt with 1x128 scales on both operands (1D1D)")
+    from .launch import launch_1d1d
+    launch_1d1d(a_data, a_scale, b_data, b_scale, d, c)
 
 
 def k_grouped(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
               b_scale: torch.Tensor, d: torch.Tensor, c: torch.Tensor | None, ks: list[int],
               ks_tensor: torch.Tensor) -> None:
     """d[g] = c[g] + A_g @ B_g^T in FP32 for the concatenated K-major blocks A_g (M, k_g),
-    B_g (N, k_g); scales 1x128 along K, MN-major over the concatenated K blocks."""
-    _not_built("k_grouped_fp8_gemm_nt_contiguous")
+    B_g (N, k_g); scales 1x128 along K, MN-major over the concatenated K blocks. The first
+    call per set of pointers and `ks` builds the groups' tensor-map table (a host-to-device
+    copy): warm it up before CUDA-graph capture. `ks_tensor` is not read (`ks` says it all)."""
+    from .launch import launch_1d1d
+    launch_1d1d(a_data, a_scale, b_data, b_scale, d, c, "k_grouped", tuple(ks))

@@ -18,8 +18,9 @@ KINDS = ("dense", "m_grouped_contiguous", "m_grouped_masked", "k_grouped")
 class GemmProblem:
     """D = A @ B^T of `kind`: M, N, K (M is M_sum for contiguous, M_max for masked, K the
     total of every group's K for k_grouped), the number of groups, the expected rows per group
-    (a hint: masked and contiguous layouts are read on the GPU), the output type and whether
-    the output accumulates (D = C + A @ B^T)."""
+    (a hint: masked and contiguous layouts are read on the GPU), the output type ("bf16": A and
+    B scaled 1x128 / 128x128; "f32": both 1x128, the weight-gradient recipe) and whether the
+    output accumulates (D = C + A @ B^T)."""
     m: int
     n: int
     k: int
@@ -37,6 +38,10 @@ class GemmProblem:
             raise ValueError(f"groups must be >= 1, got {self.groups}")
         if self.kind == "dense" and self.groups != 1:
             raise ValueError("a dense problem has one group")
+        if self.out_dtype not in ("bf16", "f32"):
+            raise ValueError(f"out_dtype must be 'bf16' or 'f32', got {self.out_dtype!r}")
+        if (self.kind == "k_grouped" or self.accumulate) and self.out_dtype != "f32":
+            raise ValueError("k_grouped and accumulating problems have FP32 output")
 
     @property
     def rows_per_group(self) -> int:

@@ -1,0 +1,157 @@
+"""The FP8 GEMM kernel with 1D1D scaling: D[M, N] (FP32) = C + (A * sa) @ (B * sb)^T.
+
+Both operands carry one FP32 scale per row per 128 K ("1x128"): the weight-gradient recipe,
+where A and B are activations and gradients (dW = dY^T X with both transposed operands quantized
+per 128 tokens). The output is FP32, optionally accumulated into (C may be D itself, as a
+gradient accumulates over micro-batches). Composed of the same parts as the 1D2D kernel
+(gemm_1d2d.py): the ring (pipeline.py), the schedule (scheduler.py: dense, or k_grouped for MoE
+weight gradients), the K loop with the 1D1D scaling part (k_loop.py: a scale per output
+column), and an FP32 epilogue that stores from registers, bounded by M and N.
+
+  producer warpgroup   one thread streams A, B and both operands' scales (TMA) through the ring.
+  math warpgroups      per tile: the K loop, then D = C + tile, straight to global memory.
+
+k_grouped (DeepGEMM's k_grouped_fp8_gemm_nt_contiguous): group g multiplies A_g (M, k_g) by
+B_g (N, k_g), each K-major and concatenated in memory, so each group has its own A and B tensor
+maps (a table of 2 x groups CUtensorMaps in global memory, built by the host); the scales of all
+groups are concatenated along K (MN-major), so one map each serves every group at K block
+offsets cum[g].
+
+Reading order: `load_k_block` (the producer's slot filler), `math_loop`, the kernel entry.
+"""
+
+from numba import cuda
+from numba.cuda import types
+
+from .config import BLOCK_K, MATH_REGISTERS, PRODUCER_REGISTERS
+from .k_loop import fragments, make_scaling_1d1d, make_tile_k_loop
+from .pipeline import make_ring, make_ring_loader
+from .ptx import (
+    elect_one, ld_global_nc_s32, mbarrier_arrive_expect_tx, prefetch_tensormap,
+    setmaxnreg_dec, setmaxnreg_inc, smem_base, smem_descriptor_words, tma_load_2d,
+    warp_uniform,
+)
+from .scheduler import make_schedule
+from .tile import fragment_store_f32_global
+
+# Kernel parameters: A's, B's, A's scales' and B's scales' tensor maps (by value), D and C
+# (C = D to accumulate in place; unused without accumulate), M, N, K (K of all groups together
+# for k_grouped), the layout (k_grouped: cumulative K blocks per group, int32 groups + 1; 0
+# dense), the number of groups, and the table of per-group A and B tensor maps (k_grouped).
+PARAMS = (("tmap_a", types.int64), ("tmap_b", types.int64), ("tmap_sfa", types.int64),
+          ("tmap_sfb", types.int64), ("d", types.int64), ("c", types.int64),
+          ("m", types.int32), ("n", types.int32), ("k", types.int32),
+          ("layout", types.int64), ("groups", types.int32), ("tmaps", types.int64))
+TENSORMAP_PARAMS = (0, 1, 2, 3)
+TENSORMAP_BYTES = 128
+
+
+def make_fp8_gemm_1d1d(cfg):
+    """Return the kernel's Python function, specialized for `cfg` (compile with numba-cuda)."""
+    BM, BN = cfg.block_m, cfg.block_n
+    MATH_THREADS = cfg.math_threads
+    off = cfg.smem_offsets
+    SMEM_A, SMEM_B, SMEM_SFA, SMEM_SFB = off["a"], off["b"], off["sfa"], off["sfb"]
+    FULL_BARS = off["full"]
+    A_BYTES, B_BYTES = cfg.a_stage_bytes, cfg.b_stage_bytes
+    SFA_BYTES, SFB_BYTES = cfg.sfa_stage_bytes, cfg.sfb_stage_bytes
+    STAGE_TX_BYTES = A_BYTES + B_BYTES + BM * 4 + BN * 4     # what TMA delivers per stage
+    K_GROUPED = cfg.schedule == "k_grouped"
+    ACCUMULATE = cfg.accumulate
+
+    ring = make_ring(cfg.stages, FULL_BARS, off["empty"], full_arrivals=1,
+                     empty_arrivals=MATH_THREADS // 32, cluster=1)
+    init_ring = ring.init
+    schedule = make_schedule(cfg.schedule, BM, BN, 1, 1, cfg.group_m, False)
+    begin, count, tile, _ = schedule
+    tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_1d1d)
+    store_tile = fragment_store_f32_global(BN // 2, ACCUMULATE)
+    zeros, final_zeros = fragments(cfg)
+    desc_low, _ = smem_descriptor_words(128)
+    producer_registers = setmaxnreg_dec(PRODUCER_REGISTERS)
+    math_registers = setmaxnreg_inc(MATH_REGISTERS[cfg.math_warpgroups])
+    inline = cuda.jit(device=True, inline="always")
+
+    # ---- producer: one K block of one tile into a ring slot ------------------------------
+
+    @inline
+    def load_k_block(base, operands, rank, stage, group, m_block, n_block, kb):
+        """TMA thread: A's and B's tiles and both scale vectors of K block kb (a global K block
+        index: the scales' coordinate) into slot `stage`."""
+        tmap_a, tmap_b, tmap_sfa, tmap_sfb, layout, tmaps = operands
+        full = base + FULL_BARS + 8 * stage
+        mbarrier_arrive_expect_tx(full, STAGE_TX_BYTES)
+        local_kb = kb
+        if K_GROUPED:             # group g's own A_g and B_g maps, K blocks from its start
+            tmap_a = tmaps + 2 * TENSORMAP_BYTES * group
+            tmap_b = tmap_a + TENSORMAP_BYTES
+            local_kb = kb - ld_global_nc_s32(layout + 4 * group)
+        tma_load_2d(base + SMEM_A + A_BYTES * stage, tmap_a, full, local_kb * BLOCK_K,
+                    m_block * BM)
+        tma_load_2d(base + SMEM_B + B_BYTES * stage, tmap_b, full, local_kb * BLOCK_K,
+                    n_block * BN)
+        tma_load_2d(base + SMEM_SFA + SFA_BYTES * stage, tmap_sfa, full, m_block * BM, kb)
+        tma_load_2d(base + SMEM_SFB + SFB_BYTES * stage, tmap_sfb, full, n_block * BN, kb)
+
+    loader_loop = make_ring_loader(ring, schedule, load_k_block)
+
+    # ---- math warpgroups: tiles -> K loop -> D = C + tile ------------------------------------
+
+    @inline
+    def math_loop(base, d, c, m, n, work, tid):
+        unit, unit_step = work[3], work[4]
+        lane = types.int32(tid % 32)
+        row = 16 * (tid // 32) + lane // 4        # this thread's first fragment row in the tile
+        sfa_row = base + SMEM_SFA + 4 * row       # its A scale in ring slot 0
+        warpgroup = warp_uniform(tid // 128)
+        descs = (desc_low(base + SMEM_A + warpgroup * (64 * BLOCK_K)), desc_low(base + SMEM_B))
+        acc = zeros()
+        acc_next = zeros()
+        stage = types.int32(0)
+        phase = types.int32(0)
+        num_units = count(work)
+        while unit < num_units:
+            group, m_block, n_block, _, _, kb_begin, kb_end = tile(unit, work)
+            final = final_zeros()
+            if not K_GROUPED or kb_begin < kb_end:     # an empty group: D = C (or zeros)
+                final, acc, acc_next, stage, phase = tile_k_loop(
+                    BN // 8, base, final, acc, acc_next, descs, stage, phase, sfa_row, lane,
+                    0, kb_begin, kb_end)
+            unit += unit_step
+            # This thread's first element of the tile, in group g's (M, N) slice of D and C.
+            r = m_block * BM + row
+            col = n_block * BN + 2 * (lane % 4)
+            at = 4 * (group * m * n + r * n + col)
+            store_tile(d + at, c + at, final, 4 * n, m - r, n - col)
+
+    # ---- the kernel ------------------------------------------------------------------------
+
+    def fp8_gemm_1d1d(tmap_a, tmap_b, tmap_sfa, tmap_sfb, d, c, m, n, k, layout, groups,
+                      tmaps):
+        smem = cuda.shared.array(0, types.uint8, alignment=1024)
+        base = smem_base(smem)
+        tid = cuda.threadIdx.x
+        work = begin(m, n, k, 1, 0, layout, groups, 0)
+
+        if tid == MATH_THREADS:                   # producer's first thread: set up barriers
+            prefetch_tensormap(tmap_sfa)
+            prefetch_tensormap(tmap_sfb)
+            if not K_GROUPED:
+                prefetch_tensormap(tmap_a)
+                prefetch_tensormap(tmap_b)
+            init_ring(base)
+        cuda.syncthreads()
+
+        if tid >= MATH_THREADS:
+            producer_registers()
+            if tid < MATH_THREADS + 32:             # warp 0: the TMA thread
+                if elect_one():
+                    loader_loop(base, (tmap_a, tmap_b, tmap_sfa, tmap_sfb, layout, tmaps),
+                                work)
+                cuda.syncwarp()
+        else:
+            math_registers()
+            math_loop(base, d, c, m, n, work, tid)
+
+    fp8_gemm_1d1d.__name__ = fp8_gemm_1d1d.__qualname__ = cfg.name
+    return fp8_gemm_1d1d
