@@ -219,3 +219,20 @@ def test_launcher_not_called_for_empty(generator, fake_kernel):
     fp8_gemm_nt_1d1d(a, b, torch.empty(0, 8))
     assert fake_kernel == []
 
+
+
+def test_ops_registered_and_traced(fp8_allclose, generator):
+    """The 1D1D and k-grouped GEMMs are custom ops too: opcheck, and torch.compile(fullgraph)
+    of a function that accumulates into d (c is d) gives eager's result."""
+    _, _, a, b = operands(generator, 64, 32, 256)
+    d = torch.randn(64, 32, generator=generator)
+    torch.library.opcheck(torch.ops.pyfp8gemm.fp8_gemm_nt_1d1d,
+                          (a.data, a.scale, b.data, b.scale, d.clone(), None, True))
+
+    def step(d):
+        return fp8_gemm_nt_1d1d(a, b, d, d)
+
+    eager = step(d.clone())
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(d.clone())
+    assert torch.equal(eager, compiled)
+    assert calc_diff(eager - d, reference_gemm_1d1d(a, b)) < 1e-10

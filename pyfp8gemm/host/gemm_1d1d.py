@@ -29,12 +29,13 @@ kernel-ready layouts. A CUDA tensor never falls back to the CPU.
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from pyfp8gemm.host import checks, device_info, launchers
 from pyfp8gemm.host.fp8tensor import BLOCK, FP8Tensor, to_mn_major_tma_aligned
+from pyfp8gemm.ops import custom_op
 
 __all__ = [
     "fp8_gemm_nt_1d1d",
@@ -216,6 +217,10 @@ def fp8_gemm_nt_1d1d(a, b, d: torch.Tensor, c: torch.Tensor | None = None) -> to
     """
     a_data, a_scale, a_data_name, a_scale_name = _unpack_1x128("a", a)
     b_data, b_scale, b_data_name, b_scale_name = _unpack_1x128("b", b)
+    if torch.compiler.is_compiling():     # traced: one opaque op that mutates d
+        torch.ops.pyfp8gemm.fp8_gemm_nt_1d1d(a_data, a_scale, b_data, b_scale, d,
+                                             None if c is d else c, c is d)
+        return d
     m, k = a_data.shape
     n, k_of_b = b_data.shape
     checks.check_same_size("K", f"{a_data_name}.shape[1]", k, f"{b_data_name}.shape[1]", k_of_b)
@@ -351,6 +356,11 @@ def k_grouped_fp8_gemm_nt_contiguous(a, b, d: torch.Tensor, ks, ks_tensor: torch
     """
     a_data, a_scale, a_data_name, a_scale_name = _unpack_flat("a", a)
     b_data, b_scale, b_data_name, b_scale_name = _unpack_flat("b", b)
+    if torch.compiler.is_compiling():     # traced: one opaque op that mutates d
+        torch.ops.pyfp8gemm.k_grouped_fp8_gemm_nt_contiguous(
+            a_data, a_scale, b_data, b_scale, d, list(ks), ks_tensor, None if c is d else c,
+            c is d)
+        return d
     if not isinstance(d, torch.Tensor):
         raise TypeError(f"d: expected a torch.Tensor, got {type(d).__name__}")
     if d.dtype != torch.float32:
@@ -423,3 +433,36 @@ def k_grouped_fp8_gemm_nt_contiguous(a, b, d: torch.Tensor, ks, ks_tensor: torch
     with _on_device(d.device):
         launchers.k_grouped(a_data, a_scale, b_data, b_scale, d_ready, c, ks, ks_tensor)
     return d
+
+
+# ---------------------------------------------------------------------------------------------
+# torch custom ops (torch.compile sees an opaque op that mutates d). C aliasing D is passed as
+# a flag: an op's inputs may not alias the tensor it mutates. The eager checks run when the op
+# executes; the fake implementations only declare the mutation.
+# ---------------------------------------------------------------------------------------------
+
+
+def _fake_1d1d(a_data, a_scale, b_data, b_scale, d, c, accumulate_into_d) -> None:
+    return None
+
+
+def _fake_k_grouped(a_data, a_scale, b_data, b_scale, d, ks, ks_tensor, c,
+                    accumulate_into_d) -> None:
+    return None
+
+
+@custom_op("fp8_gemm_nt_1d1d", mutates_args=("d",), fake=_fake_1d1d)
+def _fp8_gemm_nt_1d1d_op(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
+                         b_scale: torch.Tensor, d: torch.Tensor, c: Optional[torch.Tensor],
+                         accumulate_into_d: bool) -> None:
+    """fp8_gemm_nt_1d1d with (data, scale) pairs; mutates d (c = d with accumulate_into_d)."""
+    fp8_gemm_nt_1d1d((a_data, a_scale), (b_data, b_scale), d, d if accumulate_into_d else c)
+
+
+@custom_op("k_grouped_fp8_gemm_nt_contiguous", mutates_args=("d",), fake=_fake_k_grouped)
+def _k_grouped_op(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torch.Tensor,
+                  b_scale: torch.Tensor, d: torch.Tensor, ks: list[int], ks_tensor: torch.Tensor,
+                  c: Optional[torch.Tensor], accumulate_into_d: bool) -> None:
+    """k_grouped_fp8_gemm_nt_contiguous with (data, scale) pairs; mutates d."""
+    k_grouped_fp8_gemm_nt_contiguous((a_data, a_scale), (b_data, b_scale), d, ks, ks_tensor,
+                                     d if accumulate_into_d else c)
