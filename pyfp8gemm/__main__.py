@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="parallel compile processes (default: the CPU count)")
     warm.add_argument("--all", action="store_true",
                       help="every kernel the library can launch (with or without --shapes)")
+    warm.add_argument("--groups", nargs="+", type=int, default=(), metavar="G",
+                      help="also the MoE grouped GEMMs for G experts per GPU (M = rows per "
+                           "expert)")
+    warm.add_argument("--wgrad", action="store_true",
+                      help="also the weight-gradient (1D1D) GEMMs of training (M = tokens)")
     warm.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     cache = commands.add_parser("cache", help="the kernel cache: info, export, import, clear",
@@ -86,7 +91,8 @@ def _warmup(args, parser) -> int:
         parser.error(f"warmup: {error}")
     try:
         result = warmup(shapes, m_range, num_sms=args.num_sms, jobs=args.jobs,
-                                      all_kernels=args.all, progress=not args.json)
+                        all_kernels=args.all, progress=not args.json, groups=args.groups,
+                        wgrad=args.wgrad)
     except (RuntimeError, ValueError) as error:
         print(f"python -m pyfp8gemm warmup: {error}", file=sys.stderr)
         return 1

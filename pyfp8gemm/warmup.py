@@ -63,6 +63,42 @@ def _every_kernel_spec() -> list:
 SPEC_PROVIDERS: list[SpecProvider] = [_kernel_specs_for]
 
 
+def grouped_spec_provider(groups: Sequence[int]) -> SpecProvider:
+    """The MoE grouped GEMMs' kernels (m-grouped contiguous and masked) for experts of weight
+    (N, K), `groups` experts per GPU, M read as the expected rows per expert."""
+    groups = tuple(int(g) for g in groups)
+    if not groups or min(groups) < 1:
+        raise ValueError(f"groups must be positive ints, got {groups!r}")
+
+    def provider(shapes, ms, num_sms):
+        from .host.heuristics import choose_config
+        from .host.kernels import kernel_spec
+        from .host.problem import GemmProblem
+
+        configs = set()
+        for n, k in shapes:
+            for g in groups:
+                for m in ms:
+                    for kind, rows in (("m_grouped_contiguous", m * g), ("m_grouped_masked", m)):
+                        problem = GemmProblem(rows, n, k, kind, g, expected_m=m)
+                        configs.add(choose_config(problem, num_sms).config)
+        return [kernel_spec(cfg) for cfg in sorted(configs, key=lambda cfg: cfg.name)]
+    return provider
+
+
+def wgrad_spec_provider(shapes, ms, num_sms):
+    """The weight-gradient kernels of weights (N, K) trained on M tokens: dW (N, K) = dY^T X,
+    a 1D1D (N, K, M) GEMM in FP32, with and without accumulation (main_grad)."""
+    from .host.heuristics import choose_config
+    from .host.kernels import kernel_spec
+    from .host.problem import GemmProblem
+
+    configs = {choose_config(GemmProblem(n, k, m, out_dtype="f32", accumulate=acc),
+                             num_sms).config
+               for n, k in shapes for m in ms for acc in (False, True)}
+    return [kernel_spec(cfg) for cfg in sorted(configs, key=lambda cfg: cfg.name)]
+
+
 def register_spec_provider(provider: SpecProvider) -> SpecProvider:
     """Add an op family's ``(shapes, ms, num_sms) -> specs`` to warm-up (usable as decorator)."""
     if not callable(provider):
@@ -215,7 +251,8 @@ def _progress_line(done: int, total: int, name: str) -> None:
 
 def warmup(shapes=None, m_range=DEFAULT_M_RANGE, *, num_sms: int = DEFAULT_NUM_SMS,
            jobs: int | None = None, all_kernels: bool = False, progress: bool = True,
-           providers: Sequence[SpecProvider] | None = None) -> WarmupResult:
+           providers: Sequence[SpecProvider] | None = None, groups: Sequence[int] = (),
+           wgrad: bool = False) -> WarmupResult:
     """Compile into the disk cache every kernel the heuristic can pick for `shapes`.
 
     shapes: weight (N, K) pairs (or "N,K" strings), or a torch.nn.Module (its nn.Linear
@@ -226,6 +263,8 @@ def warmup(shapes=None, m_range=DEFAULT_M_RANGE, *, num_sms: int = DEFAULT_NUM_S
     all_kernels: also every kernel the library can launch (`inspect`'s set).
     progress: a progress line on stderr.
     providers: spec providers to use instead of SPEC_PROVIDERS.
+    groups: also the MoE grouped GEMMs for these experts-per-GPU counts (M: rows per expert).
+    wgrad: also the weight-gradient (1D1D) GEMMs of training (M: tokens per step).
 
     Returns a WarmupResult (kernels, compiled, cached, seconds, cache size, failures). Raises
     RuntimeError when the disk cache is off (disabled, or a directory it does not trust).
@@ -242,6 +281,10 @@ def warmup(shapes=None, m_range=DEFAULT_M_RANGE, *, num_sms: int = DEFAULT_NUM_S
     if disk is None:
         raise RuntimeError(f"warm-up fills the disk cache, which is off here ("
                            f"{store.cache_dir()}: {store.describe_status()})")
+    if groups or wgrad:
+        providers = list(SPEC_PROVIDERS if providers is None else providers)
+        providers += [grouped_spec_provider(groups)] if groups else []
+        providers += [wgrad_spec_provider] if wgrad else []
     specs = kernel_specs(shapes, m_range, num_sms=num_sms, all_kernels=all_kernels,
                          providers=providers)
     todo = [spec for spec in specs if not compiler.is_cached(spec)]

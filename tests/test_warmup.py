@@ -305,3 +305,22 @@ def test_cli_help_says_what_inspect_does():
     assert "compile every kernel and show registers/spills/SASS" in out.stdout
     assert "show the kernel cache" not in out.stdout
     assert "warmup" in out.stdout and "cache" in out.stdout
+
+
+def test_grouped_and_wgrad_providers_add_their_kernels():
+    """--groups / --wgrad add the MoE grouped and weight-gradient kernels those shapes need
+    (enumerated only: nothing compiles here)."""
+    from pyfp8gemm.warmup import (
+        _kernel_specs_for, grouped_spec_provider, kernel_specs, wgrad_spec_provider,
+    )
+
+    shapes, ms = [(4096, 7168)], (1, 4096)
+    dense = {s.name for s in kernel_specs(shapes, ms, providers=[_kernel_specs_for])}
+    more = {s.name for s in kernel_specs(shapes, ms, providers=[
+        _kernel_specs_for, grouped_spec_provider([8]), wgrad_spec_provider])}
+    assert dense < more
+    assert any("m_grouped_contiguous" in name for name in more - dense)
+    assert any("m_grouped_masked" in name for name in more - dense)
+    assert any(name.startswith("fp8_gemm_1d1d") and name.endswith("_acc") for name in more)
+    with pytest.raises(ValueError, match="groups must be positive"):
+        grouped_spec_provider([0])

@@ -236,9 +236,9 @@ def choose_1d1d(problem: GemmProblem, num_sms: int) -> KernelChoice:
 
 # MoE grouped GEMMs (m-grouped contiguous and masked) use the dense kernel with a grouped
 # schedule, so the dense cost model applies to their tiles, counted per group: a group of r
-# rows takes ceil(r / BLOCK_M) M blocks, so small groups favour BLOCK_M 64 (a 128-row block half
-# empty costs a whole tile). BLOCK_M is at most the contiguous layout's segment alignment (a
-# block must not span two groups; 256 never), no split-K (MoE K is long: 2048-7168), and
+# rows takes ceil(r / BLOCK_M) M blocks. BLOCK_M as for dense GEMMs of the expected rows per
+# group, at most the contiguous layout's segment alignment (a block must not span two groups;
+# 256 never), no split-K (MoE K is long: 2048-7168), and
 # clusters only as multicast A (two M neighbours may belong to different groups; masked runs
 # without clusters, its schedule takes each group's N tiles in turn).
 GROUPED_BLOCK_N = tuple(n for n in range(16, 193, 16) if n != 176)
@@ -248,9 +248,9 @@ GROUPED_BLOCK_N = tuple(n for n in range(16, 193, 16) if n != 176)
 def choose_m_grouped(problem: GemmProblem, num_sms: int) -> KernelChoice:
     rows, groups, n = problem.rows_per_group, problem.groups, problem.n
     contiguous = problem.kind == "m_grouped_contiguous"
-    block_ms = (64,) if rows <= 64 else (64, 128)
-    if contiguous:
-        block_ms = tuple(bm for bm in block_ms if bm <= problem.m_alignment) or (64,)
+    # As for dense GEMMs (the model's per-row overhead would always pick 64 rows otherwise):
+    # 64-row blocks for up to 64 rows a group, else 128 (the alignment permitting).
+    block_ms = (64,) if rows <= 64 or (contiguous and problem.m_alignment < 128) else (128,)
     wants_multicast = contiguous and rows * groups >= MULTICAST_MIN_M and num_sms % 2 == 0
 
     def cost(block_m, block_n):
