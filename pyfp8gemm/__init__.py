@@ -20,7 +20,6 @@ and works on machines without a GPU.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from importlib.metadata import PackageNotFoundError, version as _distribution_version
 
 from pyfp8gemm import testing
@@ -55,23 +54,10 @@ _LAZY_EXPORTS = {
 }
 
 
-def _module_exists(module_name: str) -> bool:
-    """Whether the module's file is there (found without importing it)."""
-    try:
-        return importlib.util.find_spec(module_name) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def __getattr__(name: str):
     module_name = _LAZY_EXPORTS.get(name)
     if module_name is None:
         raise AttributeError(f"module 'pyfp8gemm' has no attribute {name!r}")
-    if not _module_exists(module_name):
-        raise AttributeError(
-            f"pyfp8gemm.{name} is not available in this version ({module_name} is missing)"
-        )
-    # A real import error inside an existing module propagates unchanged.
     value = getattr(importlib.import_module(module_name), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
@@ -87,4 +73,4 @@ __all__ = [
     "to_mn_major_tma_aligned",
     "testing",
     "ops",
-] + [name for name, module in _LAZY_EXPORTS.items() if _module_exists(module)]
+] + list(_LAZY_EXPORTS)

@@ -38,10 +38,12 @@ from numba.cuda import types
 from numba.cuda.extending import intrinsic
 
 from pyfp8gemm.cache.compiler import KernelSpec
+import functools
+
 from pyfp8gemm.device.ptx import (
-    _typer, cluster_ctarank, cluster_sync, fence_mbarrier_init, mbarrier_arrive_cluster,
-    mbarrier_arrive_expect_tx, mbarrier_init, pack_bf16x2, prefetch_tensormap, ptx_instruction,
-    setmaxnreg_dec, setmaxnreg_inc, smem_base, smem_descriptor, tma_load_2d,
+    _descriptor_low, _descriptor_of_low, _typer, cluster_ctarank, cluster_sync, fence_mbarrier_init, mbarrier_arrive_cluster,
+    mbarrier_arrive_expect_tx, mbarrier_init, prefetch_tensormap, ptx_instruction,
+    setmaxnreg_dec, setmaxnreg_inc, smem_base, tma_load_2d,
     tma_load_2d_multicast, tma_store_2d, tma_store_commit, tma_store_wait, udiv32,
     wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
 )
@@ -67,10 +69,66 @@ inline = cuda.jit(device=True, inline="always")
 
 
 # ---------------------------------------------------------------------------------------------
+# Intrinsics only the tests use (the kernels do not): kept here, next to the micro-kernels and
+# tiny kernels that check them, so that pyfp8gemm/device/ptx.py holds what kernels run.
+# ---------------------------------------------------------------------------------------------
+
+u32, u64, f32 = types.uint32, types.uint64, types.float32
+TEST_ONLY_INTRINSICS = ("named_barrier_arrive", "ld_global_nc_f32", "pack_bf16x2", "stmatrix_x1",
+                        "stmatrix_x2", "stmatrix_x4", "smem_descriptor")
+
+named_barrier_arrive = ptx_instruction(
+    "named_barrier_arrive", "bar.arrive $0, $1;", (u32, u32),
+    doc="bar.arrive id, count: count this warp into barrier `id` without waiting for it "
+        "(the other threads of the `count` wait with bar.sync).")
+
+ld_global_nc_f32 = ptx_instruction(
+    "ld_global_nc_f32", "ld.global.nc.f32 $0, [$1];", (u64,), f32,
+    doc="ld.global.nc.f32: read-only (non-coherent) global load of one float.")
+
+pack_bf16x2 = ptx_instruction(
+    "pack_bf16x2", "cvt.rn.bf16x2.f32 $0, $2, $1;", (f32, f32), u32,
+    doc="cvt.rn.bf16x2.f32: (lo, hi) floats -> one 32-bit word, lo in the low half.")
+
+stmatrix_x2 = ptx_instruction(
+    "stmatrix_x2", "stmatrix.sync.aligned.x2.m8n8.shared.b16 [$0], {$1, $2};",
+    (u32, u32, u32),
+    doc="stmatrix x2: two 8x8 b16 matrices; lanes 0-15 give the 16 row addresses.")
+
+stmatrix_x4 = ptx_instruction(
+    "stmatrix_x4", "stmatrix.sync.aligned.x4.m8n8.shared.b16 [$0], {$1, $2, $3, $4};",
+    (u32, u32, u32, u32, u32),
+    doc="stmatrix x4: four 8x8 b16 matrices; lanes 0-31 give the 32 row addresses.")
+
+stmatrix_x1 = ptx_instruction(
+    "stmatrix_x1", "stmatrix.sync.aligned.x1.m8n8.shared.b16 [$0], {$1};", (u32, u32),
+    doc="stmatrix x1: one 8x8 b16 matrix; lanes 0-7 give the row addresses.")
+
+@functools.cache
+def smem_descriptor(swizzle_bytes=128):
+    """Make `desc(smem_addr) -> u64`: a wgmma descriptor for a K-major, swizzled tile.
+
+    Layout (PTX ISA, "matrix descriptor"): bits 0-13 start address >> 4; 16-29 leading byte
+    offset >> 4 (unused for swizzled K-major: 1); 32-45 stride byte offset >> 4 (8 rows of
+    `swizzle_bytes`, i.e. the distance between 8-row core-matrix groups); 62-63 swizzle mode.
+    Stepping K by 32 bytes inside the swizzle atom is a plain +32 on the start address.
+    """
+    def codegen(context, builder, sig, args):
+        return _descriptor_of_low(builder, _descriptor_low(builder, args[0]), swizzle_bytes)
+
+    fn = intrinsic(_typer(1, types.uint64(types.uint32), codegen,
+                          f"smem_descriptor_sw{swizzle_bytes}"))
+    return fn
+
+
+
+# ---------------------------------------------------------------------------------------------
 # Test-only helper instructions (plain loads/stores on raw pointers, a bounded mbarrier wait)
 # ---------------------------------------------------------------------------------------------
 
 u32, u64, f32 = types.uint32, types.uint64, types.float32
+TEST_ONLY_INTRINSICS = ("named_barrier_arrive", "ld_global_nc_f32", "pack_bf16x2", "stmatrix_x1",
+                        "stmatrix_x2", "stmatrix_x4", "smem_descriptor")
 
 st_global_u32 = ptx_instruction("st_global_u32", "st.global.u32 [$0], $1;", (u64, u32),
                                 doc="st.global.u32 [address], value")

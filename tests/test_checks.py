@@ -38,19 +38,6 @@ def test_check_int32_size():
             checks.check_int32_size("M", value)
 
 
-def test_check_cuda():
-    meta = torch.empty(2, 2, device="meta")
-    with pytest.raises(ValueError, match=r"^a: expected a CUDA tensor, got device cpu$"):
-        checks.check_cuda("a", torch.zeros(2, 2))
-    with pytest.raises(ValueError, match="out: expected a CUDA tensor, got device meta"):
-        checks.check_cuda("out", meta)
-
-
-@pytest.mark.gpu
-def test_check_cuda_passes_a_cuda_tensor():
-    checks.check_cuda("a", torch.zeros(2, 2, device="cuda"))
-
-
 def test_check_same_device():
     cpu, meta = torch.zeros(2), torch.zeros(2, device="meta")
     checks.check_same_device(a=cpu, b=torch.ones(3))
@@ -83,21 +70,6 @@ def test_check_multiple_of():
         checks.check_multiple_of("K", 100, 16, why="TMA")
     with pytest.raises(ValueError, match="N: expected a positive multiple of 8, got 0"):
         checks.check_multiple_of("N", 0, 8)
-
-
-def test_check_contiguous():
-    x = torch.zeros(4, 8)
-    checks.check_contiguous("a", x)
-    with pytest.raises(ValueError, match=r"a: expected a contiguous tensor, got shape \(8, 4\) with strides \(1, 8\)"):
-        checks.check_contiguous("a", x.t())
-
-
-def test_check_last_dim_contiguous():
-    x = torch.zeros(4, 16)
-    checks.check_last_dim_contiguous("a", x[:, :8])        # padded rows are fine
-    checks.check_last_dim_contiguous("a", x[:, :1])        # a single column has no stride to check
-    with pytest.raises(ValueError, match=r"a: expected stride 1 in the last dimension, got strides \(16, 2\)"):
-        checks.check_last_dim_contiguous("a", x[:, ::2])
 
 
 def test_check_16_byte_aligned():

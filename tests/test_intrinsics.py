@@ -31,24 +31,26 @@ from pyfp8gemm.cache.toolchain import CompileError
 from pyfp8gemm.device import ptx, tile
 from pyfp8gemm.device.ptx import (
     cluster_ctarank, cluster_sync, cp_async_4, cp_async_mbarrier_arrive_noinc, elect_one, fence_mbarrier_init, fence_proxy_async_smem,
-    ld_global_nc_f32, ld_global_nc_s32, ld_shared_f32, mbarrier_arrive, mbarrier_arrive_cluster,
+    ld_global_nc_s32, ld_shared_f32, mbarrier_arrive, mbarrier_arrive_cluster,
     mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_test_wait, mbarrier_wait,
-    named_barrier_arrive,
-    named_barrier_sync, pack_bf16x2,
+    named_barrier_sync,
     prefetch_tensormap, ptx_instruction, setmaxnreg_dec, setmaxnreg_inc, smem_base,
     atom_add_global_u32, fence_acq_rel_gpu, ld_shared_u32,
-    st_shared_u32, smem_descriptor, smem_descriptor_words, stmatrix_x1, stmatrix_x2, stmatrix_x4, tma_load_2d,
+    st_shared_u32, smem_descriptor_words, tma_load_2d,
     tma_load_2d_multicast,
     tma_load_3d, tma_store_2d, tma_store_commit, tma_store_wait, tma_store_wait_read, udiv32,
     warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
 )
 from pyfp8gemm.device.tile import (
     fragment_add_global_v4, fragment_fence, fragment_promote, fragment_store_bf16,
-    fragment_store_bf16_global, fragment_store_global_v4, fragment_zeros,
+    fragment_column_scales, fragment_promote_per_column, fragment_store_bf16_global,
+    fragment_store_f32_global, fragment_store_global_v4, fragment_zeros,
 )
 
 import microkernels
 from microkernels import (
+    ld_global_nc_f32, named_barrier_arrive, pack_bf16x2, smem_descriptor, stmatrix_x1,
+    stmatrix_x2, stmatrix_x4,
     fragment_coordinates, fragment_load_global, fragment_store_global, st_global_f32,
     st_global_u32,
 )
@@ -184,6 +186,25 @@ def bounded_bf16_store(out):
     tid = cuda.threadIdx.x
     frag = add_partial_8(zeros_8(), out + 16 * tid, 16 * 128)
     store_bounded_8(out + 8192 + 4 * tid, frag, 256, 40 - tid // 4, 16 - 2 * (tid % 4))
+
+
+column_scales_8 = fragment_column_scales(8)
+promote_per_column_8 = fragment_promote_per_column(8)
+store_f32_acc_8 = fragment_store_f32_global(8, True)
+
+
+@tiny_kernel("fragment_column_scales", "fragment_promote_per_column", "fragment_store_f32_global")
+def promote_per_column_and_accumulate(out):
+    """The 1D1D epilogue's path: column scales from shared memory, a per-element promotion,
+    then D = C + fragment (C read, D written, both bounded)."""
+    smem = cuda.shared.array(0, types.uint8, alignment=1024)
+    tid = cuda.threadIdx.x
+    frag = add_partial_8(zeros_8(), out + 16 * tid, 16 * 128)
+    columns = column_scales_8(smem_base(smem) + 8 * (tid % 4))
+    final = promote_per_column_8(zeros_8(), frag, ld_shared_f32(smem_base(smem) + 256), 2.0,
+                                 columns)
+    store_f32_acc_8(out + 8192 + 8 * tid, out + 16384 + 8 * tid, final, 512, 20 - tid // 4,
+                    16 - 2 * (tid % 4))
 
 
 @tiny_kernel("pack_bf16x2")
@@ -448,6 +469,10 @@ SASS_OF = [
     ("read_only_global_int", r"LDG\.E\.CONSTANT\b"),
     ("bounded_bf16_store", r"F2FP\.BF16\.F32\.PACK_AB\b"),
     ("bounded_bf16_store", r"STG\.E\b"),
+    ("promote_per_column_and_accumulate", r"LDS\.64\b"),            # ld.shared.v2.f32
+    ("promote_per_column_and_accumulate", r"FFMA\b"),
+    ("promote_per_column_and_accumulate", r"LDG\.E\.64\b"),          # C, two floats
+    ("promote_per_column_and_accumulate", r"STG\.E\.64\b"),          # D, two floats
     ("pack_two_floats", r"F2FP\.BF16\.F32\.PACK_AB\b"),           # cvt.rn.bf16x2.f32
     ("elect_a_lane", r"ELECT\b"),
     ("named_barrier_1_of_128", r"BAR\.SYNC\S* 0x1, 0x80\b"),      # id 1, 128 threads
@@ -494,7 +519,7 @@ def test_intrinsic_compiles_to_its_sass_instruction(kernel, pattern):
 
 def test_every_public_intrinsic_has_a_sass_check():
     """A new intrinsic in ptx.py or tile.py needs a tiny kernel here (and a SASS_OF entry)."""
-    public = set()
+    public = set(microkernels.TEST_ONLY_INTRINSICS)
     for module in (ptx, tile):
         for name, value in vars(module).items():
             defined_here = getattr(value, "__module__", None) == module.__name__

@@ -119,11 +119,6 @@ named_barrier_sync = ptx_instruction(
     "named_barrier_sync", "bar.sync $0, $1;", (u32, u32),
     doc="bar.sync id, count: a barrier over `count` threads (a multiple of 32), id 1..15.")
 
-named_barrier_arrive = ptx_instruction(
-    "named_barrier_arrive", "bar.arrive $0, $1;", (u32, u32),
-    doc="bar.arrive id, count: count this warp into barrier `id` without waiting for it "
-        "(the other threads of the `count` wait with bar.sync).")
-
 cluster_ctarank = ptx_instruction(
     "cluster_ctarank", "mov.u32 $0, %cluster_ctarank;", result=u32,
     doc="%cluster_ctarank: this CTA's rank inside its cluster.")
@@ -173,10 +168,6 @@ fence_acq_rel_gpu = ptx_instruction(
     "fence_acq_rel_gpu", "fence.acq_rel.gpu;",
     doc="fence.acq_rel.gpu: order this thread's memory accesses at GPU scope (__threadfence).")
 
-ld_global_nc_f32 = ptx_instruction(
-    "ld_global_nc_f32", "ld.global.nc.f32 $0, [$1];", (u64,), f32,
-    doc="ld.global.nc.f32: read-only (non-coherent) global load of one float.")
-
 ld_global_nc_s32 = ptx_instruction(
     "ld_global_nc_s32", "ld.global.nc.s32 $0, [$1];", (u64,), i32,
     doc="ld.global.nc.s32: read-only (non-coherent) global load of one int32 (layout tensors "
@@ -191,11 +182,6 @@ cp_async_mbarrier_arrive_noinc = ptx_instruction(
     (u32,),
     doc="cp.async.mbarrier.arrive.noinc: once this thread's cp.async copies so far have landed, "
         "arrive on the barrier (one of the arrivals its phase expects).")
-
-pack_bf16x2 = ptx_instruction(
-    "pack_bf16x2", "cvt.rn.bf16x2.f32 $0, $2, $1;", (f32, f32), u32,
-    doc="cvt.rn.bf16x2.f32: (lo, hi) floats -> one 32-bit word, lo in the low half.")
-
 
 @functools.cache
 def setmaxnreg_inc(count):
@@ -308,25 +294,6 @@ tma_store_wait = ptx_instruction(
 
 
 # --------------------------------------------------------------------------------------------
-# stmatrix
-# --------------------------------------------------------------------------------------------
-
-stmatrix_x2 = ptx_instruction(
-    "stmatrix_x2", "stmatrix.sync.aligned.x2.m8n8.shared.b16 [$0], {$1, $2};",
-    (u32, u32, u32),
-    doc="stmatrix x2: two 8x8 b16 matrices; lanes 0-15 give the 16 row addresses.")
-
-stmatrix_x4 = ptx_instruction(
-    "stmatrix_x4", "stmatrix.sync.aligned.x4.m8n8.shared.b16 [$0], {$1, $2, $3, $4};",
-    (u32, u32, u32, u32, u32),
-    doc="stmatrix x4: four 8x8 b16 matrices; lanes 0-31 give the 32 row addresses.")
-
-stmatrix_x1 = ptx_instruction(
-    "stmatrix_x1", "stmatrix.sync.aligned.x1.m8n8.shared.b16 [$0], {$1};", (u32, u32),
-    doc="stmatrix x1: one 8x8 b16 matrix; lanes 0-7 give the row addresses.")
-
-
-# --------------------------------------------------------------------------------------------
 # wgmma
 # --------------------------------------------------------------------------------------------
 
@@ -347,23 +314,6 @@ def wgmma_wait(pending):
 
 # Shared-memory matrix descriptor: swizzle mode field (bits 62-63) per swizzle width in bytes.
 SWIZZLE_MODE = {128: 1, 64: 2, 32: 3}
-
-
-@functools.cache
-def smem_descriptor(swizzle_bytes=128):
-    """Make `desc(smem_addr) -> u64`: a wgmma descriptor for a K-major, swizzled tile.
-
-    Layout (PTX ISA, "matrix descriptor"): bits 0-13 start address >> 4; 16-29 leading byte
-    offset >> 4 (unused for swizzled K-major: 1); 32-45 stride byte offset >> 4 (8 rows of
-    `swizzle_bytes`, i.e. the distance between 8-row core-matrix groups); 62-63 swizzle mode.
-    Stepping K by 32 bytes inside the swizzle atom is a plain +32 on the start address.
-    """
-    def codegen(context, builder, sig, args):
-        return _descriptor_of_low(builder, _descriptor_low(builder, args[0]), swizzle_bytes)
-
-    fn = intrinsic(_typer(1, types.uint64(types.uint32), codegen,
-                          f"smem_descriptor_sw{swizzle_bytes}"))
-    return fn
 
 
 def _descriptor_low(builder, addr):

@@ -23,13 +23,10 @@ __all__ = [
     "check_tensor",
     "check_int32_size",
     "check_granularity",
-    "check_cuda",
     "check_same_device",
     "check_shape",
     "check_same_size",
     "check_multiple_of",
-    "check_contiguous",
-    "check_last_dim_contiguous",
     "check_16_byte_aligned",
 ]
 
@@ -82,12 +79,6 @@ def check_int32_size(name: str, value: int, *, why: str = "") -> None:
         )
 
 
-def check_cuda(name: str, t: torch.Tensor) -> None:
-    """`t` lives on a CUDA device."""
-    if t.device.type != "cuda":
-        raise ValueError(f"{name}: expected a CUDA tensor, got device {t.device}")
-
-
 def check_same_device(**tensors: torch.Tensor) -> None:
     """All keyword-named tensors live on one device, e.g. check_same_device(a=a, b=b, out=out)."""
     items = list(tensors.items())
@@ -132,23 +123,6 @@ def check_multiple_of(name: str, value: int, divisor: int, *, why: str | None = 
         because = f" ({why})" if why else ""
         raise ValueError(
             f"{name}: expected a positive multiple of {divisor}{because}, got {value}"
-        )
-
-
-def check_contiguous(name: str, t: torch.Tensor) -> None:
-    """`t` is contiguous (row-major, no gaps)."""
-    if not t.is_contiguous():
-        raise ValueError(
-            f"{name}: expected a contiguous tensor, got shape {tuple(t.shape)} with strides "
-            f"{tuple(t.stride())} (call .contiguous() first)"
-        )
-
-
-def check_last_dim_contiguous(name: str, t: torch.Tensor) -> None:
-    """The last dimension has stride 1 (rows may be padded)."""
-    if t.dim() > 0 and t.shape[-1] > 1 and t.stride(-1) != 1:
-        raise ValueError(
-            f"{name}: expected stride 1 in the last dimension, got strides {tuple(t.stride())}"
         )
 
 
