@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# GPU work for one device call (on the device machine, from the repository root):
+#   bash scripts/device_run.sh STEP [STEP ...]
+# STEP: precompile (every kernel, in parallel, into the cache the tests share), warm (only the
+# kernels of the benchmark shapes, `python -m pyfp8gemm warmup`), tests (the GPU
+# suite but the heavy files, 14 workers), heavy (the grouped and training GPU tests, 2 workers:
+# their float64 references take GiBs each), bench (dense ANCHORS shapes), grouped (the m-grouped
+# kinds), training (1D1D, k-grouped, the training step), probe (small-M streaming probes).
+# Outputs land in $OUT; each step prints its tail.
+set -u
+source scripts/device_env.sh
+export PYFP8GEMM_CACHE_DIR=/tmp/kcache PYFP8GEMM_TEST_CACHE_DIR=/tmp/kcache
+nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader
+heavy="tests/test_grouped_gpu.py tests/test_training_gpu.py"
+for step in "$@"; do
+  start=$(date +%s)
+  case $step in
+    precompile)
+      timeout 240 python3 scripts/precompile.py --all 2>&1 | grep -v Warn | tail -2 ;;
+    warm)     # only what the benchmarks and the heavy tests pick (ANCHORS and DeepGEMM shapes)
+      timeout 240 python3 -m pyfp8gemm warmup --jobs 16 --m-range 1:8192 --groups 4 6 8 32 \
+          --wgrad --shapes 2112,7168 24576,1536 32768,512 7168,16384 4096,7168 7168,2048 \
+          8192,8192 6144,7168 7168,3072 4096,4096 4096,2048 2048,7168 2>&1 | tail -2 ;;
+    tests)
+      timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -n 14 --timeout 180 \
+          --timeout-method thread $(for f in $heavy; do echo --ignore=$f; done) \
+          > $OUT/gpu_tests.txt 2>&1
+      grep -E "^(FAILED|ERROR)|passed|failed" $OUT/gpu_tests.txt | cut -c1-160 | tail -20 ;;
+    heavy)
+      timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider -n 2 --timeout 200 \
+          --timeout-method thread $heavy > $OUT/gpu_tests_heavy.txt 2>&1
+      grep -E "^(FAILED|ERROR)|passed|failed" $OUT/gpu_tests_heavy.txt | cut -c1-160 | tail -20 ;;
+    bench)
+      timeout 240 python3 -m bench --no-progress --rounds 2 --json $OUT/bench.json \
+          > $OUT/bench.txt 2>&1
+      grep -v Warn $OUT/bench.txt | tail -28 ;;
+    grouped)
+      for kind in m-grouped-contiguous m-grouped-masked; do
+        timeout 150 python3 -m bench --kind $kind --no-progress --json $OUT/bench_$kind.json \
+            > $OUT/bench_$kind.txt 2>&1
+        grep -v Warn $OUT/bench_$kind.txt | tail -22
+      done ;;
+    training)
+      for kind in wgrad-1d1d k-grouped train-step; do
+        timeout 150 python3 -m bench --kind $kind --no-progress --json $OUT/bench_$kind.json \
+            > $OUT/bench_$kind.txt 2>&1
+        grep -v Warn $OUT/bench_$kind.txt | tail -16
+      done ;;
+    probe)
+      timeout 230 python3 scripts/probe_small_m.py 2>&1 | tail -40 ;;
+    *) echo "unknown step $step" ;;
+  esac
+  echo "[$step: $(( $(date +%s) - start )) s]"
+done
