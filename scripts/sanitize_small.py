@@ -1,0 +1,74 @@
+"""One small GEMM of each kernel family, for compute-sanitizer (memcheck, racecheck):
+
+    compute-sanitizer --tool memcheck --report-api-errors no python3 scripts/sanitize_small.py
+    compute-sanitizer --tool racecheck --report-api-errors no python3 scripts/sanitize_small.py
+
+Dense (one tile with split-K and one with a cluster), m-grouped contiguous with a padding block,
+m-grouped masked with an empty group and a partial block, 1D1D with accumulation, k-grouped
+with an empty group; each checked against its reference (calc_diff printed)."""
+import torch
+
+import pyfp8gemm
+from pyfp8gemm.testing import (
+    calc_diff, reference_gemm, reference_gemm_1d1d, reference_k_grouped,
+    reference_m_grouped_contiguous, reference_m_grouped_masked,
+)
+
+torch.manual_seed(0)
+dev = "cuda" if torch.cuda.is_available() else "cpu"   # CPU: the reference backend
+
+
+def randn(*shape):
+    return torch.randn(*shape, device=dev, dtype=torch.bfloat16)
+
+
+def report(name, out, ref):
+    print(f"{name:28} calc_diff {calc_diff(out.float(), ref.float()):.2e}", flush=True)
+
+
+a, b = pyfp8gemm.quantize(randn(64, 1024), "1x128"), pyfp8gemm.quantize(randn(256, 1024), "128x128")
+out = torch.empty(64, 256, device=dev, dtype=torch.bfloat16)
+pyfp8gemm.fp8_gemm_nt(a, b, out)
+report("dense (split-K)", out, reference_gemm(a, b))
+a, b = pyfp8gemm.quantize(randn(600, 512), "1x128"), pyfp8gemm.quantize(randn(512, 512), "128x128")
+out = torch.empty(600, 512, device=dev, dtype=torch.bfloat16)
+pyfp8gemm.fp8_gemm_nt(a, b, out)
+report("dense", out, reference_gemm(a, b))
+
+groups, n, k = 3, 256, 512
+ids = torch.tensor([0] * 128 + [-1] * 128 + [2] * 256, device=dev, dtype=torch.int32)
+a = pyfp8gemm.quantize(randn(ids.numel(), k), "1x128")
+b = pyfp8gemm.quantize_grouped(randn(groups, n, k), "128x128")
+d = torch.empty(ids.numel(), n, device=dev, dtype=torch.bfloat16)
+pyfp8gemm.m_grouped_fp8_gemm_nt_contiguous(a, b, d, ids)
+report("m-grouped contiguous", d, reference_m_grouped_contiguous(a, b, ids))
+
+m_max = 200
+masked_m = torch.tensor([70, 0, 200], device=dev, dtype=torch.int32)
+a = pyfp8gemm.quantize_grouped(randn(groups, m_max, k), "1x128")
+d = torch.full((groups, m_max, n), float("nan"), device=dev, dtype=torch.bfloat16)
+pyfp8gemm.m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, 100)
+ref = reference_m_grouped_masked(a, b, masked_m)
+valid = torch.cat([d[0, :70], d[2]]).float()
+report("m-grouped masked", valid, torch.cat([ref[0, :70], ref[2]]))
+
+x, y = randn(96, 384), randn(136, 384)
+a1, b1 = pyfp8gemm.quantize(x, "1x128"), pyfp8gemm.quantize(y, "1x128")
+d = torch.randn(96, 136, device=dev)
+c = d.clone()
+pyfp8gemm.fp8_gemm_nt(a1, b1, d, c=d)
+report("1D1D accumulate", d, reference_gemm_1d1d(a1, b1, c))
+
+ks, m, n = [256, 0, 128], 128, 64
+xa, xb = randn(m, sum(ks)), randn(n, sum(ks))
+qa, qb = pyfp8gemm.quantize(xa, "1x128"), pyfp8gemm.quantize(xb, "1x128")
+flat_a = torch.cat([qa.data[:, s:s + kk].reshape(-1) for s, kk in zip([0, 256, 256], ks)])
+flat_b = torch.cat([qb.data[:, s:s + kk].reshape(-1) for s, kk in zip([0, 256, 256], ks)])
+d = torch.zeros(len(ks), m, n, device=dev)
+ks_tensor = torch.tensor(ks, device=dev, dtype=torch.int32)
+pyfp8gemm.k_grouped_fp8_gemm_nt_contiguous((flat_a, qa.scale), (flat_b, qb.scale), d, ks,
+                                            ks_tensor, d)
+report("k-grouped", d, reference_k_grouped((flat_a, qa.scale), (flat_b, qb.scale), ks))
+if dev == "cuda":
+    torch.cuda.synchronize()
+print("done")
