@@ -256,21 +256,25 @@ _PER_ROW_B_HINT = ("; per-row (1x128) scales on b are the 1D1D kernel's: pass a 
                    "(and optionally c) for D = C + A @ B^T in float32")
 
 
-def _unpack_operand(name: str, operand, granularity: str):
+def _unpack_operand(name: str, operand, granularity: str, role: str | None = None,
+                    hint: str | None = None):
     """(data, scale, data_name, scale_name) of an FP8Tensor or a (data, scale) pair.
 
-    Checks the kind of object, dtypes and ranks; the granularity of an FP8Tensor. The scale
-    shape of a pair is checked later, once M, N and K are known.
+    Checks the kind of object, dtypes and ranks; the granularity of an FP8Tensor (`role` and
+    `hint` word the message; the 1D1D GEMM passes its own). The scale shape of a pair is
+    checked later, once M, N and K are known.
     """
     if isinstance(operand, FP8Tensor):
         if operand.granularity != granularity:
-            role = "activations, one scale per row per 128 K" if granularity == "1x128" else (
-                "weights, one scale per 128x128 block"
-            )
+            if role is None:
+                role = ("activations, one scale per row per 128 K" if granularity == "1x128"
+                        else "weights, one scale per 128x128 block")
+            if hint is None:
+                hint = _PER_ROW_B_HINT if name == "b" else ""
             raise ValueError(
                 f"{name}: expected an FP8Tensor with granularity {granularity!r} ({role}), got "
                 f"{operand.granularity!r}; quantize it with quantize(x, {granularity!r})"
-                + (_PER_ROW_B_HINT if name == "b" else "")
+                + hint
             )
         return operand.data, operand.scale, f"{name}.data", f"{name}.scale"
     if not (isinstance(operand, (tuple, list)) and len(operand) == 2):
@@ -429,6 +433,17 @@ def _fp8_gemm_nt_slow(a, b, out, c) -> torch.Tensor:
     return out
 
 
+def _operand_names(a, b):
+    """How the messages name a's and b's data and scales (FP8Tensor or (data, scale) pair)."""
+    names = []
+    for name, operand in (("a", a), ("b", b)):
+        if isinstance(operand, FP8Tensor):
+            names += [f"{name}.data", f"{name}.scale"]
+        else:
+            names += [f"{name}[0] (data)", f"{name}[1] (scale)"]
+    return tuple(names)
+
+
 def _validate_nt(a, b, out):
     """The checks of fp8_gemm_nt that read only shapes and dtypes (what a traced call and the
     ops' fake implementations can check): returns (a_data, a_scale, b_data, b_scale)."""
@@ -495,25 +510,9 @@ def _fp8_gemm_nt_checked(a, b, out, key) -> torch.Tensor:
     needed no conversion."""
     if _b_is_per_row(b) and _dtype_of(out) != torch.bfloat16:
         return _fp8_gemm_nt_slow(a, b, out, None)
-    a_data, a_scale, a_data_name, a_scale_name = _unpack_operand("a", a, "1x128")
-    b_data, b_scale, b_data_name, b_scale_name = _unpack_operand("b", b, "128x128")
-    _check_out_1d2d(out)
-
-    # Shapes: (M, K) x (N, K) -> (M, N).
-    m, k = a_data.shape
-    n, k_of_b = b_data.shape
-    if k_of_b != k:
-        _k_mismatch(a_data_name, k, b_data_name, b_data.shape)
-    if not isinstance(a, FP8Tensor):
-        _check_pair_scale_shape(a_scale_name, a_scale, m, k, "1x128", a_data_name)
-    if not isinstance(b, FP8Tensor):
-        _check_pair_scale_shape(b_scale_name, b_scale, n, k, "128x128", b_data_name)
-    if out.shape != (m, n):
-        checks.check_shape("out", out, (m, n), why=f"(M, N) from {a_data_name} (M, K) and "
-                                                     f"{b_data_name} (N, K)")
-    _check_int32_sizes(m, n, k, f"M (= {a_data_name}.shape[0])", f"N (= {b_data_name}.shape[0])",
-                       f"K (= {a_data_name}.shape[1])")
-    _check_alignment_rules(k, n, f"K (= {a_data_name}.shape[1])", f"N (= {b_data_name}.shape[0])")
+    a_data, a_scale, b_data, b_scale = _validate_nt(a, b, out)
+    a_data_name, a_scale_name, b_data_name, b_scale_name = _operand_names(a, b)
+    m = a_data.shape[0]
 
     # Device: one Hopper GPU (or the CPU: the reference backend) for everything.
     _check_devices(

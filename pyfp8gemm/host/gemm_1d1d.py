@@ -35,6 +35,7 @@ import torch
 
 from pyfp8gemm.host import checks, device_info, launchers
 from pyfp8gemm.host.fp8tensor import BLOCK, FP8Tensor, to_mn_major_tma_aligned
+from pyfp8gemm.host.gemm import _unpack_operand
 from pyfp8gemm.ops import custom_op
 
 __all__ = [
@@ -95,26 +96,10 @@ def _blockwise_gemm(*args, **kwargs) -> torch.Tensor:
 def _unpack_1x128(name: str, operand):
     """(data, scale, data_name, scale_name) of a 1x128 FP8Tensor or a (data, scale) pair; a
     128x128 FP8Tensor is refused with the 1D1D rule."""
-    if isinstance(operand, FP8Tensor):
-        if operand.granularity != "1x128":
-            raise ValueError(
-                f"{name}: expected an FP8Tensor with granularity '1x128' (one scale per row "
-                f"per 128 K), got {operand.granularity!r}: an FP32 output or a c needs 1x128 "
-                f"scales on both operands (the 1D1D kernel; as in DeepGEMM, 128x128 weight "
-                f"scales only go with a bf16 output and no c); quantize it with "
-                f"quantize(x, '1x128')"
-            )
-        return operand.data, operand.scale, f"{name}.data", f"{name}.scale"
-    if not (isinstance(operand, (tuple, list)) and len(operand) == 2):
-        raise TypeError(
-            f"{name}: expected a (data, scale) pair of tensors or a pyfp8gemm.FP8Tensor, got "
-            f"{type(operand).__name__}"
-        )
-    data, scale = operand
-    data_name, scale_name = f"{name}[0] (data)", f"{name}[1] (scale)"
-    checks.check_tensor(data_name, data, dtypes=(_E4M3,), ndim=2)
-    checks.check_tensor(scale_name, scale, dtypes=(torch.float32,), ndim=2)
-    return data, scale, data_name, scale_name
+    return _unpack_operand(
+        name, operand, "1x128", role="one scale per row per 128 K",
+        hint=(": an FP32 output or a c needs 1x128 scales on both operands (the 1D1D kernel; "
+              "as in DeepGEMM, 128x128 weight scales only go with a bf16 output and no c)"))
 
 
 def _check_1x128_scale_shape(scale_name, scale, rows, cols, data_name) -> None:
