@@ -17,11 +17,17 @@ from .cache import toolchain
 from .cache.compiler import compile_kernel
 
 
-def inspect_all(progress=None) -> list[dict]:
-    """Compile (or fetch from the cache) every configuration and read its cubin back."""
+def inspect_all(progress=None, jobs: int = 1) -> list[dict]:
+    """Compile (or fetch from the cache) every configuration and read its cubin back. With
+    jobs > 1 and the disk cache on, the kernels missing from it are first compiled in that
+    many processes (`pyfp8gemm.warmup`)."""
+    from .cache import store
     from .host.heuristics import all_configs
     from .host.kernels import kernel_spec
 
+    if jobs > 1 and not store.disk_cache_disabled() and store.disk_store() is not None:
+        from .warmup import warmup
+        warmup(all_kernels=True, jobs=jobs, progress=progress is not None)
     rows = []
     configs = all_configs()
     for i, cfg in enumerate(configs):
@@ -61,6 +67,9 @@ def main(argv=None) -> int:
         prog="python -m pyfp8gemm inspect",
         description="Compile every kernel configuration (no GPU needed) and report registers, "
                     "spills, shared memory and key SASS opcodes.")
+    parser.add_argument("--jobs", "-j", type=int, default=1,
+                        help="compile missing kernels in this many processes first (needs the "
+                             "disk cache; default 1)")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON list of objects (name, registers, spill_bytes, "
                              "smem_bytes, sass_opcodes, ...)")
@@ -69,7 +78,9 @@ def main(argv=None) -> int:
     def progress(done, total, name):
         print(f"\r[{done}/{total}] {name:60}", end="", file=sys.stderr, flush=True)
 
-    rows = inspect_all(progress=None if args.json else progress)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    rows = inspect_all(progress=None if args.json else progress, jobs=args.jobs)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:

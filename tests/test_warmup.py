@@ -324,3 +324,18 @@ def test_grouped_and_wgrad_providers_add_their_kernels():
     assert any(name.startswith("fp8_gemm_1d1d") and name.endswith("_acc") for name in more)
     with pytest.raises(ValueError, match="groups must be positive"):
         grouped_spec_provider([0])
+
+
+def test_inspect_compiles_in_parallel_first(monkeypatch):
+    """`inspect --jobs N` has warm-up compile the missing kernels in N processes before it
+    reads every cubin back (here: no kernels, so nothing compiles)."""
+    import pyfp8gemm.host.heuristics as heuristics
+    import pyfp8gemm.inspect as inspect_module
+    import pyfp8gemm.warmup as warmup_module
+
+    calls = []
+    monkeypatch.setattr(warmup_module, "warmup", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(heuristics, "all_configs", lambda: [])
+    assert inspect_module.inspect_all(jobs=3) == []
+    assert calls == [dict(all_kernels=True, jobs=3, progress=False)]
+    assert inspect_module.inspect_all(jobs=1) == [] and len(calls) == 1
