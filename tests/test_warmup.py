@@ -329,9 +329,11 @@ def test_grouped_and_wgrad_providers_add_their_kernels():
 def test_inspect_compiles_in_parallel_first(monkeypatch):
     """`inspect --jobs N` has warm-up compile the missing kernels in N processes before it
     reads every cubin back (here: no kernels, so nothing compiles)."""
+    import importlib
+
     import pyfp8gemm.host.heuristics as heuristics
-    import pyfp8gemm.inspect as inspect_module
-    import pyfp8gemm.warmup as warmup_module
+    inspect_module = importlib.import_module("pyfp8gemm.inspect")
+    warmup_module = importlib.import_module("pyfp8gemm.warmup")
 
     calls = []
     monkeypatch.setattr(warmup_module, "warmup", lambda **kw: calls.append(kw))
