@@ -27,6 +27,7 @@ from pyfp8gemm.host.fp8tensor import FP8Tensor, quantize, to_mn_major_tma_aligne
 # The custom ops (torch.ops.pyfp8gemm.*) exist as soon as pyfp8gemm is imported: a traced
 # pyfp8gemm.quantize / matmul / fp8_gemm_nt calls them. (Light: no numba, no CUDA.)
 from pyfp8gemm import ops
+from pyfp8gemm.host import gemm_1d1d as _gemm_1d1d_ops, grouped as _grouped_ops  # noqa: F401  (their ops)
 
 try:
     __version__ = _distribution_version("pyfp8gemm")
