@@ -93,9 +93,12 @@ class _QuantizedWeight:
     def transposed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """W^T as the dgrad GEMM's K-major (K, N) B operand: the 128x128 quantization
         transposed (exact), the E4M3 data copied once into (K, N) row-major."""
-        if self.wt is None:
-            self.wt = (self.w.data.t().contiguous(), self.w.scale.t().contiguous())
-        return self.wt
+        if self.wt is not None:
+            return self.wt
+        wt = (self.w.data.t().contiguous(), self.w.scale.t().contiguous())
+        if not torch.compiler.is_compiling():   # traced: no state outside the graph
+            self.wt = wt
+        return wt
 
 
 _weight_cache = WeakTensorKeyDictionary()
@@ -108,6 +111,10 @@ def _weight_key(weight: torch.Tensor) -> tuple:
 def quantized_weight(weight: torch.Tensor) -> _QuantizedWeight:
     """The 128x128 FP8 quantization of `weight`, from the cache if the weight has not changed
     since (same _version, data pointer, shape, dtype, device), else made and cached."""
+    if torch.compiler.is_compiling():
+        # Traced: the weight's quantization is part of the graph (the cache's weak dictionary
+        # cannot be traced; a compiled step quantizes its weights on every call).
+        return _QuantizedWeight(None, quantize(weight.detach(), "128x128"))
     key = _weight_key(weight)
     entry = _weight_cache.get(weight)
     if entry is None or entry.key != key:
