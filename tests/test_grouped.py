@@ -612,3 +612,16 @@ def test_bench_cli_grouped_kind_without_gpu():
     from bench.cli import main
 
     assert main(["--kind", "m-grouped-masked"]) == 2
+
+
+def test_opcheck_grouped_ops(fp8_allclose, generator):
+    """torch.library.opcheck of both m-grouped ops (schema, fake tensor, autograd
+    registration, AOT dispatch) on CPU tensors."""
+    a, b, m_indices, _, _ = make_contiguous(generator, [128, 60], 16, 128, 128)
+    d = torch.empty(a.data.shape[0], 16, dtype=torch.bfloat16)
+    torch.library.opcheck(torch.ops.pyfp8gemm.m_grouped_fp8_gemm_nt_contiguous,
+                          (a.data, a.scale, *b, d, m_indices, False, None))
+    am, bm, _, _ = make_masked(generator, 2, 8, 16, 128)
+    d = torch.zeros(2, 8, 16, dtype=torch.bfloat16)
+    torch.library.opcheck(torch.ops.pyfp8gemm.m_grouped_fp8_gemm_nt_masked,
+                          (*am, *bm, d, torch.tensor([3, 8], dtype=torch.int32), 4))

@@ -146,3 +146,11 @@ def test_launcher_gets_kernel_ready_layouts(generator, fake_kernel):
     assert call["ks"] == ks and call["ks_tensor"] is kt and call["c"] is d
     assert call["a_data"].is_contiguous() and call["a_data"].data_ptr() % 16 == 0
     assert calc_diff(d, reference_k_grouped(a, b, ks, c)) < 1e-10
+
+
+def test_opcheck_k_grouped_op(fp8_allclose, generator):
+    a, b, _ = k_grouped_inputs(generator, [128, 0, 256], 16, 24)
+    d = torch.randn(3, 16, 24, generator=generator)
+    torch.library.opcheck(torch.ops.pyfp8gemm.k_grouped_fp8_gemm_nt_contiguous,
+                          (*a, *b, d, [128, 0, 256],
+                           torch.tensor([128, 0, 256], dtype=torch.int32), None, True))
