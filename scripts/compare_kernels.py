@@ -32,9 +32,10 @@ import concurrent.futures, hashlib, json, multiprocessing, os, re, sys
 sys.path.insert(0, os.getcwd())
 
 def specs():
+    only = set(filter(None, os.environ.get("COMPARE_ONLY", "").split(",")))
     try:
         from pyfp8gemm.host.kernels import all_kernel_specs
-        return list(all_kernel_specs())
+        return [s for s in all_kernel_specs() if not only or s.name in only]
     except ImportError:
         from pyfp8gemm.host.heuristics import all_configs
         from pyfp8gemm.host.launch import kernel_spec
@@ -92,8 +93,9 @@ if __name__ == "__main__":
 '''
 
 
-def kernels_of(rev: str | None, jobs: int) -> dict[str, dict]:
-    """Compile every kernel of `rev` (None: the work tree) and return name -> facts."""
+def kernels_of(rev: str | None, jobs: int, only=()) -> dict[str, dict]:
+    """Compile every kernel of `rev` (None: the work tree; `only`: just these names) and
+    return name -> facts."""
     with tempfile.TemporaryDirectory() as tmp:
         if rev is None:
             root = _REPO
@@ -103,7 +105,7 @@ def kernels_of(rev: str | None, jobs: int) -> dict[str, dict]:
                            check=True, capture_output=True)
         try:
             env = dict(os.environ, PYFP8GEMM_CACHE_DIR=str(Path(tmp) / "cache"),
-                       PYTHONPATH=str(root))
+                       PYTHONPATH=str(root), COMPARE_ONLY=",".join(only))
             env.pop("PYFP8GEMM_DISABLE_DISK_CACHE", None)
             worker = Path(tmp) / "compare_worker.py"     # spawned workers re-import it
             worker.write_text(_WORKER)
@@ -149,13 +151,15 @@ def main() -> int:
     parser.add_argument("--base-only", action="store_true",
                         help="compile BASE only and write its facts to --out (for --base-json)")
     parser.add_argument("--base-json", help="read BASE's facts from this JSON (skip compiling)")
+    parser.add_argument("--common", action="store_true",
+                        help="compile only HEAD's kernels whose names BASE has")
     args = parser.parse_args()
     base = (json.loads(Path(args.base_json).read_text())["base"] if args.base_json
             else kernels_of(args.base, args.jobs))
     if args.base_only:
         Path(args.out).write_text(json.dumps(dict(base=base), indent=1))
         return 0
-    head = kernels_of(args.head, args.jobs)
+    head = kernels_of(args.head, args.jobs, sorted(base) if args.common else ())
     table, _ = compare(base, head)
     print(table)
     if args.out:

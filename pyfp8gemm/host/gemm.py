@@ -658,12 +658,9 @@ def matmul(
     return _matmul_checked(a, b, out, out_dtype, None)
 
 
-def _matmul_checked(a, b, out, out_dtype, key) -> torch.Tensor:
-    """matmul with every check; remembers the call under `key` (unless None: only FP8Tensor
-    operands have one) when it needed no conversion or copy."""
-    _check_out_dtype(out_dtype)
-
-    # --- a: (..., M, K), remembered as its leading shape and a 2-D (M, K) operand ----------
+def _matmul_shapes(a, b):
+    """matmul's operand checks that read only metadata (kinds, dtypes, granularities, ranks,
+    K agreement, the int32 and TMA size rules): returns (leading_shape, M, K, N)."""
     if isinstance(a, FP8Tensor):
         if a.granularity != "1x128":
             raise ValueError(
@@ -673,24 +670,21 @@ def _matmul_checked(a, b, out, out_dtype, key) -> torch.Tensor:
             )
         leading_shape = tuple(a.shape[:-1])
         m, k = a.shape
-        a_device = a.device
     elif isinstance(a, torch.Tensor):
         _check_float_input("a", a)
         if a.dim() == 0:
-            raise ValueError("a: expected a tensor of shape (K,), (M, K) or (..., M, K), got a 0-D tensor")
+            raise ValueError("a: expected a tensor of shape (K,), (M, K) or (..., M, K), got a "
+                             "0-D tensor")
         # (K,) @ (K, N) -> (N,), as in torch: no M dimension in the result.
         leading_shape = tuple(a.shape[:-1])
         k = a.shape[-1]
         m = 1
         for size in leading_shape:
             m *= size
-        a_device = a.device
     else:
         raise TypeError(
             f"a: expected a torch.Tensor or a pyfp8gemm.FP8Tensor, got {type(a).__name__}"
         )
-
-    # --- b: (K, N) ----------------------------------------------------------------------------
     if isinstance(b, FP8Tensor):
         if b.granularity != "128x128":
             raise ValueError(
@@ -698,7 +692,6 @@ def _matmul_checked(a, b, out, out_dtype, key) -> torch.Tensor:
                 f"128x128 block), got {b.granularity!r} (1x128 scales are for the activations "
                 f"a); quantize the weight with quantize(w, '128x128')"
             )
-        b_device = b.device
     elif isinstance(b, torch.Tensor):
         _check_float_input("b", b)
         if b.dim() != 2:
@@ -706,7 +699,6 @@ def _matmul_checked(a, b, out, out_dtype, key) -> torch.Tensor:
                 f"b: expected a 2-D (K, N) tensor, got shape {tuple(b.shape)} (batched or "
                 f"1-D b is not supported)"
             )
-        b_device = b.device
     else:
         raise TypeError(
             f"b: expected a torch.Tensor or a pyfp8gemm.FP8Tensor, got {type(b).__name__}"
@@ -716,6 +708,17 @@ def _matmul_checked(a, b, out, out_dtype, key) -> torch.Tensor:
     _check_int32_sizes(m, n, k, "M (= the product of a.shape[:-1])", "N (= b.shape[1])",
                        "K (= a.shape[-1])")
     _check_alignment_rules(k, n, "K (= a.shape[-1] = b.shape[0])", "N (= b.shape[1])")
+    return leading_shape, m, k, n
+
+
+def _matmul_checked(a, b, out, out_dtype, key) -> torch.Tensor:
+    """matmul with every check; remembers the call under `key` (unless None: only FP8Tensor
+    operands have one) when it needed no conversion or copy."""
+    _check_out_dtype(out_dtype)
+
+    # --- a: (..., M, K), remembered as its leading shape and a 2-D (M, K) operand ----------
+    leading_shape, m, k, n = _matmul_shapes(a, b)
+    a_device, b_device = a.device, b.device
 
     # --- devices and out ----------------------------------------------------------------------
     if a_device.type != "cpu":
@@ -768,61 +771,20 @@ def _matmul_traced(a, b, out, out_dtype) -> torch.Tensor:
     no Python the compiler cannot see through."""
     _check_out_dtype(out_dtype)
     quantize_op = torch.ops.pyfp8gemm.quantize
+    leading_shape, m, k, n = _matmul_shapes(a, b)
     if isinstance(a, FP8Tensor):
-        if a.granularity != "1x128":
-            raise ValueError(
-                f"a: expected an FP8Tensor with granularity '1x128' (activations, one scale per "
-                f"row per 128 K), got {a.granularity!r} (128x128 block scales are for the "
-                f"weight b); quantize it with quantize(x, '1x128')"
-            )
-        m, k = a.shape
-        leading_shape = (m,)
         a_data, a_scale = a.data, a.scale
-    elif isinstance(a, torch.Tensor):
-        _check_float_input("a", a)
-        if a.dim() == 0:
-            raise ValueError("a: expected a tensor of shape (K,), (M, K) or (..., M, K), got a 0-D tensor")
-        leading_shape = tuple(a.shape[:-1])
-        k = a.shape[-1]
-        m = 1
-        for size in leading_shape:
-            m *= size
-        a_data, a_scale = quantize_op(a.reshape(m, k), "1x128")
     else:
-        raise TypeError(
-            f"a: expected a torch.Tensor or a pyfp8gemm.FP8Tensor, got {type(a).__name__}"
-        )
+        a_data, a_scale = quantize_op(a.reshape(m, k), "1x128")
     if isinstance(b, FP8Tensor):
-        if b.granularity != "128x128":
-            raise ValueError(
-                f"b: expected an FP8Tensor with granularity '128x128' (weights, one scale per "
-                f"128x128 block), got {b.granularity!r} (1x128 scales are for the activations "
-                f"a); quantize the weight with quantize(w, '128x128')"
-            )
         b_data, b_scale = b.data.t(), b.scale.t()
         if not b_data.is_contiguous():
             b_data, b_scale = b_data.contiguous(), b_scale.contiguous()
-    elif isinstance(b, torch.Tensor):
-        _check_float_input("b", b)
-        if b.dim() != 2:
-            raise ValueError(
-                f"b: expected a 2-D (K, N) tensor, got shape {tuple(b.shape)} (batched or "
-                f"1-D b is not supported)"
-            )
-        if b.t().is_contiguous():
-            b_data, b_scale = quantize_op(b.t(), "128x128")
-        else:
-            b_data, b_scale = quantize_op(b, "128x128")
-            b_data, b_scale = b_data.t().contiguous(), b_scale.t().contiguous()
+    elif b.t().is_contiguous():
+        b_data, b_scale = quantize_op(b.t(), "128x128")
     else:
-        raise TypeError(
-            f"b: expected a torch.Tensor or a pyfp8gemm.FP8Tensor, got {type(b).__name__}"
-        )
-    k_of_b, n = b.shape
-    checks.check_same_size("K", "a.shape[-1]", k, "b.shape[0]", k_of_b)
-    _check_int32_sizes(m, n, k, "M (= the product of a.shape[:-1])", "N (= b.shape[1])",
-                       "K (= a.shape[-1])")
-    _check_alignment_rules(k, n, "K (= a.shape[-1] = b.shape[0])", "N (= b.shape[1])")
+        b_data, b_scale = quantize_op(b, "128x128")
+        b_data, b_scale = b_data.t().contiguous(), b_scale.t().contiguous()
     if b.device != a.device:
         raise ValueError(f"b: expected the same device as a ({a.device}), got {b.device}")
     result = torch.ops.pyfp8gemm.fp8_gemm(a_data, a_scale, b_data, b_scale)
