@@ -24,12 +24,11 @@ from numba import cuda
 from numba.cuda import types
 
 from .config import BLOCK_K, MATH_REGISTERS, PRODUCER_REGISTERS
-from .k_loop import fragments, make_scaling_1d1d, make_tile_k_loop
+from .k_loop import fragments, make_math_setup, make_scaling_1d1d, make_tile_k_loop
 from .pipeline import make_ring, make_ring_loader
 from .ptx import (
     elect_one, ld_global_nc_s32, mbarrier_arrive_expect_tx, prefetch_tensormap,
-    setmaxnreg_dec, setmaxnreg_inc, smem_base, smem_descriptor_words, tma_load_2d,
-    warp_uniform,
+    setmaxnreg_dec, setmaxnreg_inc, smem_base, tma_load_2d,
 )
 from .scheduler import make_schedule
 from .tile import fragment_store_f32_global
@@ -67,7 +66,7 @@ def make_fp8_gemm_1d1d(cfg):
     tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_1d1d)
     store_tile = fragment_store_f32_global(BN // 2, ACCUMULATE)
     zeros, final_zeros = fragments(cfg)
-    desc_low, _ = smem_descriptor_words(128)
+    math_setup = make_math_setup(cfg)
     producer_registers = setmaxnreg_dec(PRODUCER_REGISTERS)
     math_registers = setmaxnreg_inc(MATH_REGISTERS[cfg.math_warpgroups])
     inline = cuda.jit(device=True, inline="always")
@@ -100,11 +99,7 @@ def make_fp8_gemm_1d1d(cfg):
     @inline
     def math_loop(base, d, c, m, n, work, tid):
         unit, unit_step = work[3], work[4]
-        lane = types.int32(tid % 32)
-        row = 16 * (tid // 32) + lane // 4        # this thread's first fragment row in the tile
-        sfa_row = base + SMEM_SFA + 4 * row       # its A scale in ring slot 0
-        warpgroup = warp_uniform(tid // 128)
-        descs = (desc_low(base + SMEM_A + warpgroup * (64 * BLOCK_K)), desc_low(base + SMEM_B))
+        lane, row, sfa_row, _, descs = math_setup(base, tid)
         acc = zeros()
         acc_next = zeros()
         stage = types.int32(0)

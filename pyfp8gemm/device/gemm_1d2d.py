@@ -30,12 +30,12 @@ from numba.cuda import types
 
 from .config import BLOCK_K, MATH_REGISTERS, PRODUCER_REGISTERS, SFB_STAGE_BYTES
 from .epilogue import make_bf16_epilogue, make_bounded_bf16_store, make_split_k_reduction
-from .k_loop import fragments, make_scaling_1d2d, make_tile_k_loop
+from .k_loop import fragments, make_math_setup, make_scaling_1d2d, make_tile_k_loop
 from .pipeline import make_ring, make_ring_loader
 from .ptx import (
     cluster_sync, cp_async_4, cp_async_mbarrier_arrive_noinc, elect_one,
     mbarrier_arrive_expect_tx, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base,
-    smem_descriptor_words, tma_load_2d, tma_load_2d_multicast, tma_load_3d, warp_uniform,
+    tma_load_2d, tma_load_2d_multicast, tma_load_3d,
 )
 from .scheduler import make_schedule
 
@@ -92,7 +92,7 @@ def make_fp8_gemm_1d2d(cfg):
     group_rows = schedule.rows
     reduce_split_k = make_split_k_reduction(cfg)
     zeros, final_zeros = fragments(cfg)
-    desc_low, _ = smem_descriptor_words(128)
+    math_setup = make_math_setup(cfg)
     producer_registers = setmaxnreg_dec(PRODUCER_REGISTERS)
     math_registers = setmaxnreg_inc(MATH_REGISTERS[cfg.math_warpgroups])
     inline = cuda.jit(device=True, inline="always")
@@ -154,14 +154,8 @@ def make_fp8_gemm_1d2d(cfg):
 
     @inline
     def math_loop(base, tmap_d, workspace, counters, work, m, n, d, tid):
-        rank, unit, unit_step = work[2], work[3], work[4]
-        lane = types.int32(tid % 32)
-        row = 16 * (tid // 32) + lane // 4        # this thread's first fragment row in the tile
-        sfa_row = base + SMEM_SFA + 4 * row       # its A scale in ring slot 0
-        # wgmma descriptors of ring slot 0: this warpgroup's 64-row slice of A, and B. Built
-        # from a warp-uniform index, so they live in uniform registers (no per-wgmma moves).
-        warpgroup = warp_uniform(tid // 128)
-        descs = (desc_low(base + SMEM_A + warpgroup * (64 * BLOCK_K)), desc_low(base + SMEM_B))
+        unit, unit_step = work[3], work[4]
+        lane, row, sfa_row, warpgroup, descs = math_setup(base, tid)
         acc = zeros()
         acc_next = zeros()
         stage = types.int32(0)

@@ -26,7 +26,10 @@ from numba import cuda
 from numba.cuda import types
 
 from .config import BLOCK_K, SFB_STAGE_BYTES
-from .ptx import ld_shared_f32, smem_descriptor_words, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait
+from .ptx import (
+    ld_shared_f32, smem_descriptor_words, warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8,
+    wgmma_wait,
+)
 from .tile import (
     fragment_column_scales, fragment_fence, fragment_promote, fragment_promote_per_column,
     fragment_zeros,
@@ -302,6 +305,27 @@ def make_tile_k_loop(cfg, ring, make_scaling):
         return dispatch
 
     return chain(splits)
+
+
+def make_math_setup(cfg):
+    """`setup(base, tid) -> (lane, row, sfa_row, warpgroup, descs)`: what a math thread
+    computes once per kernel for every K loop: its lane, its first fragment row in the tile,
+    that row's A scale in ring slot 0, its warpgroup, and the wgmma descriptors of slot 0 (the
+    warpgroup's 64-row slice of A, and B). The descriptors come from a warp-uniform index, so
+    they live in uniform registers (no per-wgmma moves)."""
+    off = cfg.smem_offsets
+    smem_a, smem_b, smem_sfa = off["a"], off["b"], off["sfa"]
+    desc_low, _ = smem_descriptor_words(128)
+
+    @cuda.jit(device=True, inline="always")
+    def setup(base, tid):
+        lane = types.int32(tid % 32)
+        row = 16 * (tid // 32) + lane // 4
+        sfa_row = base + smem_sfa + 4 * row
+        warpgroup = warp_uniform(tid // 128)
+        descs = (desc_low(base + smem_a + warpgroup * (64 * BLOCK_K)), desc_low(base + smem_b))
+        return lane, row, sfa_row, warpgroup, descs
+    return setup
 
 
 def fragments(cfg):
