@@ -22,7 +22,9 @@ def m_grouped_contiguous(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: to
                          b_scale: torch.Tensor, d: torch.Tensor, m_indices: torch.Tensor,
                          expected_m: int, alignment: int) -> None:
     """d[rows of group g] = A[rows] @ B[g]^T (bf16), `m_indices` int32 (M_sum,) on the GPU: the
-    group of each row, constant over each `alignment`-row block, -1 for padding (written 0)."""
+    group of each row, each group's segment starting at a multiple of `alignment`. The kernel
+    reads the id at the first row of each of its BLOCK_M-row blocks (BLOCK_M <= alignment); a
+    block whose id is -1 or not a group is written as zeros without loads."""
     from .launch import launch_grouped
     launch_grouped("m_grouped_contiguous", a_data, a_scale, b_data, b_scale, d, m_indices,
                    b_data.shape[0], expected_m, alignment)
