@@ -25,20 +25,22 @@ class Shape(NamedTuple):
         return self.label
 
 
-# The 19 shapes of the first table in ../shared/ANCHORS.md (DeepSeek-V3 projections at M = 64,
+# DeepSeek-V3's dense projections (N, K).
+DEEPSEEK_V3_NK = ((2112, 7168), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168),
+                  (7168, 2048))
+
+# The 19 reference shapes (the README's "Reference figures": DeepSeek-V3 projections at M = 64,
 # 128 and 4096, plus one square 8192^3), in the same order, so that our table lines up with it.
 ANCHOR_SHAPES: tuple[Shape, ...] = tuple(
     Shape(m, n, k)
     for m in (64, 128, 4096)
-    for (n, k) in (
-        (2112, 7168),
-        (24576, 1536),
-        (32768, 512),
-        (7168, 16384),
-        (4096, 7168),
-        (7168, 2048),
-    )
+    for (n, k) in DEEPSEEK_V3_NK
 ) + (Shape(8192, 8192, 8192),)
+
+# Decode batches of serving (1-32 tokens per GPU) on DeepSeek-V3's projections: pure weight
+# streaming, reported in GB/s next to TFLOPS (issue 22's small-M roofline).
+DECODE_SHAPES: tuple[Shape, ...] = tuple(
+    Shape(m, n, k) for m in (1, 2, 4, 8, 16, 32) for (n, k) in DEEPSEEK_V3_NK)
 
 # A quick look (a few seconds per provider): one small-M shape, one mid, one large.
 SMALL_SHAPES: tuple[Shape, ...] = (
@@ -65,6 +67,7 @@ SHAPE_SETS: dict[str, tuple[Shape, ...]] = {
     # The anchors split by regime: M <= 128 is memory-bound (weights dominate the bytes),
     # M >= 4096 is compute-bound.
     "small-m": tuple(s for s in ANCHOR_SHAPES if s.m <= 128),
+    "decode": DECODE_SHAPES,
     "large-m": tuple(s for s in ANCHOR_SHAPES if s.m >= 4096),
 }
 

@@ -567,3 +567,12 @@ def test_load_of_a_missing_or_foreign_file_is_a_clear_error(tmp_path, capsys, co
     captured = capsys.readouterr()
     assert str(path) in captured.err and "Traceback" not in captured.err
     assert ("no such file" in captured.err) == (content is None)
+
+
+def test_decode_set_covers_m_1_to_32_on_deepseek_v3_shapes():
+    from bench.shapes import DEEPSEEK_V3_NK, SHAPE_SETS
+
+    shapes = SHAPE_SETS["decode"]
+    assert {s.m for s in shapes} == {1, 2, 4, 8, 16, 32}
+    assert {(s.n, s.k) for s in shapes} == set(DEEPSEEK_V3_NK)
+    assert len(shapes) == 36
