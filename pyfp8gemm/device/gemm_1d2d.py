@@ -85,11 +85,10 @@ def make_fp8_gemm_1d2d(cfg):
     schedule = make_schedule(cfg.schedule, BM, BN, CLUSTER_M, CLUSTER_N, cfg.group_m, SPLIT_K)
     # (numba inlines only functions it finds under plain names: parts are unpacked here)
     init_ring = ring.init
-    begin, count, tile, _ = schedule
+    begin, count, tile, group_rows = schedule
     tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_1d2d)
     store_tile, drain_stores = make_bf16_epilogue(cfg)
     store_rows = make_bounded_bf16_store(cfg) if MASKED else None
-    group_rows = schedule.rows
     reduce_split_k = make_split_k_reduction(cfg)
     zeros, final_zeros = fragments(cfg)
     math_setup = make_math_setup(cfg)
