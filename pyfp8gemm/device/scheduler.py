@@ -28,6 +28,7 @@ one formula for the kernel, the grid and the tests.
 """
 
 import operator
+from types import SimpleNamespace
 from typing import Callable, NamedTuple
 
 BLOCK_K = 128
@@ -36,7 +37,7 @@ BLOCK_K = 128
 class Schedule(NamedTuple):
     begin: Callable   # begin(m, n, k, split_k, whole_tiles, layout, groups, where) -> work:
                       #   what this CTA walks (computed once, shared by all roles); `where` is
-                      #   the host twin's (first unit, unit step, cluster rank), ignored on the
+                      #   the host twin's (cluster rank, first unit, unit step), ignored on the
                       #   GPU, which reads them from blockIdx, gridDim and %cluster_ctarank
     count: Callable   # count(work) -> number of units
     tile: Callable    # tile(unit, work) -> (group, m_block, n_block, tile_unit, split,
@@ -45,13 +46,10 @@ class Schedule(NamedTuple):
                       #   [0, M_max] (what the epilogue may write)
 
 
-class _HostOps:
-    """The host twin's arithmetic: Python ints, and `layout` is a sequence."""
-    jit = staticmethod(lambda f: f)
-    div = staticmethod(operator.floordiv)
-    i32 = staticmethod(int)
-    load = staticmethod(lambda layout, index: int(layout[index]))
-    position = staticmethod(lambda where, cluster: where)
+# The host twin's arithmetic: Python ints, `layout` a sequence, `where` given by the caller.
+_HOST_OPS = SimpleNamespace(jit=lambda f: f, div=operator.floordiv, i32=int,
+                            load=lambda layout, index: int(layout[index]),
+                            position=lambda where, cluster: where)
 
 
 def _device_ops():
@@ -60,23 +58,22 @@ def _device_ops():
 
     from .ptx import cluster_ctarank, ld_global_nc_s32, udiv32
 
-    class DeviceOps:
-        # (32-bit divisions: numba's 64-bit ones are slow subroutine calls)
-        jit = staticmethod(cuda.jit(device=True, inline="always"))
-        div = staticmethod(udiv32)
-        i32 = staticmethod(types.int32)
-        load = staticmethod(lambda layout, index: ld_global_nc_s32(layout + 4 * index))
-    DeviceOps.load = staticmethod(DeviceOps.jit(
-        lambda layout, index: ld_global_nc_s32(layout + 4 * index)))
+    jit = cuda.jit(device=True, inline="always")
 
-    @DeviceOps.jit
+    @jit
+    def load(layout, index):
+        """int32 element `index` of a layout tensor in global memory."""
+        return ld_global_nc_s32(layout + 4 * index)
+
+    @jit
     def position(where, cluster):
-        """(first unit, unit step, rank in the cluster) of this CTA."""
+        """(rank in the cluster, first unit, unit step) of this CTA."""
         rank = cluster_ctarank() if cluster > 1 else 0
         return (rank, types.int32(cuda.blockIdx.x // cluster),
                 types.int32(cuda.gridDim.x // cluster))
-    DeviceOps.position = staticmethod(position)
-    return DeviceOps
+
+    # (32-bit divisions: numba's 64-bit ones are slow subroutine calls)
+    return SimpleNamespace(jit=jit, div=udiv32, i32=types.int32, load=load, position=position)
 
 
 def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, split_k,
@@ -88,7 +85,7 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
     has split-K (else the split arithmetic folds away).
     """
     assert cluster_m * cluster_n <= 2
-    ops = _device_ops() if device else _HostOps
+    ops = _device_ops() if device else _HOST_OPS
     jit, div, i32, load, position = ops.jit, ops.div, ops.i32, ops.load, ops.position
     cluster = cluster_m * cluster_n
     BM, BN = block_m, block_n
