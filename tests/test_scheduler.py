@@ -1,0 +1,157 @@
+"""The work schedule's host twin (device/scheduler.py, the same source the kernels compile)
+against plain-Python models of what every schedule must visit: each (group, tile, K range)
+exactly once, padding blocks and empty groups never with K blocks, clusters paired."""
+
+import random
+
+import pytest
+
+from pyfp8gemm.device import scheduler
+from pyfp8gemm.device.config import BLOCK_K, GemmConfig
+
+
+def ceil_div(a, b):
+    return -(-a // b)
+
+
+def visits(cfg, m, n, k, grid, **kw):
+    """Every CTA's visits, flattened: [(cta, group, m_block, n_block, split, kb_begin, kb_end)]."""
+    walked = scheduler.walk(cfg, m, n, k, grid, **kw)
+    return [(cta,) + v for cta, vs in walked.items() for v in vs]
+
+
+def covered_k(visited):
+    """{(group, m_block, n_block): sorted K ranges}."""
+    out = {}
+    for _, group, m_block, n_block, _, kb_begin, kb_end in visited:
+        out.setdefault((group, m_block, n_block), []).append((kb_begin, kb_end))
+    return {tile: sorted(ranges) for tile, ranges in out.items()}
+
+
+def assert_partition(ranges, num_kb):
+    """The K ranges of one tile are non-empty, disjoint and cover [0, num_kb)."""
+    at = 0
+    for begin, end in ranges:
+        assert begin == at and end > begin, ranges
+        at = end
+    assert at == num_kb, ranges
+
+
+@pytest.mark.parametrize("block_m, block_n, multicast", [
+    (64, 48, "none"), (128, 128, "a"), (128, 96, "b"), (256, 128, "a"), (64, 64, "b")])
+@pytest.mark.parametrize("m, n, k", [(1000, 2112, 7168), (300, 576, 1040), (64, 4096, 512)])
+@pytest.mark.parametrize("grid", [132, 10])
+def test_dense_visits_every_tile_once(block_m, block_n, multicast, m, n, k, grid):
+    cfg = GemmConfig(block_m, block_n, 3, multicast)
+    cluster_m, cluster_n = cfg.cluster_shape
+    if ceil_div(m, block_m) % cluster_m or ceil_div(n, block_n) % cluster_n:
+        pytest.skip("the launcher refuses unpaired multicast tiles")
+    grid -= grid % cfg.cluster_size
+    visited = visits(cfg, m, n, k, grid)
+    tiles = covered_k(visited)
+    expected = {(0, mb, nb) for mb in range(ceil_div(m, block_m))
+                for nb in range(ceil_div(n, block_n))}
+    assert set(tiles) == expected
+    assert all(ranges == [(0, ceil_div(k, BLOCK_K))] for ranges in tiles.values())
+    # A cluster's two CTAs take neighbouring tiles at the same time (they share an operand).
+    if cfg.cluster_size == 2:
+        walked = scheduler.walk(cfg, m, n, k, grid)
+        for cta in range(0, grid, 2):
+            for first, second in zip(walked[cta], walked[cta + 1]):
+                if multicast == "a":
+                    assert (second[1], second[2]) == (first[1], first[2] + 1)
+                else:
+                    assert (second[1], second[2]) == (first[1] + 1, first[2])
+
+
+@pytest.mark.parametrize("split_k, last_wave", [(2, False), (3, False), (4, True), (5, True)])
+@pytest.mark.parametrize("m, n, k", [(64, 576, 7168), (4096, 2112, 7168), (300, 1000, 2048)])
+def test_split_k_partitions_each_tile_s_k_blocks(split_k, last_wave, m, n, k):
+    from pyfp8gemm.host.heuristics import split_k_fits
+    if not split_k_fits(split_k, k):
+        pytest.skip("the launcher refuses a split without K blocks")
+    cfg = GemmConfig(128, 128, 3, split_k=True)
+    num_sms = 132
+    whole = scheduler.whole_tiles(cfg, m, n, split_k, last_wave, num_sms)
+    units = scheduler.unit_count(cfg, m, n, k, split_k, whole)
+    grid = scheduler.grid_size(cfg, units, num_sms)
+    visited = visits(cfg, m, n, k, grid, split_k=split_k, whole=whole)
+    tiles = covered_k(visited)
+    num_kb = ceil_div(k, BLOCK_K)
+    assert len(tiles) == scheduler.tiles(cfg, m, n)
+    split_tiles = 0
+    for ranges in tiles.values():
+        assert_partition(ranges, num_kb)
+        split_tiles += len(ranges) > 1
+    assert split_tiles == scheduler.tiles(cfg, m, n) - whole
+    assert len(visited) == units
+
+
+def contiguous_layout(groups, rows, block_m, rng):
+    """m_indices of groups with the given row counts, each segment padded with -1 rows to a
+    multiple of block_m, plus a few whole -1 blocks and an out-of-range id block."""
+    ids = []
+    for g, r in enumerate(rows):
+        ids += [g] * r + [-1] * (-r % block_m)
+    ids += [-1] * block_m + [groups + 3] * block_m
+    return ids
+
+
+@pytest.mark.parametrize("block_m, block_n, multicast", [(128, 128, "none"), (64, 96, "none"),
+                                                         (128, 64, "a")])
+def test_m_grouped_contiguous_skips_padding_blocks(block_m, block_n, multicast):
+    rng = random.Random(0)
+    groups = 5
+    rows = [rng.randrange(0, 400) for _ in range(groups)]
+    rows[2] = 0                                                  # an empty group
+    ids = contiguous_layout(groups, rows, block_m, rng)
+    m, n, k = len(ids), 2 * 3 * block_n - 8, 1000
+    cfg = GemmConfig(block_m, block_n, 3, multicast, schedule="m_grouped_contiguous")
+    visited = visits(cfg, m, n, k, 20, layout=ids, groups=groups)
+    tiles = covered_k(visited)
+    num_kb = ceil_div(k, BLOCK_K)
+    expected = {}
+    for mb in range(ceil_div(m, block_m)):
+        g = ids[mb * block_m]
+        g = g if 0 <= g < groups else -1
+        for nb in range(ceil_div(n, block_n)):
+            expected[(g, mb, nb)] = [(0, 0)] if g < 0 else [(0, num_kb)]
+    assert tiles == {t: [(b, e) if e > b else (0, 0) for b, e in r] for t, r in tiles.items()}
+    assert {t: [(0, 0) if e == b else (b, e) for b, e in r] for t, r in tiles.items()} == expected
+    assert all(kb_begin == kb_end for _, g, *_, kb_begin, kb_end in visited if g < 0)
+
+
+@pytest.mark.parametrize("block_m, block_n", [(64, 128), (128, 64)])
+@pytest.mark.parametrize("grid", [132, 7])
+def test_m_grouped_masked_visits_only_counted_rows(block_m, block_n, grid):
+    rng = random.Random(1)
+    m_max, n, k = 300, 4096 + 64, 2048
+    masked_m = [rng.randrange(0, m_max + 1) for _ in range(9)]
+    masked_m[0] = masked_m[4] = 0                                 # empty groups
+    masked_m[5] = m_max
+    cfg = GemmConfig(block_m, block_n, 3, schedule="m_grouped_masked")
+    visited = visits(cfg, m_max, n, k, grid, layout=masked_m, groups=len(masked_m))
+    tiles = covered_k(visited)
+    expected = {(g, mb, nb) for g, rows in enumerate(masked_m)
+                for mb in range(ceil_div(rows, block_m)) for nb in range(ceil_div(n, block_n))}
+    assert set(tiles) == expected                  # nothing of an empty group, no extra block
+    assert len(visited) == len(expected)           # each once
+    assert all(r == [(0, ceil_div(k, BLOCK_K))] for r in tiles.values())
+
+
+def test_loaders_and_math_walk_the_same_order():
+    """The producer recomputes the unit bound per tile, the math warps once: the same sequence.
+    The walk is each CTA's units in increasing order, so both roles consume ring slots in one
+    order."""
+    cfg = GemmConfig(128, 128, 3, "a")
+    schedule = scheduler.host_schedule(cfg)
+    m, n, k, grid = 1000, 2048, 4096, 12
+    for cta in range(grid):
+        work = schedule.begin(m, n, k, 1, 0, (), 1, (cta % 2, cta // 2, grid // 2))
+        units = schedule.count(work)
+        math_order = [schedule.tile(u, work) for u in range(cta // 2, units, grid // 2)]
+        loader_order, unit = [], cta // 2
+        while unit < schedule.count(work):
+            loader_order.append(schedule.tile(unit, work))
+            unit += grid // 2
+        assert loader_order == math_order and math_order
