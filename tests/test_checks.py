@@ -92,3 +92,14 @@ def test_checks_read_no_tensor_data():
     meta = torch.empty(4, 64, dtype=torch.float8_e4m3fn, device="meta")
     checks.check_tensor("a", meta, dtypes=(torch.float8_e4m3fn,), ndim=2)
     checks.check_shape("a", meta, (4, 64))
+
+
+def test_check_fp8_pair():
+    data, scale = torch.zeros(4, 256, dtype=torch.float8_e4m3fn), torch.ones(4, 2)
+    assert checks.check_fp8_pair("a", (data, scale), 2, 2)[2:] == ("a[0] (data)", "a[1] (scale)")
+    with pytest.raises(TypeError, match=r"^b: expected a pair, got int$"):
+        checks.check_fp8_pair("b", 3, 2, 2, what="a pair")
+    with pytest.raises(TypeError, match=r"a\[1\] \(scale\)"):
+        checks.check_fp8_pair("a", (data, scale.double()), 2, 2)
+    with pytest.raises(ValueError, match=r"a\[0\] \(data\)"):
+        checks.check_fp8_pair("a", (data, scale), 3, 2)

@@ -22,6 +22,7 @@ GRANULARITIES = ("1x128", "128x128")
 __all__ = [
     "check_tensor",
     "check_int32_size",
+    "check_fp8_pair",
     "check_granularity",
     "check_same_device",
     "check_shape",
@@ -63,6 +64,20 @@ def check_granularity(name: str, granularity) -> None:
         )
     if granularity not in GRANULARITIES:
         raise ValueError(f"{name}: expected one of {GRANULARITIES}, got {granularity!r}")
+
+
+def check_fp8_pair(name: str, operand, data_ndim: int, scale_ndim: int, *,
+                   what: str = "a (data, scale) pair of tensors or a pyfp8gemm.FP8Tensor"):
+    """`operand` is a (data, scale) pair: E4M3 data of `data_ndim` dimensions and float32
+    scales of `scale_ndim`. Returns (data, scale, data_name, scale_name); `what` words the
+    TypeError for anything else."""
+    if not (isinstance(operand, (tuple, list)) and len(operand) == 2):
+        raise TypeError(f"{name}: expected {what}, got {type(operand).__name__}")
+    data, scale = operand
+    data_name, scale_name = f"{name}[0] (data)", f"{name}[1] (scale)"
+    check_tensor(data_name, data, dtypes=(torch.float8_e4m3fn,), ndim=data_ndim)
+    check_tensor(scale_name, scale, dtypes=(torch.float32,), ndim=scale_ndim)
+    return data, scale, data_name, scale_name
 
 
 #: The largest size a kernel parameter (int32) can carry.

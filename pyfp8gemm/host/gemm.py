@@ -277,16 +277,7 @@ def _unpack_operand(name: str, operand, granularity: str, role: str | None = Non
                 + hint
             )
         return operand.data, operand.scale, f"{name}.data", f"{name}.scale"
-    if not (isinstance(operand, (tuple, list)) and len(operand) == 2):
-        raise TypeError(
-            f"{name}: expected a (data, scale) pair of tensors or a pyfp8gemm.FP8Tensor, got "
-            f"{type(operand).__name__}"
-        )
-    data, scale = operand
-    data_name, scale_name = f"{name}[0] (data)", f"{name}[1] (scale)"
-    checks.check_tensor(data_name, data, dtypes=(_E4M3,), ndim=2)
-    checks.check_tensor(scale_name, scale, dtypes=(torch.float32,), ndim=2)
-    return data, scale, data_name, scale_name
+    return checks.check_fp8_pair(name, operand, 2, 2)
 
 
 def _check_pair_scale_shape(scale_name, scale, rows, cols, granularity, data_name) -> None:

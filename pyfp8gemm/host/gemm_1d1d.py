@@ -273,17 +273,10 @@ def fp8_gemm_nt_1d1d(a, b, d: torch.Tensor, c: torch.Tensor | None = None) -> to
 
 
 def _unpack_flat(name: str, operand):
-    if not (isinstance(operand, (tuple, list)) and len(operand) == 2):
-        raise TypeError(
-            f"{name}: expected a (data, scale) pair: data E4M3 1-D, the groups' K-major "
-            f"(rows, k_g) blocks concatenated; scale float32 (rows, sum(k_g) / 128); got "
-            f"{type(operand).__name__}"
-        )
-    data, scale = operand
-    data_name, scale_name = f"{name}[0] (data)", f"{name}[1] (scale)"
-    checks.check_tensor(data_name, data, dtypes=(_E4M3,), ndim=1)
-    checks.check_tensor(scale_name, scale, dtypes=(torch.float32,), ndim=2)
-    return data, scale, data_name, scale_name
+    return checks.check_fp8_pair(
+        name, operand, 1, 2, what="a (data, scale) pair: data E4M3 1-D, the groups' K-major "
+                                  "(rows, k_g) blocks concatenated; scale float32 (rows, "
+                                  "sum(k_g) / 128)")
 
 
 def _check_ks(ks, ks_tensor, num_groups: int) -> list[int]:

@@ -247,16 +247,7 @@ def _unpack_a(name: str, a, ndim: int):
                    if ndim == 3 else "")
             )
         return a.data, a.scale, f"{name}.data", f"{name}.scale"
-    if not (isinstance(a, (tuple, list)) and len(a) == 2):
-        raise TypeError(
-            f"{name}: expected a (data, scale) pair of tensors or a pyfp8gemm.FP8Tensor, got "
-            f"{type(a).__name__}"
-        )
-    data, scale = a
-    data_name, scale_name = f"{name}[0] (data)", f"{name}[1] (scale)"
-    checks.check_tensor(data_name, data, dtypes=(_E4M3,), ndim=ndim)
-    checks.check_tensor(scale_name, scale, dtypes=(torch.float32,), ndim=ndim)
-    return data, scale, data_name, scale_name
+    return checks.check_fp8_pair(name, a, ndim, ndim)
 
 
 def _unpack_b(b):
@@ -271,16 +262,10 @@ def _unpack_b(b):
             )
         if b.granularity != "128x128":
             raise ValueError(f"b: expected granularity '128x128', got {b.granularity!r}")
-        data, scale = b.data, b.scale
-    elif isinstance(b, (tuple, list)) and len(b) == 2:
-        data, scale = b
-    else:
-        raise TypeError(
-            f"b: expected a (data, scale) pair of tensors (data E4M3 (G, N, K), scale float32 "
-            f"(G, ceil(N/128), ceil(K/128))), got {type(b).__name__}"
-        )
-    checks.check_tensor("b[0] (data)", data, dtypes=(_E4M3,), ndim=3)
-    checks.check_tensor("b[1] (scale)", scale, dtypes=(torch.float32,), ndim=3)
+        b = (b.data, b.scale)
+    data, scale, _, _ = checks.check_fp8_pair(
+        "b", b, 3, 3, what="a (data, scale) pair of tensors (data E4M3 (G, N, K), scale "
+                           "float32 (G, ceil(N/128), ceil(K/128)))")
     groups, n, k = data.shape
     expected = (groups, _ceil_div(n, BLOCK), _ceil_div(k, BLOCK))
     if tuple(scale.shape) != expected:
