@@ -111,3 +111,14 @@ def fp8_allclose(monkeypatch):
         return allclose(a, b, *args, **kwargs)
 
     monkeypatch.setattr(torch, "allclose", fp8_aware)
+
+
+@pytest.fixture(autouse=True)
+def restore_contiguous_alignment():
+    """Tests that set the m-grouped contiguous layout's alignment (64 or 128) leave it as they
+    found it."""
+    from pyfp8gemm.host import grouped
+
+    saved = grouped.get_mk_alignment_for_contiguous_layout()
+    yield
+    grouped.set_mk_alignment_for_contiguous_layout(saved)

@@ -27,13 +27,6 @@ from pyfp8gemm.testing import (
 E4M3 = torch.float8_e4m3fn
 
 
-@pytest.fixture(autouse=True)
-def _restore_alignment():
-    saved = grouped.get_mk_alignment_for_contiguous_layout()
-    yield
-    grouped.set_mk_alignment_for_contiguous_layout(saved)
-
-
 def _align(x: int, a: int) -> int:
     return (x + a - 1) // a * a
 

@@ -42,13 +42,6 @@ CONTIGUOUS_GROUPS = [(4, 8192), (8, 4096)]
 MASKED_GROUPS = [(32, 192), (6, 1024), (32, 20), (6, 20)]
 
 
-@pytest.fixture(autouse=True)
-def _restore_alignment():
-    saved = grouped.get_mk_alignment_for_contiguous_layout()
-    yield
-    grouped.set_mk_alignment_for_contiguous_layout(saved)
-
-
 def _align(x: int, a: int) -> int:
     return (x + a - 1) // a * a
 
