@@ -210,13 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         from bench.training import run_training
 
         return run_training(args.kind, provider_keys(args.providers), args.timing, args.warmup_ms,
-                            args.rep_ms, args.seed, args.json)
+                            args.rep_ms, args.seed, args.json, rounds=args.rounds)
     if args.kind != "gemm":
         from bench.grouped import run_grouped
 
         return run_grouped(args.kind, providers=provider_keys(args.providers), timing=args.timing,
                            warmup_ms=args.warmup_ms, rep_ms=args.rep_ms, seed=args.seed,
-                           json_path=args.json)
+                           json_path=args.json, rounds=args.rounds)
 
     from bench.providers import BASELINE_KEY, PROVIDER_NAMES, PROVIDERS_BY_KEY, select_providers
     from bench.report import format_report

@@ -42,6 +42,7 @@ KINDS = ("m-grouped-contiguous", "m-grouped-masked")
 NK_SHAPES = ((6144, 7168), (7168, 3072), (4096, 4096), (4096, 2048))
 CONTIGUOUS_GROUPS = ((4, 8192), (8, 4096))
 MASKED_GROUPS = ((32, 192), (6, 1024), (32, 20), (6, 20))
+HALF_EMPTY_GROUPS = ((32, 192), (6, 1024))      # masked, with every odd group empty
 ALIGNMENT = 128
 SMALL_MASKED_M = 64          # GB/s is printed at or below this expected M
 PROVIDER_KEYS = ("pyfp8gemm", "deepgemm", "cublas-loop", "torch-grouped-bf16")
@@ -66,7 +67,9 @@ class GroupedCase:
 
     @property
     def label(self) -> str:
-        return f"G={self.groups} m~{self.expected_m} N={self.n} K={self.k}"
+        empty = sum(1 for m in self.group_m if m == 0)
+        half = f" ({empty} empty)" if empty else ""
+        return f"G={self.groups}{half} m~{self.expected_m} N={self.n} K={self.k}"
 
     @property
     def valid_rows(self) -> int:
@@ -99,6 +102,15 @@ def make_cases(kind: str, seed: int = 0) -> list[GroupedCase]:
             group_m = tuple(int(expected * rng.uniform(0.7, 1.3)) for _ in range(groups))
             m_max = _align(int(expected * 1.3) + 1, ALIGNMENT) if kind == KINDS[1] else 0
             cases.append(GroupedCase(kind, groups, expected, n, k, group_m, m_max))
+    if kind == KINDS[1]:
+        # Half of the groups empty (every odd one), the same expected-M hint: time should follow
+        # the rows present, not the groups allocated.
+        for groups, expected in HALF_EMPTY_GROUPS:
+            for n, k in NK_SHAPES:
+                group_m = tuple(0 if g % 2 else int(expected * rng.uniform(0.7, 1.3))
+                                for g in range(groups))
+                m_max = _align(int(expected * 1.3) + 1, ALIGNMENT)
+                cases.append(GroupedCase(kind, groups, expected, n, k, group_m, m_max))
     return cases
 
 
@@ -325,7 +337,11 @@ PREPARE = {
 }
 
 
-def measure(cases, providers, timer, seed=0, log=print) -> list[CaseResult]:
+def measure(cases, providers, timer, seed=0, log=print, rounds=2) -> list[CaseResult]:
+    """Per case: each provider checked once (d poisoned with NaN first), then timed in `rounds`
+    interleaved rounds (provider after provider); a cell is the median of its rounds."""
+    import statistics
+
     import torch
 
     from bench.metrics import calc_diff
@@ -341,8 +357,9 @@ def measure(cases, providers, timer, seed=0, log=print) -> list[CaseResult]:
             results.append(result)
             continue
         reference = _valid_rows(case, inputs, inputs["reference"])
+        runs, times = {}, {}
         for key in providers:
-            cell = Cell(key)
+            cell = result.cells[key] = Cell(key)
             try:
                 run = PREPARE[key](case, inputs)
                 out = run()
@@ -351,15 +368,26 @@ def measure(cases, providers, timer, seed=0, log=print) -> list[CaseResult]:
                     out = run()
                 torch.cuda.synchronize()
                 cell.diff = calc_diff(_valid_rows(case, inputs, out).float(), reference)
-                cell.time_ms = timer(run)
+                runs[key], times[key] = run, []
             except NotAvailable as reason:
                 cell.note = str(reason)
             except Exception as error:                  # one failing cell must not end the run
                 cell.note = f"error: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
-            result.cells[key] = cell
+        for _ in range(rounds):
+            for key, run in runs.items():
+                try:
+                    times[key].append(timer(run))
+                except Exception as error:
+                    result.cells[key].note = f"error: {type(error).__name__}: {error}"[:200]
+        for key in runs:
+            cell = result.cells[key]
+            if times[key] and not cell.note:
+                cell.time_ms = statistics.median(times[key])
+        for key in providers:
+            cell = result.cells[key]
             log(f"  {case.label:<36} {key:<20} "
                 + (f"{cell.time_ms:.3f} ms" if cell.time_ms is not None else cell.note))
-        del inputs
+        del inputs, runs
         torch.cuda.empty_cache()
         results.append(result)
     return results
@@ -398,13 +426,17 @@ def format_report(results: list[CaseResult], providers, baseline: str = BASELINE
             if cell.diff is None or not cell.diff < 1e-3:
                 text += " !diff"
             row += f" | {text:>30}"
+        ours, theirs = result.cells.get("pyfp8gemm"), result.cells.get("deepgemm")
+        if ours and theirs and ours.time_ms and theirs.time_ms:
+            row += f" | vs DeepGEMM x{theirs.time_ms / ours.time_ms:.2f}"
         lines.append(row)
     if notes:
         lines.append("")
         lines.extend(notes)
     lines.append("")
-    lines.append(f"ratios: {baseline}'s time / the column's (> 1 is faster); TF = TFLOPS of the "
-                 f"valid rows; !diff: calc_diff vs the fp32 product >= 1e-3 (or not checked)")
+    lines.append(f"ratios: {baseline}'s time / the column's (> 1 is faster); vs DeepGEMM: "
+                 f"DeepGEMM's time / pyfp8gemm's; TF = TFLOPS of the valid rows; !diff: "
+                 f"calc_diff vs the fp32 product >= 1e-3 (or not checked)")
     return "\n".join(lines)
 
 
@@ -435,7 +467,7 @@ def select_providers(keys) -> list[str]:
 
 
 def run_grouped(kind: str, *, providers=None, timing="auto", warmup_ms=25.0, rep_ms=100.0,
-                seed=0, json_path=None) -> int:
+                seed=0, json_path=None, rounds=2) -> int:
     """Measure one grouped kind and print the table (exit status: 0, or 2 without a GPU)."""
     import torch
 
@@ -448,7 +480,7 @@ def run_grouped(kind: str, *, providers=None, timing="auto", warmup_ms=25.0, rep
     method = resolve_timing_method(timing)
     cases = make_cases(kind, seed)
     keys = select_providers(providers)
-    results = measure(cases, keys, make_timer(method, warmup_ms, rep_ms), seed=seed,
+    results = measure(cases, keys, make_timer(method, warmup_ms, rep_ms), seed=seed, rounds=rounds,
                       log=lambda text: print(text, file=sys.stderr))
     print(f"{kind} on {torch.cuda.get_device_name()} (timing: {method})")
     print(format_report(results, keys))

@@ -266,7 +266,11 @@ def measure_train_step(case: Case, timer, seed: int) -> CaseResult:
 
 
 def measure(kind: str, cases: list[Case], providers, timer, seed: int = 0,
-            log=print) -> list[CaseResult]:
+            log=print, rounds: int = 2) -> list[CaseResult]:
+    """Per case: each provider checked once against the first, then timed in `rounds`
+    interleaved rounds (provider after provider); a cell is the median of its rounds."""
+    import statistics
+
     import torch
     from pyfp8gemm.testing import calc_diff
 
@@ -279,6 +283,7 @@ def measure(kind: str, cases: list[Case], providers, timer, seed: int = 0,
         result = CaseResult(case)
         inputs = make_gemm_inputs(case, seed + index)
         reference = None
+        runs = {}
         for provider in providers:
             try:
                 run, d = prepare_gemm(provider, case, inputs)
@@ -288,12 +293,22 @@ def measure(kind: str, cases: list[Case], providers, timer, seed: int = 0,
                     reference = d.clone()
                 elif calc_diff(d, reference) > 1e-3:
                     result.notes[provider] = f"note: calc_diff vs {providers[0]} above 1e-3"
-                result.times_ms[provider] = timer(run)   # d keeps accumulating: the timed op
+                runs[provider] = run
             except NotAvailable as why:
                 result.notes[provider] = f"n/a: {why}"
             except Exception as error:
                 result.notes[provider] = f"error: {type(error).__name__}: {error}"[:300]
+        times = {provider: [] for provider in runs}
+        for _ in range(rounds):
+            for provider, run in runs.items():     # d keeps accumulating: the timed op
+                try:
+                    times[provider].append(timer(run))
+                except Exception as error:
+                    result.notes[provider] = f"error: {type(error).__name__}: {error}"[:300]
+        result.times_ms = {p: statistics.median(t) for p, t in times.items() if t}
         results.append(result)
+        del inputs, runs
+        torch.cuda.empty_cache()
     return results
 
 
@@ -314,6 +329,9 @@ def format_report(kind: str, results: list[CaseResult], providers, baseline: str
                 ratio = f" ({base / ms:.2f}x)" if base else ""
                 cell = f"{ms:.3f} ms {tflops:.0f}T{ratio}"
             row += f"{cell:>26}"
+        ours, theirs = r.times_ms.get("pyfp8gemm"), r.times_ms.get("deepgemm")
+        if ours and theirs:
+            row += f"  vs DeepGEMM x{theirs / ours:.2f}"
         lines.append(row)
         for part, ms in r.breakdown.items():
             lines.append(f"    {part:<36} {ms:8.3f} ms")
@@ -332,7 +350,8 @@ def format_report(kind: str, results: list[CaseResult], providers, baseline: str
 
 
 def run_training(kind: str, providers=None, timing: str = "auto", warmup_ms: float = 25.0,
-                 rep_ms: float = 100.0, seed: int = 0, json_path: str | None = None) -> int:
+                 rep_ms: float = 100.0, seed: int = 0, json_path: str | None = None,
+                 rounds: int = 2) -> int:
     """The entry point of `python -m bench --kind KIND` for the training kinds; exit status."""
     import torch
 
@@ -355,10 +374,11 @@ def run_training(kind: str, providers=None, timing: str = "auto", warmup_ms: flo
     method = resolve_timing_method(timing)
     timer = make_timer(method, warmup_ms, rep_ms)
     cases = make_cases(kind, seed)
-    results = measure(kind, cases, providers, timer, seed=seed,
+    results = measure(kind, cases, providers, timer, seed=seed, rounds=rounds,
                       log=lambda s: print(s, file=sys.stderr))
-    print(f"{kind} on {torch.cuda.get_device_name()} (timing: {method}; ratios: {baseline} "
-          f"time / time)")
+    print(f"{kind} on {torch.cuda.get_device_name()} (timing: {method}; ratios: {baseline}'s "
+          f"time / the column's; vs DeepGEMM: its time / pyfp8gemm's; median of {rounds} "
+          f"interleaved rounds)")
     print(format_report(kind, results, providers, baseline))
     if json_path:
         with open(json_path, "w") as f:

@@ -5,11 +5,17 @@
 # kernels of the benchmark shapes, `python -m pyfp8gemm warmup`), tests (the GPU
 # suite but the heavy files, 14 workers), heavy (the grouped and training GPU tests, 2 workers:
 # their float64 references take GiBs each), bench (dense ANCHORS shapes), grouped (the m-grouped
-# kinds), training (1D1D, k-grouped, the training step), probe (small-M streaming probes).
+# kinds), training (1D1D, k-grouped, the training step), probe (small-M streaming probes),
+# dgbuild (build DeepGEMM from .devcarry/, in the background), dgwarm (wait for it, then compile
+# DeepGEMM's benchmark kernels in parallel), save (the kernel caches to $OUT, to carry in
+# .devcarry/ next time), decode (the dense M = 1..32 shapes). Carry .whl and .devcarry.
 # Outputs land in $OUT; each step prints its tail.
 set -u
 source scripts/device_env.sh
 export PYFP8GEMM_CACHE_DIR=/tmp/kcache PYFP8GEMM_TEST_CACHE_DIR=/tmp/kcache
+for cache in kcache dgcache; do     # saved by an earlier call's `save` step
+  [ -f .devcarry/$cache.tar.xz ] && [ ! -d /tmp/$cache ] && tar -C /tmp -xJf .devcarry/$cache.tar.xz
+done
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader
 heavy="tests/test_grouped_gpu.py tests/test_training_gpu.py"
 for step in "$@"; do
@@ -46,6 +52,24 @@ for step in "$@"; do
             > $OUT/bench_$kind.txt 2>&1
         grep -v Warn $OUT/bench_$kind.txt | tail -16
       done ;;
+    dgbuild)
+      (bash scripts/deepgemm_build.sh > $OUT/deepgemm_build.txt 2>&1; echo "rc $?" \
+          >> $OUT/deepgemm_build.txt) &
+      echo "building DeepGEMM in the background" ;;
+    dgwarm)
+      while ! grep -q "^rc " $OUT/deepgemm_build.txt 2>/dev/null; do sleep 2; done
+      tail -3 $OUT/deepgemm_build.txt
+      timeout 300 python3 scripts/deepgemm_warm.py --jobs 14 > $OUT/deepgemm_warm.txt 2>&1
+      grep -E "FAIL|warm-up" $OUT/deepgemm_warm.txt | cut -c1-200 | tail -12 ;;
+    decode)
+      timeout 240 python3 -m bench --no-progress --set decode --rounds 2 \
+          --json $OUT/bench_decode.json > $OUT/bench_decode.txt 2>&1
+      grep -v Warn $OUT/bench_decode.txt | tail -44 ;;
+    save)
+      tar -C /tmp -cJf $OUT/kcache.tar.xz kcache
+      ls .dg/deep_gemm/_C*.so >/dev/null 2>&1 && tar -cJf $OUT/deepgemm-C.tar.xz .dg/deep_gemm/_C*.so
+      [ -d /tmp/dgcache ] && tar -C /tmp -cJf $OUT/dgcache.tar.xz dgcache
+      ls -la $OUT/*.tar.xz ;;
     probe)
       timeout 230 python3 scripts/probe_small_m.py 2>&1 | tail -40 ;;
     *) echo "unknown step $step" ;;

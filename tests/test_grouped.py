@@ -570,13 +570,19 @@ def test_bench_grouped_cases_and_report():
 
     contiguous = bench_grouped.make_cases("m-grouped-contiguous", seed=3)
     masked = bench_grouped.make_cases("m-grouped-masked", seed=3)
-    assert len(contiguous) == 8 and len(masked) == 16
+    assert len(contiguous) == 8 and len(masked) == 24
     assert contiguous == bench_grouped.make_cases("m-grouped-contiguous", seed=3)
+    half_empty = [case for case in masked if 0 in case.group_m]
+    assert len(half_empty) == 8       # the last 8: G=32 m~192 and G=6 m~1024, odd groups empty
+    for case in half_empty:
+        assert case.group_m[1::2] == (0,) * (case.groups // 2)
+        assert f"({case.groups // 2} empty)" in case.label
     for case in contiguous + masked:
         assert len(case.group_m) == case.groups
-        assert all(0.7 * case.expected_m - 1 <= m <= 1.3 * case.expected_m for m in case.group_m)
+        present = case.group_m[::2] if case in half_empty else case.group_m
+        assert all(0.7 * case.expected_m - 1 <= m <= 1.3 * case.expected_m for m in present)
         assert case.flops() == 2 * sum(case.group_m) * case.n * case.k
-    case = masked[-1]
+    case = masked[15]                  # G=6 m~20: small enough for GB/s
     assert case.m_max % 128 == 0 and case.m_max > max(case.group_m)
     kb, nb = case.k // 128, case.n // 128
     rows = sum(case.group_m)
@@ -594,6 +600,10 @@ def test_bench_grouped_cases_and_report():
                                "deepgemm": Cell("deepgemm", note="import deep_gemm failed")})
     text = bench_grouped.format_report([result], ["pyfp8gemm", "deepgemm", "cublas-loop"])
     assert "x2.00" in text and "GB/s" in text and "import deep_gemm failed" in text
+    assert "vs DeepGEMM x" not in text.splitlines()[2]     # no DeepGEMM time: no ratio to it
+    result.cells["deepgemm"] = Cell("deepgemm", 0.6, 7e-4)
+    assert "vs DeepGEMM x1.20" in bench_grouped.format_report(
+        [result], ["pyfp8gemm", "deepgemm", "cublas-loop"])
     tflops = case.flops() / 0.5 / 1e9
     assert f"{tflops:.0f}TF" in text
     assert bench_grouped.results_to_json([result])[0]["cells"]["pyfp8gemm"]["time_ms"] == 0.5
