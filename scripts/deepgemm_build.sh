@@ -20,8 +20,9 @@ setuptools.setup(
     name="deep_gemm", script_args=["-q", "build_ext", "--inplace"],
     ext_modules=[CUDAExtension(
         "deep_gemm._C", ["csrc/python_api.cpp"],
-        include_dirs=[f"{CUDA_HOME}/include", f"{CUDA_HOME}/include/cccl", "deep_gemm/include",
-                      "third-party/fmt/include"],
+        include_dirs=[f"{CUDA_HOME}/include", f"{CUDA_HOME}/include/cccl",
+                      os.path.abspath("deep_gemm/include"),        # ninja builds elsewhere
+                      os.path.abspath("third-party/fmt/include")],
         libraries=["cudart", "nvrtc"], library_dirs=[f"{CUDA_HOME}/lib64"],
         extra_compile_args=flags)],
     cmdclass={"build_ext": BuildExtension})

@@ -8,7 +8,7 @@
 # kinds), training (1D1D, k-grouped, the training step), probe (small-M streaming probes),
 # dgbuild (build DeepGEMM from .devcarry/, in the background), dgwarm (wait for it, then compile
 # DeepGEMM's benchmark kernels in parallel), save (the kernel caches to $OUT, to carry in
-# .devcarry/ next time), decode (the dense M = 1..32 shapes). Carry .whl and .devcarry.
+# .devcarry/ next time), decode (the dense M <= 128 shapes). Carry .whl and .devcarry.
 # Outputs land in $OUT; each step prints its tail.
 set -u
 source scripts/device_env.sh
@@ -47,7 +47,7 @@ for step in "$@"; do
         grep -v Warn $OUT/bench_$kind.txt | tail -22
       done ;;
     training)
-      for kind in wgrad-1d1d k-grouped train-step; do
+      for kind in ${TRAIN_KINDS:-wgrad-1d1d k-grouped train-step}; do
         timeout 150 python3 -m bench --kind $kind --no-progress --json $OUT/bench_$kind.json \
             > $OUT/bench_$kind.txt 2>&1
         grep -v Warn $OUT/bench_$kind.txt | tail -16
@@ -62,7 +62,7 @@ for step in "$@"; do
       timeout 300 python3 scripts/deepgemm_warm.py --jobs 14 > $OUT/deepgemm_warm.txt 2>&1
       grep -E "FAIL|warm-up" $OUT/deepgemm_warm.txt | cut -c1-200 | tail -12 ;;
     decode)
-      timeout 240 python3 -m bench --no-progress --set decode --rounds 2 \
+      timeout 240 python3 -m bench --no-progress --set small-m --set decode --rounds 2 \
           --json $OUT/bench_decode.json > $OUT/bench_decode.txt 2>&1
       grep -v Warn $OUT/bench_decode.txt | tail -44 ;;
     save)
