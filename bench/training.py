@@ -202,6 +202,24 @@ def prepare_gemm(provider: str, case: Case, inputs: dict) -> tuple[Callable, obj
 # ---------------------------------------------------------------------------------------------
 
 
+def _torch_ops(fn):
+    """fn with the fused quantization kernel switched off (PYFP8GEMM_FUSED_QUANTIZE=0): the
+    torch-op path, timed next to the kernel for comparison."""
+    import os
+
+    def run():
+        old = os.environ.get("PYFP8GEMM_FUSED_QUANTIZE")
+        os.environ["PYFP8GEMM_FUSED_QUANTIZE"] = "0"
+        try:
+            return fn()
+        finally:
+            if old is None:
+                os.environ.pop("PYFP8GEMM_FUSED_QUANTIZE")
+            else:
+                os.environ["PYFP8GEMM_FUSED_QUANTIZE"] = old
+    return run
+
+
 def measure_train_step(case: Case, timer, seed: int) -> CaseResult:
     """Forward + backward of pyfp8gemm.nn.Linear and of torch.nn.Linear (bf16 parameters and
     activations), and pyfp8gemm's parts timed alone: the forward, dgrad and wgrad GEMMs, the
@@ -247,6 +265,8 @@ def measure_train_step(case: Case, timer, seed: int) -> CaseResult:
         dw = torch.empty(o, i, dtype=torch.float32, device="cuda")
         parts["quantize x (both layouts)"] = lambda: quantize_rowwise_and_transposed(x)
         parts["quantize dY (both layouts)"] = lambda: quantize_rowwise_and_transposed(dy)
+        parts["(x, as torch ops: not in the step)"] = _torch_ops(
+            lambda: quantize_rowwise_and_transposed(x))
         parts["GEMM forward (1D2D)"] = lambda: fp8_gemm_nt(x_rows, entry.w, y)
         parts["GEMM dgrad (1D2D)"] = lambda: fp8_gemm_nt(dy_rows, wt, dx)
         parts["GEMM wgrad (1D1D)"] = lambda: fp8_gemm_nt_1d1d(dy_t, x_t, dw)

@@ -88,15 +88,20 @@ def grouped_spec_provider(groups: Sequence[int]) -> SpecProvider:
 
 def wgrad_spec_provider(shapes, ms, num_sms):
     """The weight-gradient kernels of weights (N, K) trained on M tokens: dW (N, K) = dY^T X,
-    a 1D1D (N, K, M) GEMM in FP32, with and without accumulation (main_grad)."""
+    a 1D1D (N, K, M) GEMM in FP32, with and without accumulation (main_grad), and the fused
+    quantization kernels that make its operands."""
     from .host.heuristics import choose_config
     from .host.kernels import kernel_spec
     from .host.problem import GemmProblem
 
+    from .host.kernels import QUANTIZE_VARIANTS, quantize_kernel_spec
+
     configs = {choose_config(GemmProblem(n, k, m, out_dtype="f32", accumulate=acc),
                              num_sms).config
                for n, k in shapes for m in ms for acc in (False, True)}
-    return [kernel_spec(cfg) for cfg in sorted(configs, key=lambda cfg: cfg.name)]
+    # and the fused quantization kernels of the training layers' activations and gradients
+    return ([kernel_spec(cfg) for cfg in sorted(configs, key=lambda cfg: cfg.name)]
+            + [quantize_kernel_spec(*variant) for variant in QUANTIZE_VARIANTS])
 
 
 def register_spec_provider(provider: SpecProvider) -> SpecProvider:

@@ -7,7 +7,7 @@
 # their float64 references take GiBs each), bench (dense ANCHORS shapes), grouped (the m-grouped
 # kinds), training (1D1D, k-grouped, the training step), probe (small-M streaming probes),
 # dgbuild (build DeepGEMM from .devcarry/, in the background), dgwarm (wait for it, then compile
-# DeepGEMM's benchmark kernels in parallel), save (the kernel caches to $OUT, to carry in
+# DeepGEMM's benchmark kernels in parallel), qtest (the fused quantization kernel's tests), save (the kernel caches to $OUT, to carry in
 # .devcarry/ next time), decode (the dense M <= 128 shapes). Carry .whl and .devcarry.
 # Outputs land in $OUT; each step prints its tail.
 set -u
@@ -52,6 +52,10 @@ for step in "$@"; do
             > $OUT/bench_$kind.txt 2>&1
         grep -v Warn $OUT/bench_$kind.txt | tail -16
       done ;;
+    qtest)    # the fused quantization kernel against the torch ops
+      timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -n 4 --timeout 180 \
+          tests/test_quantize_fused_gpu.py > $OUT/gpu_tests_quantize.txt 2>&1
+      grep -E "^(FAILED|ERROR)|passed|failed|Error" $OUT/gpu_tests_quantize.txt | cut -c1-300 | tail -12 ;;
     dgbuild)
       (bash scripts/deepgemm_build.sh > $OUT/deepgemm_build.txt 2>&1; echo "rc $?" \
           >> $OUT/deepgemm_build.txt) &

@@ -379,3 +379,54 @@ def wgmma_fp8(n):
     fn = intrinsic(_typer(4, sig, codegen, f"wgmma_m64n{n}k32_f32_e4m3"))
     fn.__doc__ = f"wgmma.mma_async m64n{n}k32 f32 += e4m3 * e4m3 (both operands in smem)."
     return fn
+
+
+# --------------------------------------------------------------------------------------------
+# Elementwise kernels (quantize.py): vector loads and stores, FP8 conversion
+# --------------------------------------------------------------------------------------------
+
+def _vector_load(name, template, width):
+    """An intrinsic `name(address u64) -> UniTuple(u32, width)` from a multi-output PTX load."""
+    out_type = types.UniTuple(types.uint32, width)
+
+    def codegen(context, builder, sig, args):
+        outs = emit_asm(builder, template, (types.uint32,) * width, (types.uint64,), args)
+        return context.make_tuple(builder, out_type, outs)
+
+    fn = intrinsic(_typer(1, out_type(types.uint64), codegen, name))
+    fn.__doc__ = f"PTX: {template}"
+    return fn
+
+
+ld_global_nc_v4_u32 = _vector_load(
+    "ld_global_nc_v4_u32", "ld.global.nc.v4.u32 {$0, $1, $2, $3}, [$4];", 4)
+
+st_global_v2_u32 = ptx_instruction(
+    "st_global_v2_u32", "st.global.v2.u32 [$0], {$1, $2};", (u64, u32, u32),
+    doc="st.global.v2.u32: 8 bytes (8-byte aligned).")
+
+st_global_v4_u32 = ptx_instruction(
+    "st_global_v4_u32", "st.global.v4.u32 [$0], {$1, $2, $3, $4};", (u64, u32, u32, u32, u32),
+    doc="st.global.v4.u32: 16 bytes (16-byte aligned).")
+
+st_global_f32 = ptx_instruction(
+    "st_global_f32", "st.global.f32 [$0], $1;", (u64, f32), doc="st.global.f32")
+
+st_shared_v4_u32 = ptx_instruction(
+    "st_shared_v4_u32", "st.shared.v4.u32 [$0], {$1, $2, $3, $4};", (u32, u32, u32, u32, u32),
+    doc="st.shared.v4.u32: 16 bytes (16-byte aligned).")
+
+ld_shared_u16 = ptx_instruction(
+    "ld_shared_u16", "ld.shared.u16 $0, [$1];", (u32,), u16, doc="ld.shared.u16")
+
+bits_as_f32 = ptx_instruction(
+    "bits_as_f32", "mov.b32 $0, $1;", (u32,), f32,
+    doc="mov.b32: the float32 whose bits these are (a bf16 shifted left 16 is its float32).")
+
+f32_as_bits = ptx_instruction(
+    "f32_as_bits", "mov.b32 $0, $1;", (f32,), u32, doc="mov.b32: the bits of a float32.")
+
+cvt_e4m3x2 = ptx_instruction(
+    "cvt_e4m3x2", "cvt.rn.satfinite.e4m3x2.f32 $0, $1, $2;", (f32, f32), u16,
+    doc="cvt.rn.satfinite.e4m3x2.f32 d, hi, lo: two float32 to E4M3, nearest-even, saturated "
+        "to +-448, NaN kept; `lo` lands in the low byte.")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 from ..cache.compiler import KernelSpec
-from ..device import gemm_1d1d, gemm_1d2d
+from ..device import gemm_1d1d, gemm_1d2d, quantize
 from ..device.config import GemmConfig
 
 
@@ -24,7 +24,23 @@ def kernel_spec(cfg: GemmConfig) -> KernelSpec:
                       tensormap_params=tensormaps, config=cfg.__dict__.copy())
 
 
+#: The fused quantization kernels (rowwise, transposed): both layouts, or one of them.
+QUANTIZE_VARIANTS = ((True, True), (True, False), (False, True))
+
+
+def quantize_kernel_spec(rowwise: bool, transposed: bool) -> KernelSpec:
+    """The fused 1x128 quantization kernel (device/quantize.py) making the chosen layouts."""
+    make = functools.partial(quantize.make_quantize_1x128, rowwise, transposed)
+    name = make().__name__
+    return KernelSpec(name=name, make_kernel=make, signature=tuple(t for _, t in quantize.PARAMS),
+                      threads=quantize.THREADS,
+                      config=dict(kind="quantize_1x128", rowwise=rowwise, transposed=transposed,
+                                  smem_bytes=quantize.SMEM_BYTES))
+
+
 def all_kernel_specs() -> list[KernelSpec]:
-    """One spec per distinct kernel the heuristics can pick."""
+    """One spec per distinct kernel the library can launch: every GEMM the heuristics can pick
+    and the quantization kernels."""
     from .heuristics import all_configs
-    return [kernel_spec(cfg) for cfg in all_configs()]
+    return ([kernel_spec(cfg) for cfg in all_configs()]
+            + [quantize_kernel_spec(*variant) for variant in QUANTIZE_VARIANTS])

@@ -1,0 +1,196 @@
+"""Fused 1x128 quantization of a bf16 activation in both of training's layouts, one read of x.
+
+A Linear's backward needs each of X (T, C) and dY (T, C) twice in FP8: row-wise, one scale per
+token per 128 channels (the forward and dgrad GEMMs' A operand), and transposed, one scale per
+channel per 128 tokens (the wgrad GEMM's operands, K = tokens). Torch ops make the two from
+separate float32 passes; this kernel reads each 128 x 128 tile of x once and writes both.
+
+One CTA per (128 tokens, 128 channels) tile, 256 threads:
+
+  rows        8 passes of 16 rows: each thread loads 8 channels of one row (16 bytes), 16 lanes
+              reduce the row's amax by shuffles, and each writes its 8 E4M3 bytes (and lane 0 the
+              row's scale). The bf16 bits go to shared memory on the way.
+  transposed  each thread owns one channel and half of the tile's 128 tokens: the amax over
+              its 64 tokens, combined with the other half's through shared memory, then 4 x 16
+              E4M3 bytes of the channel's row of x^T (C, T_pad).
+
+Numerics are those of `quantize` (host/fp8tensor.py), bit for bit: scale = max(amax, 1e-4) / 448
+(a correctly rounded float32 division), NaN for a block holding NaN or +-inf; data =
+E4M3(x / scale), nearest-even, saturated (cvt.rn.satfinite, the clamp of `_to_e4m3`). The
+transposed layout's pad tokens (T <= t < T_pad) are zeros.
+
+Layouts (quantize_training.py): rows data (T, C) row-major, scales (T, ceil(C/128)) at
+[cb * align(T, 4) + t]; transposed data (C, T_pad) row-major, scales (C, ceil(T/128)) at
+[tb * align(C, 4) + c]. The host asks C % 16 == 0 and 16-byte aligned rows (vector loads and
+stores); x is contiguous.
+"""
+
+from numba import cuda
+from numba.cuda import types
+
+from .ptx import (
+    bits_as_f32, cvt_e4m3x2, f32_as_bits, ld_global_nc_v4_u32, ld_shared_u16, ld_shared_u32, smem_base,
+    st_global_f32, st_global_v2_u32, st_global_v4_u32, st_shared_u32, st_shared_v4_u32,
+)
+
+TILE = 128                     # tokens x channels per CTA: one 1x128 block along each axis
+THREADS = 256
+ROW_BYTES = TILE * 2           # one bf16 row of the tile in shared memory
+PARTIALS = TILE * ROW_BYTES    # after the tile: per channel and half, amax and "non-finite"
+SMEM_BYTES = PARTIALS + 2 * 2 * TILE * 4
+AMAX_MIN = 1e-4
+E4M3_MAX = 448.0
+FULL_MASK = 0xFFFFFFFF
+NAN = float("nan")
+
+# Kernel parameters: x, T, C, rows data and scales, transposed data and scales (0 when that
+# layout is not made), T_pad.
+PARAMS = (("x", types.int64), ("tokens", types.int32), ("channels", types.int32),
+          ("row_data", types.int64), ("row_scale", types.int64),
+          ("col_data", types.int64), ("col_scale", types.int64), ("t_pad", types.int32))
+
+
+def grid_size(tokens: int, channels: int) -> int:
+    """CTAs for a (T, C) input: one per 128 x 128 tile (the kernel's order: channel tiles
+    fastest)."""
+    return -(-tokens // TILE) * -(-channels // TILE)
+
+
+def make_quantize_1x128(rowwise: bool, transposed: bool):
+    """The kernel, making the row-wise layout, the transposed one, or both."""
+    assert rowwise or transposed
+
+    # ---- parts -----------------------------------------------------------------------------
+
+    @cuda.jit(device=True, inline="always")
+    def word_stats(word, amax, bad):
+        """Fold the two bf16 of a 32-bit word into (amax, non-finite flag)."""
+        lo = bits_as_f32(word << 16)
+        hi = bits_as_f32(word & 0xFFFF0000)
+        amax = max(amax, max(abs(lo), abs(hi)))
+        # exponent all ones: +-inf or NaN
+        bad |= types.int32((word & 0x7F80) == 0x7F80) | types.int32((word & 0x7F800000) == 0x7F800000)
+        return amax, bad
+
+    @cuda.jit(device=True, inline="always")
+    def block_scale(amax, bad):
+        scale = max(amax, types.float32(AMAX_MIN)) / types.float32(E4M3_MAX)
+        return types.float32(NAN) if bad else scale
+
+    @cuda.jit(device=True, inline="always")
+    def quantize_word_pair(w0, w1, scale):
+        """Four bf16 (two words) -> four E4M3 bytes, element order kept (lowest first)."""
+        q0 = cvt_e4m3x2(bits_as_f32(w0 & 0xFFFF0000) / scale, bits_as_f32(w0 << 16) / scale)
+        q1 = cvt_e4m3x2(bits_as_f32(w1 & 0xFFFF0000) / scale, bits_as_f32(w1 << 16) / scale)
+        return types.uint32(q0) | (types.uint32(q1) << 16)
+
+    @cuda.jit(device=True, inline="always")
+    def quantize_four(v0, v1, v2, v3, scale):
+        """Four float32 -> four E4M3 bytes in one word (v0 lowest)."""
+        return (types.uint32(cvt_e4m3x2(v1 / scale, v0 / scale))
+                | (types.uint32(cvt_e4m3x2(v3 / scale, v2 / scale)) << 16))
+
+    # ---- row-wise: 16 rows per pass, 16 lanes per row ----------------------------------------
+
+    @cuda.jit(device=True, inline="always")
+    def rows_pass(base, x, tokens, channels, row_data, row_scale, t0, c0, tile_c, r, lane16):
+        t = t0 + r
+        c = c0 + lane16 * 8
+        w0 = w1 = w2 = w3 = types.uint32(0)
+        if t < tokens and c < channels:
+            w0, w1, w2, w3 = ld_global_nc_v4_u32(x + (types.int64(t) * channels + c) * 2)
+        if transposed:
+            st_shared_v4_u32(base + r * ROW_BYTES + lane16 * 16, w0, w1, w2, w3)
+        if rowwise:
+            amax, bad = types.float32(0), types.int32(0)
+            amax, bad = word_stats(w0, amax, bad)
+            amax, bad = word_stats(w1, amax, bad)
+            amax, bad = word_stats(w2, amax, bad)
+            amax, bad = word_stats(w3, amax, bad)
+            for offset in (8, 4, 2, 1):          # the 16 lanes of this row
+                amax = max(amax, cuda.shfl_xor_sync(FULL_MASK, amax, offset))
+                bad |= cuda.shfl_xor_sync(FULL_MASK, bad, offset)
+            scale = block_scale(amax, bad)
+            if t < tokens and c < channels:
+                st_global_v2_u32(row_data + types.int64(t) * channels + c,
+                                 quantize_word_pair(w0, w1, scale),
+                                 quantize_word_pair(w2, w3, scale))
+                if lane16 == 0:
+                    aligned_tokens = (tokens + 3) // 4 * 4
+                    st_global_f32(row_scale + (types.int64(tile_c) * aligned_tokens + t) * 4,
+                                  scale)
+
+    # ---- transposed: one channel, 64 tokens per thread ---------------------------------------
+
+    @cuda.jit(device=True, inline="always")
+    def token_value(column, i):
+        """Token i of this thread's channel, from the tile in shared memory, as float32."""
+        return bits_as_f32(types.uint32(ld_shared_u16(column + i * ROW_BYTES)) << 16)
+
+    @cuda.jit(device=True, inline="always")
+    def transposed_word(column, i, tokens_left, scale):
+        """The E4M3 bytes of tokens i..i+3 of the channel; those at or past T (tokens_left =
+        T - their first token) are pad bytes: zero, even under a NaN scale."""
+        word = quantize_four(token_value(column, i), token_value(column, i + 1),
+                             token_value(column, i + 2), token_value(column, i + 3), scale)
+        if tokens_left < 4:
+            word &= (types.uint32(1) << (8 * max(tokens_left, 0))) - 1
+        return word
+
+    @cuda.jit(device=True, inline="always")
+    def transposed_tile(base, tokens, channels, col_data, col_scale, t_pad, t0, c0, tile_t,
+                        tid):
+        ch = tid % TILE
+        half = tid // TILE
+        column = base + ch * 2
+        first = half * 64                      # this thread's tokens: first .. first + 63
+        amax, bad = types.float32(0), types.int32(0)
+        for i in range(first, first + 64):
+            h = types.uint32(ld_shared_u16(column + i * ROW_BYTES))
+            amax = max(amax, abs(bits_as_f32(h << 16)))
+            bad |= types.int32((h & 0x7F80) == 0x7F80)
+        st_shared_u32(base + PARTIALS + (half * TILE + ch) * 4, f32_as_bits(amax))
+        st_shared_u32(base + PARTIALS + ((2 + half) * TILE + ch) * 4, bad)
+        cuda.syncthreads()
+        other = 1 - half
+        amax = max(amax, bits_as_f32(ld_shared_u32(base + PARTIALS + (other * TILE + ch) * 4)))
+        bad |= types.int32(ld_shared_u32(base + PARTIALS + ((2 + other) * TILE + ch) * 4))
+        scale = block_scale(amax, bad)
+        c = c0 + ch
+        if c < channels:
+            if half == 0:
+                aligned_channels = (channels + 3) // 4 * 4
+                st_global_f32(col_scale + (types.int64(tile_t) * aligned_channels + c) * 4,
+                              scale)
+            for i in range(first, first + 64, 16):     # 16 tokens per 16-byte store
+                t = t0 + i
+                if t < t_pad:
+                    left = tokens - t
+                    st_global_v4_u32(col_data + types.int64(c) * t_pad + t,
+                                     transposed_word(column, i, left, scale),
+                                     transposed_word(column, i + 4, left - 4, scale),
+                                     transposed_word(column, i + 8, left - 8, scale),
+                                     transposed_word(column, i + 12, left - 12, scale))
+
+    # ---- the kernel ----------------------------------------------------------------------
+
+    def quantize_1x128_kernel(x, tokens, channels, row_data, row_scale, col_data, col_scale,
+                              t_pad):
+        smem = cuda.shared.array(0, types.uint8, alignment=16)
+        base = smem_base(smem)
+        tid = types.int32(cuda.threadIdx.x)
+        channel_tiles = (channels + TILE - 1) // TILE
+        tile_t = types.int32(cuda.blockIdx.x) // channel_tiles
+        tile_c = types.int32(cuda.blockIdx.x) % channel_tiles
+        t0, c0 = tile_t * TILE, tile_c * TILE
+        for p in range(TILE // 16):
+            rows_pass(base, x, tokens, channels, row_data, row_scale, t0, c0, tile_c,
+                      p * 16 + tid // 16, tid % 16)
+        if transposed:
+            cuda.syncthreads()
+            transposed_tile(base, tokens, channels, col_data, col_scale, t_pad, t0, c0, tile_t,
+                            tid)
+
+    name = "quantize_1x128" + ("_rows" if rowwise else "") + ("_transposed" if transposed else "")
+    quantize_1x128_kernel.__name__ = quantize_1x128_kernel.__qualname__ = name
+    return quantize_1x128_kernel

@@ -1,0 +1,123 @@
+"""The fused 1x128 quantization kernel (device/quantize.py) against the torch-op path: the same
+bits in both layouts, on odd shapes, partial blocks, token padding, non-finite blocks, tiny and
+huge values, one layout at a time, and under CUDA-graph capture. GPU only."""
+
+import pytest
+import torch
+
+from pyfp8gemm.host import quantize_training as qt
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+from pyfp8gemm.host import device_info  # noqa: E402
+
+if not device_info.is_hopper(torch.device("cuda")):
+    pytest.skip("needs a Hopper GPU", allow_module_level=True)
+
+
+def _reference(x, rowwise=True, transposed=True, pad_to=16):
+    """The torch-op path (PYFP8GEMM_FUSED_QUANTIZE=0)."""
+    import os
+    old = os.environ.get("PYFP8GEMM_FUSED_QUANTIZE")
+    os.environ["PYFP8GEMM_FUSED_QUANTIZE"] = "0"
+    try:
+        return qt.quantize_rowwise_and_transposed(x, rowwise=rowwise, transposed=transposed,
+                                                  pad_to=pad_to)
+    finally:
+        if old is None:
+            del os.environ["PYFP8GEMM_FUSED_QUANTIZE"]
+        else:
+            os.environ["PYFP8GEMM_FUSED_QUANTIZE"] = old
+
+
+def _same(got, want, what):
+    """Bitwise equality of data (NaN bytes compared as NaN: 0x7F and 0xFF are both NaN) and
+    scales (NaN where NaN), layouts included."""
+    assert got.data.shape == want.data.shape and got.data.stride() == want.data.stride(), what
+    assert got.scale.shape == want.scale.shape and got.scale.stride() == want.scale.stride(), what
+    gd, wd = got.data.view(torch.uint8), want.data.view(torch.uint8)
+    g_nan, w_nan = (gd & 0x7F) == 0x7F, (wd & 0x7F) == 0x7F
+    assert torch.equal(g_nan, w_nan), f"{what}: NaN bytes differ"
+    mismatch = (gd != wd) & ~w_nan
+    assert not mismatch.any(), f"{what}: {int(mismatch.sum())} data bytes differ, first at " \
+        f"{mismatch.nonzero()[0].tolist()}"
+    assert torch.equal(got.scale.isnan(), want.scale.isnan()), f"{what}: NaN scales differ"
+    ok = got.scale.isnan() | (got.scale == want.scale)
+    assert ok.all(), f"{what}: {int((~ok).sum())} scales differ"
+
+
+SHAPES = [(1, 16), (5, 48), (127, 144), (128, 128), (129, 272), (300, 7168), (1000, 2064),
+          (4096, 2048), (257, 16)]
+
+
+@pytest.mark.parametrize("tokens, channels", SHAPES)
+@pytest.mark.parametrize("pad_to", [16, 128])
+def test_fused_matches_torch_ops(tokens, channels, pad_to):
+    gen = torch.Generator(device="cuda").manual_seed(tokens * 7 + channels)
+    x = (torch.randn(tokens, channels, device="cuda", generator=gen) * 3).to(torch.bfloat16)
+    assert qt._fused_applies(x)
+    rows, cols_t = qt.quantize_rowwise_and_transposed(x, pad_to=pad_to)
+    want_rows, want_cols = _reference(x, pad_to=pad_to)
+    _same(rows, want_rows, "rows")
+    _same(cols_t, want_cols, "transposed")
+    # One layout at a time is the same as each half of both.
+    only_rows, none = qt.quantize_rowwise_and_transposed(x, transposed=False, pad_to=pad_to)
+    assert none is None
+    _same(only_rows, want_rows, "rows only")
+    _same(qt.quantize_transposed(x, pad_to=pad_to), want_cols, "transposed only")
+    torch.cuda.synchronize()
+
+
+def test_fused_special_values():
+    """Whole blocks of zeros (amax clamped to 1e-4), tiny values (E4M3 subnormals), values near
+    bf16's max, one NaN and one inf in different blocks (NaN scales there, and only there), and
+    a NaN block whose pad tokens must stay zero."""
+    tokens, channels = 200, 384
+    x = torch.randn(tokens, channels, device="cuda").to(torch.bfloat16)
+    x[:128, :128] = 0
+    x[:, 128:256] *= 1e-6
+    x[128:, 256:] = torch.finfo(torch.bfloat16).max / 2 * torch.sign(x[128:, 256:])
+    x[3, 300] = float("nan")
+    x[190, 10] = float("inf")
+    rows, cols_t = qt.quantize_rowwise_and_transposed(x)
+    want_rows, want_cols = _reference(x)
+    _same(rows, want_rows, "rows")
+    _same(cols_t, want_cols, "transposed")
+    assert rows.scale[3, 2].isnan() and not rows.scale[3, 1].isnan()
+    assert cols_t.scale[10, 1].isnan() and not cols_t.scale[10, 0].isnan()
+    # Token 190 lies in the last (partial) token block; its pad columns 200..207 are zeros.
+    assert (cols_t.data[10, tokens:].view(torch.uint8) == 0).all()
+
+
+def test_fused_fallbacks_keep_working():
+    """Inputs the kernel does not take go through the torch ops: fp32, C % 16 != 0, a
+    non-contiguous view, and the environment switch."""
+    x32 = torch.randn(64, 256, device="cuda")
+    odd = torch.randn(64, 200, device="cuda").to(torch.bfloat16)
+    view = torch.randn(256, 64, device="cuda").to(torch.bfloat16).t()
+    for x in (x32, odd, view):
+        assert not qt._fused_applies(x)
+        rows, cols_t = qt.quantize_rowwise_and_transposed(x)
+        want_rows, want_cols = _reference(x)
+        _same(rows, want_rows, "fallback rows")
+        _same(cols_t, want_cols, "fallback transposed")
+
+
+def test_fused_under_cuda_graph():
+    """Captured once, replayed on new values in the same input buffer: the outputs follow."""
+    x = torch.randn(384, 1024, device="cuda").to(torch.bfloat16)
+    qt.quantize_rowwise_and_transposed(x)            # compile and load outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        rows, cols_t = qt.quantize_rowwise_and_transposed(x)
+    for seed in (1, 2):
+        x.copy_(torch.randn(384, 1024, device="cuda", generator=torch.Generator(
+            device="cuda").manual_seed(seed)).to(torch.bfloat16))
+        graph.replay()
+        torch.cuda.synchronize()
+        want_rows, want_cols = _reference(x)
+        _same(rows, want_rows, f"graph rows, replay {seed}")
+        _same(cols_t, want_cols, f"graph transposed, replay {seed}")
