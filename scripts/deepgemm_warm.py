@@ -7,6 +7,7 @@ once on one benchmark case, so that `python -m bench ...` finds them in DG_JIT_C
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import multiprocessing as mp
 import sys
 import time
@@ -71,16 +72,20 @@ def main() -> int:
     jobs = list_jobs(kinds, sets)
     start = time.time()
     failed = 0
-    with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=4) as pool:
-        for line in pool.imap_unordered(_run, [(job, sets) for job in jobs]):
+    # (a worker that dies, e.g. of a segfault, breaks the pool: the futures then raise instead
+    # of waiting forever, as multiprocessing.Pool would)
+    ctx = mp.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(run_job, job, sets) for job in jobs]
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                line = future.result()
+            except Exception as error:
+                line = f"FAIL  worker died: {type(error).__name__}: {error}"
             failed += line.startswith("FAIL")
             print(line, flush=True)
     print(f"DeepGEMM warm-up: {len(jobs)} calls, {failed} failed, {time.time() - start:.0f} s")
     return 1 if failed else 0
-
-
-def _run(args):
-    return run_job(*args)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 # suite but the heavy files, 14 workers), heavy (the grouped and training GPU tests, 2 workers:
 # their float64 references take GiBs each), bench (dense ANCHORS shapes), grouped (the m-grouped
 # kinds), training (1D1D, k-grouped, the training step), probe (small-M streaming probes),
-# dgbuild (build DeepGEMM from .devcarry/, in the background), dgwarm (wait for it, then compile
+# dgbuild (build DeepGEMM from .devcarry/, in the background), dgdiag (whether DeepGEMM runs
+# here: DG_OK=1 puts it in the benches' providers), dgwarm (wait for it, then compile
 # DeepGEMM's benchmark kernels in parallel), qtest (the fused quantization kernel's tests), save (the kernel caches to $OUT, to carry in
 # .devcarry/ next time), decode (the dense M <= 128 shapes). Carry .whl and .devcarry.
 # Outputs land in $OUT; each step prints its tail.
@@ -20,6 +21,7 @@ nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader
 heavy="tests/test_grouped_gpu.py tests/test_training_gpu.py"
 for step in "$@"; do
   start=$(date +%s)
+  [ -f $OUT/dg_ok ] && DG_OK=1          # set by dgdiag, maybe in another invocation
   case $step in
     precompile)
       timeout 240 python3 scripts/precompile.py --all 2>&1 | grep -v Warn | tail -2 ;;
@@ -43,13 +45,16 @@ for step in "$@"; do
     grouped)
       for kind in m-grouped-contiguous m-grouped-masked; do
         timeout 150 python3 -m bench --kind $kind --no-progress --json $OUT/bench_$kind.json \
+            --providers pyfp8gemm,cublas-loop,torch-grouped-bf16${DG_OK:+,deepgemm} \
             > $OUT/bench_$kind.txt 2>&1
         grep -v Warn $OUT/bench_$kind.txt | tail -22
       done ;;
     training)
       for kind in ${TRAIN_KINDS:-wgrad-1d1d k-grouped train-step}; do
+        providers=pyfp8gemm,cublas-blockwise,torch-bf16${DG_OK:+,deepgemm}
+        [ $kind = train-step ] && providers=pyfp8gemm,torch-bf16
         timeout 150 python3 -m bench --kind $kind --no-progress --json $OUT/bench_$kind.json \
-            > $OUT/bench_$kind.txt 2>&1
+            --providers $providers > $OUT/bench_$kind.txt 2>&1
         grep -v Warn $OUT/bench_$kind.txt | tail -16
       done ;;
     qtest)    # the fused quantization kernel against the torch ops
@@ -60,19 +65,29 @@ for step in "$@"; do
       (bash scripts/deepgemm_build.sh > $OUT/deepgemm_build.txt 2>&1; echo "rc $?" \
           >> $OUT/deepgemm_build.txt) &
       echo "building DeepGEMM in the background" ;;
+    dgdiag)   # does DeepGEMM import and run next to pyfp8gemm? DG_OK=1 adds it to the benches
+      while ! grep -q "^rc " $OUT/deepgemm_build.txt 2>/dev/null; do sleep 2; done
+      timeout 120 python3 -X faulthandler scripts/deepgemm_warm.py --jobs 1 --kinds gemm \
+          --sets small > $OUT/deepgemm_diag.txt 2>&1 && DG_OK=1 && touch $OUT/dg_ok
+      grep -v "using ptxas\|using cuobjdump" $OUT/deepgemm_diag.txt | tail -25 ;;
     dgwarm)
       while ! grep -q "^rc " $OUT/deepgemm_build.txt 2>/dev/null; do sleep 2; done
       tail -3 $OUT/deepgemm_build.txt
-      timeout 300 python3 scripts/deepgemm_warm.py --jobs 14 > $OUT/deepgemm_warm.txt 2>&1
+      timeout ${DGWARM_S:-300} python3 scripts/deepgemm_warm.py --jobs 14 \
+          --kinds ${DG_KINDS:-gemm,m-grouped-contiguous,m-grouped-masked,wgrad-1d1d,k-grouped} \
+          > $OUT/deepgemm_warm.txt 2>&1
       grep -E "FAIL|warm-up" $OUT/deepgemm_warm.txt | cut -c1-200 | tail -12 ;;
     decode)
       timeout 240 python3 -m bench --no-progress --set small-m --set decode --rounds 2 \
+          --providers pyfp8gemm,cublas-blockwise,cublas-tensorwise${DG_OK:+,deepgemm} \
           --json $OUT/bench_decode.json > $OUT/bench_decode.txt 2>&1
       grep -v Warn $OUT/bench_decode.txt | tail -44 ;;
     save)
-      tar -C /tmp -cJf $OUT/kcache.tar.xz kcache
-      ls .dg/deep_gemm/_C*.so >/dev/null 2>&1 && tar -cJf $OUT/deepgemm-C.tar.xz .dg/deep_gemm/_C*.so
-      [ -d /tmp/dgcache ] && tar -C /tmp -cJf $OUT/dgcache.tar.xz dgcache
+      mkdir -p $OUT/caches
+      tar -C /tmp -cJf $OUT/caches/kcache.tar.xz kcache
+      ls .dg/deep_gemm/_C*.so >/dev/null 2>&1 && [ ! -f .devcarry/deepgemm-C.tar.xz ] && \
+          tar -cJf $OUT/caches/deepgemm-C.tar.xz .dg/deep_gemm/_C*.so
+      [ -d /tmp/dgcache ] && tar -C /tmp -cJf $OUT/caches/dgcache.tar.xz dgcache
       ls -la $OUT/*.tar.xz ;;
     probe)
       timeout 230 python3 scripts/probe_small_m.py 2>&1 | tail -40 ;;
