@@ -1,0 +1,54 @@
+"""The fused quantization kernel as ptxas builds it, and the host's choice of path (CPU, no GPU):
+the GPU tests (test_quantize_fused_gpu.py) check its bits against the torch ops."""
+
+import pytest
+import torch
+
+from pyfp8gemm.cache import compiler, toolchain
+from pyfp8gemm.device import quantize as device_quantize
+from pyfp8gemm.host import quantize_training as qt
+from pyfp8gemm.host.kernels import QUANTIZE_VARIANTS, all_kernel_specs, quantize_kernel_spec
+
+
+@pytest.mark.parametrize("rowwise, transposed", QUANTIZE_VARIANTS)
+def test_quantize_kernel_builds_without_local_memory(rowwise, transposed):
+    """Vector loads and stores as written (16-byte loads of x; 8-byte row stores, 16-byte
+    transposed stores), E4M3 pairs converted in one instruction, nothing in local memory, and
+    few enough registers for several CTAs per SM."""
+    spec = quantize_kernel_spec(rowwise, transposed)
+    kernel = compiler.compile_kernel(spec)
+    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+    assert kernel.meta["registers"] <= 64
+    sass = toolchain.sass(kernel.cubin)
+    assert "LDL" not in sass and "STL" not in sass
+    assert "LDG.E.128.CONSTANT" in sass             # ld.global.nc.v4: x read once, 16 B a lane
+    assert ("STG.E.64" in sass) == rowwise          # 8 E4M3 bytes per lane and row
+    assert ("STG.E.128" in sass) == transposed      # 16 tokens of x^T per store
+    assert "F2FP.SATFINITE.E4M3.F32.PACK_AB" in sass  # cvt.rn.satfinite.e4m3x2: two at a time
+    assert device_quantize.SMEM_BYTES <= 48 * 1024  # no opt-in needed; 4+ CTAs per SM
+
+
+def test_quantize_kernels_are_listed_for_warmup_and_inspect():
+    names = {spec.name for spec in all_kernel_specs()}
+    assert {quantize_kernel_spec(*v).name for v in QUANTIZE_VARIANTS} <= names
+    assert len({quantize_kernel_spec(*v).name for v in QUANTIZE_VARIANTS}) == 3
+
+
+def test_grid_covers_every_tile():
+    assert device_quantize.grid_size(1, 16) == 1
+    assert device_quantize.grid_size(128, 128) == 1
+    assert device_quantize.grid_size(129, 128) == 2
+    assert device_quantize.grid_size(16384, 7168) == 128 * 56
+
+
+def test_cpu_and_other_inputs_take_the_torch_ops(monkeypatch):
+    """The kernel takes only contiguous bf16 CUDA input with C % 16 == 0; everything else (here:
+    CPU tensors) goes through the torch ops, with the same results as quantize()."""
+    x = torch.randn(130, 48).to(torch.bfloat16)
+    assert not qt._fused_applies(x)
+    rows, cols_t = qt.quantize_rowwise_and_transposed(x)
+    assert rows.data.shape == (130, 48) and cols_t.data.shape == (48, 144)
+    monkeypatch.setenv("PYFP8GEMM_FUSED_QUANTIZE", "0")
+    assert not qt.fused_kernel_enabled()
+    monkeypatch.setenv("PYFP8GEMM_FUSED_QUANTIZE", "1")
+    assert qt.fused_kernel_enabled()
