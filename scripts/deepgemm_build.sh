@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 [ -f .devcarry/deepgemm-C.tar.xz ] && tar -xJf .devcarry/deepgemm-C.tar.xz
 cd .dg
 ls deep_gemm/_C*.so >/dev/null 2>&1 && { echo "deep_gemm/_C already built"; exit 0; }
+# The system g++: a _C built by another GCC (the image's /opt/gcc) carried its own libstdc++
+# locale code, and std::regex in DeepGEMM's JIT segfaulted on the first call (session 10).
+[ -x /usr/bin/g++ ] && export CXX=${CXX:-/usr/bin/g++}
 python3 - <<'PY'
 import os, torch, setuptools
 from torch.utils.cpp_extension import BuildExtension, CUDAExtension, CUDA_HOME

@@ -73,6 +73,8 @@ inline = cuda.jit(device=True, inline="always")
 # tiny kernels that check them, so that pyfp8gemm/device/ptx.py holds what kernels run.
 # ---------------------------------------------------------------------------------------------
 
+from pyfp8gemm.device.ptx import st_global_f32  # noqa: E402,F401  (the kernels' own; re-exported)
+
 u32, u64, f32 = types.uint32, types.uint64, types.float32
 TEST_ONLY_INTRINSICS = ("named_barrier_arrive", "ld_global_nc_f32", "pack_bf16x2", "stmatrix_x1",
                         "stmatrix_x2", "stmatrix_x4", "smem_descriptor")
@@ -126,14 +128,14 @@ def smem_descriptor(swizzle_bytes=128):
 # Test-only helper instructions (plain loads/stores on raw pointers, a bounded mbarrier wait)
 # ---------------------------------------------------------------------------------------------
 
+from pyfp8gemm.device.ptx import st_global_f32  # noqa: E402,F401  (the kernels' own; re-exported)
+
 u32, u64, f32 = types.uint32, types.uint64, types.float32
 TEST_ONLY_INTRINSICS = ("named_barrier_arrive", "ld_global_nc_f32", "pack_bf16x2", "stmatrix_x1",
                         "stmatrix_x2", "stmatrix_x4", "smem_descriptor")
 
 st_global_u32 = ptx_instruction("st_global_u32", "st.global.u32 [$0], $1;", (u64, u32),
                                 doc="st.global.u32 [address], value")
-st_global_f32 = ptx_instruction("st_global_f32", "st.global.f32 [$0], $1;", (u64, f32),
-                                doc="st.global.f32 [address], value")
 ld_shared_u32 = ptx_instruction("ld_shared_u32", "ld.shared.u32 $0, [$1];", (u32,), u32,
                                 doc="ld.shared.u32: one 4-byte word of shared memory")
 ld_global_f32 = ptx_instruction("ld_global_f32", "ld.global.f32 $0, [$1];", (u64,), f32,

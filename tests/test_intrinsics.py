@@ -40,6 +40,8 @@ from pyfp8gemm.device.ptx import (
     tma_load_2d_multicast,
     tma_load_3d, tma_store_2d, tma_store_commit, tma_store_wait, tma_store_wait_read, udiv32,
     warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
+    bits_as_f32, cvt_e4m3x2, f32_as_bits, ld_global_nc_v4_u32, ld_shared_u16, st_global_v2_u32,
+    st_global_v4_u32, st_shared_v4_u32,
 )
 from pyfp8gemm.device.tile import (
     fragment_add_global_v4, fragment_fence, fragment_promote, fragment_store_bf16,
@@ -176,6 +178,29 @@ def read_only_global_load(out):
 @tiny_kernel("ld_global_nc_s32")
 def read_only_global_int(out):
     st_global_u32(out, ld_global_nc_s32(out + 4) + 1)
+
+
+@tiny_kernel("ld_global_nc_v4_u32", "st_shared_v4_u32", "ld_shared_u16", "bits_as_f32",
+             "cvt_e4m3x2", "st_global_v2_u32")
+def quantize_eight_bytes(out):
+    """The fused quantizer's row step in miniature: 16 bytes in, two words parked in shared
+    memory, four values converted to E4M3 pairs, 8 bytes out."""
+    smem = cuda.shared.array(0, types.uint8, alignment=16)
+    base = smem_base(smem) + 16 * cuda.threadIdx.x
+    w0, w1, w2, w3 = ld_global_nc_v4_u32(out + 16 * cuda.threadIdx.x)
+    st_shared_v4_u32(base, w0, w1, w2, w3)
+    h = types.uint32(ld_shared_u16(base + 2)) << 16
+    lo = cvt_e4m3x2(bits_as_f32(w0 << 16), bits_as_f32(h))
+    hi = cvt_e4m3x2(bits_as_f32(w2 & 0xFFFF0000), bits_as_f32(w3 << 16))
+    st_global_v2_u32(out + 4096 + 8 * cuda.threadIdx.x, types.uint32(lo), types.uint32(hi))
+
+
+@tiny_kernel("st_global_v4_u32", "f32_as_bits", "st_global_f32")
+def store_sixteen_bytes(out):
+    value = ld_global_nc_f32(out + 4 * cuda.threadIdx.x)
+    bits = f32_as_bits(value)
+    st_global_v4_u32(out + 4096 + 16 * cuda.threadIdx.x, bits, bits ^ 1, bits ^ 2, bits ^ 3)
+    st_global_f32(out + 8192 + 4 * cuda.threadIdx.x, value * 2)
 
 
 store_bounded_8 = fragment_store_bf16_global(8)
@@ -456,6 +481,13 @@ def broadcast_lane_0(out):
 
 # (tiny kernel, regular expression an instruction must match: opcode first, then operands)
 SASS_OF = [
+    ("quantize_eight_bytes", r"LDG\.E\.128\.CONSTANT\b"),                # ld.global.nc.v4.u32
+    ("quantize_eight_bytes", r"STS\.128\b"),                               # st.shared.v4.u32
+    ("quantize_eight_bytes", r"LDS\.U16\b"),                               # ld.shared.u16
+    ("quantize_eight_bytes", r"F2FP\.SATFINITE\.E4M3\.F32\.PACK_AB"),      # cvt...e4m3x2.f32
+    ("quantize_eight_bytes", r"STG\.E\.64\b"),                            # st.global.v2.u32
+    ("store_sixteen_bytes", r"STG\.E\.128\b"),                            # st.global.v4.u32
+    ("store_sixteen_bytes", r"STG\.E\b"),                                  # st.global.f32
     ("shared_load", r"LDS\b"),
     ("shared_word_round_trip", r"STS\b"),
     ("shared_word_round_trip", r"LDS\b"),

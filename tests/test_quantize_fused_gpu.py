@@ -5,7 +5,7 @@ huge values, one layout at a time, and under CUDA-graph capture. GPU only."""
 import pytest
 import torch
 
-from pyfp8gemm.host import quantize_training as qt
+from pyfp8gemm.host import quantize_kernel, quantize_training as qt
 
 pytestmark = pytest.mark.gpu
 
@@ -60,7 +60,7 @@ SHAPES = [(1, 16), (5, 48), (127, 144), (128, 128), (129, 272), (300, 7168), (10
 def test_fused_matches_torch_ops(tokens, channels, pad_to):
     gen = torch.Generator(device="cuda").manual_seed(tokens * 7 + channels)
     x = (torch.randn(tokens, channels, device="cuda", generator=gen) * 3).to(torch.bfloat16)
-    assert qt._fused_applies(x)
+    assert quantize_kernel.applies(x)
     rows, cols_t = qt.quantize_rowwise_and_transposed(x, pad_to=pad_to)
     want_rows, want_cols = _reference(x, pad_to=pad_to)
     _same(rows, want_rows, "rows")
@@ -101,7 +101,7 @@ def test_fused_fallbacks_keep_working():
     odd = torch.randn(64, 200, device="cuda").to(torch.bfloat16)
     view = torch.randn(256, 64, device="cuda").to(torch.bfloat16).t()
     for x in (x32, odd, view):
-        assert not qt._fused_applies(x)
+        assert not quantize_kernel.applies(x)
         rows, cols_t = qt.quantize_rowwise_and_transposed(x)
         want_rows, want_cols = _reference(x)
         _same(rows, want_rows, "fallback rows")
@@ -124,3 +124,20 @@ def test_fused_under_cuda_graph():
         want_rows, want_cols = _reference(x)
         _same(rows, want_rows, f"graph rows, replay {seed}")
         _same(cols_t, want_cols, f"graph transposed, replay {seed}")
+
+
+@pytest.mark.parametrize("tokens, channels", [(1, 16), (77, 7168), (4096, 2064)])
+def test_quantize_1x128_of_bf16_uses_the_kernel_with_the_same_bits(tokens, channels,
+                                                                   monkeypatch):
+    """pyfp8gemm.quantize(x, "1x128") of bf16 on Hopper runs the row-wise kernel; the torch ops
+    (PYFP8GEMM_FUSED_QUANTIZE=0) give the same bits."""
+    from pyfp8gemm.host.fp8tensor import quantize
+
+    x = (torch.randn(tokens, channels, device="cuda") * 5).to(torch.bfloat16)
+    x[0, 3] = float("inf") if tokens > 1 else x[0, 3]
+    assert quantize_kernel.applies(x)
+    got = quantize(x, "1x128")
+    monkeypatch.setenv("PYFP8GEMM_FUSED_QUANTIZE", "0")
+    assert not quantize_kernel.applies(x)
+    want = quantize(x, "1x128")
+    _same(got, want, "quantize 1x128")

@@ -6,7 +6,7 @@ import torch
 
 from pyfp8gemm.cache import compiler, toolchain
 from pyfp8gemm.device import quantize as device_quantize
-from pyfp8gemm.host import quantize_training as qt
+from pyfp8gemm.host import quantize_kernel, quantize_training as qt
 from pyfp8gemm.host.kernels import QUANTIZE_VARIANTS, all_kernel_specs, quantize_kernel_spec
 
 
@@ -45,10 +45,10 @@ def test_cpu_and_other_inputs_take_the_torch_ops(monkeypatch):
     """The kernel takes only contiguous bf16 CUDA input with C % 16 == 0; everything else (here:
     CPU tensors) goes through the torch ops, with the same results as quantize()."""
     x = torch.randn(130, 48).to(torch.bfloat16)
-    assert not qt._fused_applies(x)
+    assert not quantize_kernel.applies(x)
     rows, cols_t = qt.quantize_rowwise_and_transposed(x)
     assert rows.data.shape == (130, 48) and cols_t.data.shape == (48, 144)
     monkeypatch.setenv("PYFP8GEMM_FUSED_QUANTIZE", "0")
-    assert not qt.fused_kernel_enabled()
+    assert not quantize_kernel.enabled()
     monkeypatch.setenv("PYFP8GEMM_FUSED_QUANTIZE", "1")
-    assert qt.fused_kernel_enabled()
+    assert quantize_kernel.enabled()

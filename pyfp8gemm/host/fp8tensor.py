@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pyfp8gemm.host import checks
+from pyfp8gemm.host import checks, quantize_kernel
 
 __all__ = [
     "FP8Tensor",
@@ -151,6 +151,11 @@ def to_mn_major_tma_aligned(scale: torch.Tensor) -> torch.Tensor:
 def _quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = x.shape
     kb = _ceil_div(cols, BLOCK)
+    if quantize_kernel.applies(x):        # bf16 on a Hopper GPU: one fused kernel, same bits
+        data = torch.empty(rows, cols, dtype=torch.float8_e4m3fn, device=x.device)
+        scale = _empty_mn_major_tma_aligned(rows, kb, x.device)
+        quantize_kernel.launch(x, rows=(data, scale))
+        return data, scale
     # Zero-pad the last partial block: zeros never raise an amax, so it covers valid elements only.
     padded = F.pad(x.float(), (0, kb * BLOCK - cols))
     blocks = padded.reshape(rows, kb, BLOCK)

@@ -30,13 +30,10 @@ with the host.
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 import torch.nn.functional as F
 
-from pyfp8gemm.host import checks
+from pyfp8gemm.host import checks, quantize_kernel
 from pyfp8gemm.host.fp8tensor import (
     BLOCK,
     QUANTIZABLE_DTYPES,
@@ -79,77 +76,22 @@ def _check_input(x) -> None:
     checks.check_tensor("x", x, dtypes=QUANTIZABLE_DTYPES, ndim=2)
 
 
-# --------------------------------------------------------------------------------------------
-# The fused kernel (device/quantize.py)
-# --------------------------------------------------------------------------------------------
-
-
-def fused_kernel_enabled() -> bool:
-    """PYFP8GEMM_FUSED_QUANTIZE=0 sends every call to the torch-op path (for comparisons)."""
-    return os.environ.get("PYFP8GEMM_FUSED_QUANTIZE", "1") != "0"
-
-
-def _fused_applies(x: torch.Tensor) -> bool:
-    """Whether the fused kernel takes x: a contiguous bf16 CUDA tensor on a Hopper GPU, C a
-    multiple of 16 (16-byte vector rows), 16-byte aligned, sizes within int32, outside tracing."""
-    if not (x.is_cuda and x.dtype == torch.bfloat16 and fused_kernel_enabled()):
-        return False
-    if torch.compiler.is_compiling():
-        return False
-    tokens, channels = x.shape
-    if tokens == 0 or channels == 0 or channels % 16 or not x.is_contiguous():
-        return False
-    if x.data_ptr() % 16 or tokens * channels >= 2**31:
-        return False
-    from pyfp8gemm.host import device_info
-    return device_info.is_hopper(x.device)
-
-
-@functools.lru_cache(maxsize=None)
-def _loaded_quantize_kernel(rowwise: bool, transposed: bool, device_index: int):
-    from pyfp8gemm.cache.compiler import compile_kernel
-    from pyfp8gemm.device import quantize as device_quantize
-    from pyfp8gemm.host import driver
-    from pyfp8gemm.host.kernels import quantize_kernel_spec
-
-    spec = quantize_kernel_spec(rowwise, transposed)
-    compiled = compile_kernel(spec)
-    return driver.LoadedKernel(spec.name, compiled.cubin, device_index, spec.threads,
-                               device_quantize.SMEM_BYTES, 1)
-
-
 def _quantize_fused(x: torch.Tensor, rowwise: bool, transposed: bool, pad_to: int):
-    """Both layouts (or one) from the fused kernel, in the layouts of the torch-op path."""
-    from pyfp8gemm.device import quantize as device_quantize
-    from pyfp8gemm.host import driver
-
+    """Both layouts (or one) from the fused kernel (host/quantize_kernel.py), in the layouts of
+    the torch-op path."""
     tokens, channels = x.shape
     device = x.device
-    rows = cols_t = None
-    row_data = row_scale = col_data = col_scale = 0
+    rows = cols = None
     if rowwise:
-        rows_data = torch.empty(tokens, channels, dtype=torch.float8_e4m3fn, device=device)
-        rows_scale = _empty_mn_major_tma_aligned(tokens, _ceil_div(channels, BLOCK), device)
-        row_data, row_scale = rows_data.data_ptr(), rows_scale.data_ptr()
+        rows = (torch.empty(tokens, channels, dtype=torch.float8_e4m3fn, device=device),
+                _empty_mn_major_tma_aligned(tokens, _ceil_div(channels, BLOCK), device))
     t_pad = padded_tokens(tokens, pad_to)
     if transposed:
-        cols_data = torch.empty(channels, t_pad, dtype=torch.float8_e4m3fn, device=device)
-        cols_scale = _empty_mn_major_tma_aligned(channels, _ceil_div(tokens, BLOCK), device)
-        col_data, col_scale = cols_data.data_ptr(), cols_scale.data_ptr()
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    kernel = _loaded_quantize_kernel(rowwise, transposed, index)
-    c_int32, c_int64 = driver.c_int32, driver.c_int64
-    params = driver.ParamBlock((
-        (c_int64, x.data_ptr()), (c_int32, tokens), (c_int32, channels),
-        (c_int64, row_data), (c_int64, row_scale), (c_int64, col_data), (c_int64, col_scale),
-        (c_int32, t_pad)))
-    grid = device_quantize.grid_size(tokens, channels)
-    kernel.launch_parts(grid).launch(driver.current_raw_stream(index), params.address)
-    if rowwise:
-        rows = FP8Tensor(rows_data, rows_scale, "1x128")
-    if transposed:
-        cols_t = FP8Tensor(cols_data, cols_scale, "1x128")
-    return rows, cols_t
+        cols = (torch.empty(channels, t_pad, dtype=torch.float8_e4m3fn, device=device),
+                _empty_mn_major_tma_aligned(channels, _ceil_div(tokens, BLOCK), device))
+    quantize_kernel.launch(x, rows, cols, t_pad)
+    return (FP8Tensor(*rows, "1x128") if rows else None,
+            FP8Tensor(*cols, "1x128") if cols else None)
 
 
 def _transposed_from_float(xf: torch.Tensor, pad_to: int) -> FP8Tensor:
@@ -185,7 +127,7 @@ def quantize_transposed(x: torch.Tensor, *, pad_to: int = TOKEN_ALIGNMENT) -> FP
     multiple of `pad_to` with zero columns (see the module docstring)."""
     _check_input(x)
     padded_tokens(0, pad_to)   # checks pad_to
-    if _fused_applies(x):
+    if quantize_kernel.applies(x):
         return _quantize_fused(x, False, True, pad_to)[1]
     return _transposed_from_float(x.float(), pad_to)
 
@@ -207,7 +149,7 @@ def quantize_rowwise_and_transposed(
     """
     _check_input(x)
     padded_tokens(0, pad_to)
-    if (rowwise or transposed) and _fused_applies(x):
+    if (rowwise or transposed) and quantize_kernel.applies(x):
         return _quantize_fused(x, rowwise, transposed, pad_to)
     xf = x.float()   # no copy for a float32 x
     rows = quantize(xf, "1x128") if rowwise else None
