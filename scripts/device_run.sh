@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # GPU work for one device call (on the device machine, from the repository root):
 #   bash scripts/device_run.sh STEP [STEP ...]
-# STEP: precompile (every kernel, in parallel, into the cache the tests share), warm (only the
-# kernels of the benchmark shapes, `python -m pyfp8gemm warmup`), tests (the GPU
-# suite but the heavy files, 14 workers), heavy (the grouped and training GPU tests, 2 workers:
-# their float64 references take GiBs each), bench (dense ANCHORS shapes), grouped (the m-grouped
-# kinds), training (1D1D, k-grouped, the training step), probe (small-M streaming probes),
-# dgbuild (build DeepGEMM from .devcarry/, in the background), dgdiag (whether DeepGEMM runs
-# here: DG_OK=1 puts it in the benches' providers), dgwarm (wait for it, then compile
-# DeepGEMM's benchmark kernels in parallel), qtest (the fused quantization kernel's tests), save (the kernel caches to $OUT, to carry in
-# .devcarry/ next time), decode (the dense M <= 128 shapes). Carry .whl and .devcarry.
-# Outputs land in $OUT; each step prints its tail.
+# STEPs:
+#   precompile  every kernel, in parallel, into the cache the tests share
+#   warm        only the kernels of the benchmark shapes (`python -m pyfp8gemm warmup`)
+#   tests       the GPU suite but the heavy files (14 workers)
+#   heavy       the grouped and training GPU tests (2 workers: float64 references take GiBs)
+#   qtest       the fused quantization kernel's GPU tests
+#   bench       dense ANCHORS shapes;  decode  the dense M <= 128 shapes
+#   grouped     the m-grouped kinds;   training  wgrad-1d1d, k-grouped, train-step ($TRAIN_KINDS)
+#   probe       small-M streaming probes
+#   dgbuild     build DeepGEMM from .devcarry/ (scripts/deepgemm_source.sh), in the background
+#   dgdiag      does DeepGEMM run here? (then DG_OK=1 puts it in the benches' providers)
+#   dgwarm      compile DeepGEMM's benchmark kernels in parallel ($DG_KINDS, $DGWARM_S)
+#   save        pyfp8gemm's and DeepGEMM's kernel caches and DeepGEMM's build as
+#               $OUT/devcarry.tar: unpack it into .devcarry/ to skip that work next time
+# Carry .whl and .devcarry. Each step prints its tail; the logs come back in $OUT/logs.tar.xz.
 set -u
 source scripts/device_env.sh
+# The device returns at most 8 files: every log goes to /tmp/device_logs, packed into
+# $OUT/logs.tar.xz when this script exits (also after a step timed out); `save` adds
+# $OUT/devcarry.tar (unpack it into .devcarry/ for the next session's calls).
+RESULTS=$OUT OUT=/tmp/device_logs
+mkdir -p $OUT
+trap 'tar -C /tmp -cJf $RESULTS/logs.tar.xz device_logs 2>/dev/null' EXIT
 export PYFP8GEMM_CACHE_DIR=/tmp/kcache PYFP8GEMM_TEST_CACHE_DIR=/tmp/kcache
 for cache in kcache dgcache; do     # saved by an earlier call's `save` step
   [ -f .devcarry/$cache.tar.xz ] && [ ! -d /tmp/$cache ] && tar -C /tmp -xJf .devcarry/$cache.tar.xz
@@ -83,12 +94,12 @@ for step in "$@"; do
           --json $OUT/bench_decode.json > $OUT/bench_decode.txt 2>&1
       grep -v Warn $OUT/bench_decode.txt | tail -44 ;;
     save)
-      mkdir -p $OUT/caches
-      tar -C /tmp -cJf $OUT/caches/kcache.tar.xz kcache
-      ls .dg/deep_gemm/_C*.so >/dev/null 2>&1 && [ ! -f .devcarry/deepgemm-C.tar.xz ] && \
-          tar -cJf $OUT/caches/deepgemm-C.tar.xz .dg/deep_gemm/_C*.so
-      [ -d /tmp/dgcache ] && tar -C /tmp -cJf $OUT/caches/dgcache.tar.xz dgcache
-      ls -la $OUT/*.tar.xz ;;
+      rm -rf /tmp/devcarry && mkdir -p /tmp/devcarry
+      tar -C /tmp -cJf /tmp/devcarry/kcache.tar.xz kcache
+      ls .dg/deep_gemm/_C*.so >/dev/null 2>&1 && \
+          tar -cJf /tmp/devcarry/deepgemm-C.tar.xz .dg/deep_gemm/_C*.so
+      [ -d /tmp/dgcache ] && tar -C /tmp -cJf /tmp/devcarry/dgcache.tar.xz dgcache
+      tar -C /tmp/devcarry -cf $RESULTS/devcarry.tar . && ls -la /tmp/devcarry ;;
     probe)
       timeout 230 python3 scripts/probe_small_m.py 2>&1 | tail -40 ;;
     *) echo "unknown step $step" ;;
