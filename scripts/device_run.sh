@@ -9,7 +9,7 @@
 #   qtest       the fused quantization kernel's GPU tests
 #   bench       dense ANCHORS shapes;  decode  the dense M <= 128 shapes
 #   grouped     the m-grouped kinds;   training  wgrad-1d1d, k-grouped, train-step ($TRAIN_KINDS)
-#   probe       small-M streaming probes
+#   probe       small-M streaming probes;  smallm  narrow A tiles: GPU tests + A/B timings
 #   dgbuild     build DeepGEMM from .devcarry/ (scripts/deepgemm_source.sh), in the background
 #   dgdiag      does DeepGEMM run here? (then DG_OK=1 puts it in the benches' providers)
 #   dgwarm      compile DeepGEMM's benchmark kernels in parallel ($DG_KINDS, $DGWARM_S)
@@ -100,6 +100,14 @@ for step in "$@"; do
           tar -cJf /tmp/devcarry/deepgemm-C.tar.xz .dg/deep_gemm/_C*.so
       [ -d /tmp/dgcache ] && tar -C /tmp -cJf /tmp/devcarry/dgcache.tar.xz dgcache
       tar -C /tmp/devcarry -cf $RESULTS/devcarry.tar . && ls -la /tmp/devcarry ;;
+    smallm)   # narrow A tiles (BLOCK_M 16/32): GPU tests, then A/B against the M = 64 kernel
+      timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider -n 6 --timeout 180 \
+          tests/test_gemm_gpu.py -k narrow > $OUT/gpu_tests_narrow.txt 2>&1
+      grep -E "^(FAILED|ERROR)|passed|failed" $OUT/gpu_tests_narrow.txt | cut -c1-200 | tail -8
+      for case in "1 2112 7168 64x16 16x16 16x32 32x16" "8 7168 16384 64x64 16x64 16x128 32x64" \
+                  "16 4096 7168 64x32 16x32 16x64 32x32" "32 24576 1536 64x64 32x64 32x128 16x64"; do
+        timeout 60 python3 scripts/ab_time.py $case --rounds 60 2>&1 | grep -v "using " | tail -6
+      done ;;
     probe)
       timeout 230 python3 scripts/probe_small_m.py 2>&1 | tail -40 ;;
     *) echo "unknown step $step" ;;

@@ -413,6 +413,36 @@ def test_block_n_multiple_of_8(cfg):
 
 
 # ---------------------------------------------------------------------------------------------
+# Narrow A tiles (BLOCK_M 16 / 32, for decode): the wgmma computes 64 rows of which BLOCK_M are
+# data; the rest read past the slot's A rows and must never reach D. M below, at and above
+# BLOCK_M (several M tiles), N and K tails, a straddling BLOCK_N; D poisoned with NaN first, so
+# a row stored from the garbage rows, or one not stored, fails.
+# ---------------------------------------------------------------------------------------------
+
+
+def _narrow_configs():
+    try:
+        from pyfp8gemm.host.heuristics import make_config
+    except Exception:
+        return []
+    return [make_config(block_m, block_n)
+            for block_m, block_n in ((16, 16), (16, 64), (16, 128), (32, 32), (32, 48),
+                                     (32, 128))]
+
+
+NARROW_CONFIGS = _narrow_configs()
+
+
+@pytest.mark.skipif(not NARROW_CONFIGS, reason="the launcher cannot be imported")
+@pytest.mark.parametrize("cfg", NARROW_CONFIGS, ids=lambda cfg: cfg.name)
+def test_narrow_block_m(cfg):
+    _, n, _ = config_shape(cfg)
+    for m, k in ((1, 7168), (cfg.block_m - 3, 1600), (cfg.block_m, 1040), (cfg.block_m + 1, 4096),
+                 (100, 2048)):
+        check_config(cfg, m, n, k)
+
+
+# ---------------------------------------------------------------------------------------------
 # Split-K: fewer tiles than SMs, K shared by several CTAs per tile, partials summed in FP32.
 # ---------------------------------------------------------------------------------------------
 

@@ -113,3 +113,52 @@ def test_other_straddling_tiles_select_scales_at_run_time(cfg):
     counts = toolchain.count_opcodes(toolchain.sass(kernel.cubin), ("QGMMA", "FSEL"))
     assert counts["QGMMA"] == 4 * (4 if cfg.overlap_promotion else 1)
     assert counts["FSEL"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Narrow A tiles (BLOCK_M 16 / 32): config rules, layout, build
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block_m", [16, 32])
+def test_narrow_tiles_layout(block_m):
+    """One math warpgroup, one wave, BLOCK_M rows stored; A's slots BLOCK_M x 128 bytes and
+    1024-aligned after a D staging tile rounded up to 1024 bytes; more slots than BLOCK_M 64."""
+    cfg = GemmConfig(block_m, 48, 8)
+    assert cfg.math_warpgroups == 1 and cfg.waves == 1 and cfg.store_rows == block_m
+    assert cfg.a_stage_bytes == block_m * 128 and cfg.sfa_stage_bytes == 128
+    off = cfg.smem_offsets
+    assert off["a"] % 1024 == 0 and off["b"] % 1024 == 0 and off["a"] >= block_m * 48 * 2
+    assert GemmConfig.max_stages(block_m, 16) > GemmConfig.max_stages(64, 16)
+    # every other configuration keeps its layout: D staging was already 1024-aligned
+    for bm, bn in ((64, 16), (64, 24), (128, 136), (256, 72)):
+        assert GemmConfig(bm, bn, 2).d_stage_bytes == bm * bn * 2
+        assert GemmConfig(bm, bn, 2).store_rows == 64
+
+
+@pytest.mark.parametrize("kwargs", [dict(multicast="a"), dict(split_k=True),
+                                    dict(schedule="m_grouped_masked"),
+                                    dict(scaling="1d1d")])
+def test_narrow_tiles_run_only_the_plain_dense_kernel(kwargs):
+    with pytest.raises(ValueError, match="narrow A tiles"):
+        GemmConfig(16, 64, 8, **kwargs)
+    with pytest.raises(ValueError, match="block_m must be 16, 32, 64, 128 or 256"):
+        GemmConfig(48, 64, 8)
+
+
+@pytest.mark.parametrize("block_m, block_n", [(16, 16), (32, 48)])
+def test_narrow_tiles_build_with_guarded_stores(block_m, block_n):
+    """0 spills, and the epilogue stores only the warps of the BLOCK_M real rows: one stmatrix
+    per 8 columns for each such warp is still in the SASS (as for BLOCK_M 64), behind a
+    branch on the warp index."""
+    from pyfp8gemm.host.heuristics import make_config
+
+    cfg = make_config(block_m, block_n)
+    kernel = compiler.compile_kernel(kernel_spec(cfg))
+    check_register_budget(cfg, kernel.meta["registers"])
+    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+    wide = compiler.compile_kernel(kernel_spec(make_config(64, block_n)))
+    narrow_sass, wide_sass = toolchain.sass(kernel.cubin), toolchain.sass(wide.cubin)
+    assert narrow_sass.count("STSM") == wide_sass.count("STSM") > 0
+    assert (toolchain.count_opcodes(narrow_sass)["QGMMA"]
+            == toolchain.count_opcodes(wide_sass)["QGMMA"])

@@ -363,3 +363,18 @@ def test_block_m_256_multicast_choice():
     odd = choose_config(4096, 3968, 7168, 132)                     # 31 N tiles
     assert (odd.block_m, odd.multicast) == (256, "none")
     assert choose_config(4096, 4096, 7168, 131).multicast == "none"  # odd SM count
+
+
+@pytest.mark.parametrize("block_m, rows", [(16, 16), (32, 32), (64, 64), (128, 64)])
+def test_tensor_map_boxes_follow_block_m(fake_gpu, monkeypatch, block_m, rows):
+    """A's and its scales' boxes are BLOCK_M rows; D's store box is 64 rows per warpgroup wave,
+    or BLOCK_M for the narrow tiles (whose wgmma rows past BLOCK_M are not data)."""
+    kernel, encoded, plans = fake_gpu
+    cfg = GemmConfig(block_m, 64, 4)
+    monkeypatch.setattr(launch, "_plan", lambda problem, device_index, num_sms, choice:
+                        launch.Plan(KernelChoice(cfg), kernel, 4, problem))
+    a, b, out = operands(20, 256, 512)
+    launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out)
+    a_map, b_map, sfa_map, d_map = encoded[-4:]
+    assert a_map[-2:] == (block_m, 128) and sfa_map[-2:] == (block_m, 1)    # box rows, swizzle
+    assert d_map[-2] == rows and b_map[-2] == 64

@@ -26,6 +26,12 @@ MATH_REGISTERS = {1: 248, 2: 224}
 BLOCK_M_256_MAX_N = 128
 MAX_SPLIT_K = 16
 SFB_STAGE_BYTES = 16            # a ring slot's B scales: the tile's one or two 128-column blocks
+# Narrow A tiles for small M (DeepGEMM's BLOCK_M 16 / 32): TMA loads only BLOCK_M rows of A
+# (and their scales) per slot, so a slot is mostly B and more slots fit; the wgmma still
+# computes 64 rows (m64), reading past the slot's A rows into the next bytes of shared memory,
+# and those rows are never stored (the epilogue's warps past BLOCK_M skip their stmatrix and
+# the TMA store box is BLOCK_M rows).
+NARROW_BLOCK_M = (16, 32)
 # Straddling BLOCK_N with at most this many scale splits get one K loop per split (constant
 # split, see k_loop.py); the others select scales per 8-column group at run time.
 MAX_K_LOOP_COPIES = 4
@@ -58,7 +64,8 @@ def check_register_budget(cfg: "GemmConfig", launch_registers: int):
 @dataclass(frozen=True)
 class GemmConfig:
     """One kernel specialization. Everything derived from it is a compile-time constant."""
-    block_m: int                # 64 (one math warpgroup), 128 (two), 256 (two, 2 waves each)
+    block_m: int                # 64 (one math warpgroup), 128 (two), 256 (two, 2 waves each);
+                                # 16 or 32: narrow A tiles for small M (see NARROW_BLOCK_M)
     block_n: int                # multiple of 16 in [16, 256] (register budget permitting)
     stages: int                 # depth of the TMA ring
     multicast: str = "none"     # "none", "a" (2 CTAs along N share A), "b" (along M share B)
@@ -70,8 +77,12 @@ class GemmConfig:
     accumulate: bool = False    # 1d1d: D = C + A @ B^T (C read in the epilogue)
 
     def __post_init__(self):
-        if self.block_m not in (64, 128, 256):
-            raise ValueError(f"block_m must be 64, 128 or 256, got {self.block_m}")
+        if self.block_m not in (16, 32, 64, 128, 256):
+            raise ValueError(f"block_m must be 16, 32, 64, 128 or 256, got {self.block_m}")
+        if self.block_m in NARROW_BLOCK_M and (self.scaling != "1d2d" or self.schedule != "dense"
+                                               or self.multicast != "none" or self.split_k):
+            raise ValueError(f"block_m={self.block_m} (narrow A tiles) runs the dense 1D2D "
+                             "schedule only, without clusters or split-K")
         if self.block_m == 256 and self.block_n > BLOCK_M_256_MAX_N:
             raise ValueError(f"block_m=256 needs block_n <= {BLOCK_M_256_MAX_N} (two final "
                              f"fragments per warpgroup must fit in registers), got {self.block_n}")
@@ -147,12 +158,19 @@ class GemmConfig:
     # --- shape of the CTA ---
     @property
     def math_warpgroups(self):
-        return 1 if self.block_m == 64 else 2
+        return 1 if self.block_m <= 64 else 2
 
     @property
     def waves(self):
-        """64-row wgmma waves per math warpgroup per K block (2 for BLOCK_M 256)."""
-        return self.block_m // (64 * self.math_warpgroups)
+        """64-row wgmma waves per math warpgroup per K block (2 for BLOCK_M 256; 1 for the
+        narrow tiles, whose one wave has BLOCK_M real rows)."""
+        return max(1, self.block_m // (64 * self.math_warpgroups))
+
+    @property
+    def store_rows(self):
+        """Rows of the output tile the epilogue stores per math warpgroup wave (the TMA store
+        box): 64, or BLOCK_M for the narrow tiles."""
+        return min(self.block_m, D_STORE_ROWS)
 
     @property
     def math_threads(self):
@@ -199,8 +217,10 @@ class GemmConfig:
 
     @property
     def d_stage_bytes(self):
-        """The bf16 output tile staged for its TMA store (1D1D stores FP32 from registers)."""
-        return self.block_m * self.block_n * 2 if self.scaling == "1d2d" else 0
+        """The bf16 output tile staged for its TMA store (1D1D stores FP32 from registers),
+        rounded up to 1024 bytes: A's slots after it need that alignment for the 128-byte
+        swizzle (only the narrow tiles' are not multiples of it already)."""
+        return align(self.block_m * self.block_n * 2, 1024) if self.scaling == "1d2d" else 0
 
     @property
     def smem_offsets(self):

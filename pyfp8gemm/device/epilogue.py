@@ -44,6 +44,7 @@ def make_bf16_epilogue(cfg):
     n_acc, final_acc = BN // 2, WAVES * BN // 2
     store_first = fragment_store_bf16(n_acc, BM, SWIZZLE_D, final_acc, 0)
     store_last = fragment_store_bf16(n_acc, BM, SWIZZLE_D, final_acc, (WAVES - 1) * n_acc)
+    NARROW = BM < D_STORE_ROWS            # BLOCK_M 16 / 32: rows past BLOCK_M are not data
     assert D_STORE_ROWS == 64
 
     @inline
@@ -55,7 +56,11 @@ def make_bf16_epilogue(cfg):
         if lane_in_group < D_PANELS:
             tma_store_wait_read()
         named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
-        store_first(base + SMEM_D, final, 16 * (tid // 32), tid % 32)
+        if NARROW:                                # only the warps of the BLOCK_M real rows
+            if 16 * (lane_in_group // 32) < BM:
+                store_first(base + SMEM_D, final, 16 * (tid // 32), tid % 32)
+        else:
+            store_first(base + SMEM_D, final, 16 * (tid // 32), tid % 32)
         if WAVES == 2:
             store_last(base + SMEM_D, final, 128 + 16 * (tid // 32), tid % 32)
         fence_proxy_async_smem()                  # stmatrix writes -> visible to TMA

@@ -21,7 +21,7 @@ import torch
 
 from ..cache.compiler import compile_kernel
 from ..device import scheduler
-from ..device.config import BLOCK_K, D_STORE_ROWS, GemmConfig, check_register_budget
+from ..device.config import BLOCK_K, GemmConfig, check_register_budget
 from . import device_info, driver
 from .device_info import get_num_sms
 from .heuristics import choose_config, split_k_fits
@@ -124,7 +124,7 @@ class Plan:
             sfa = tensormap(driver.DTYPE_F32, key.a_scale, m, kb, key.a_scale_stride * 4,
                             cfg.block_m, 1)
         d = tensormap(driver.DTYPE_BF16, key.out, n, a_rows, n * 2, cfg.swizzle_d // 2,
-                      D_STORE_ROWS, cfg.swizzle_d)
+                      cfg.store_rows, cfg.swizzle_d)
         params = [
             a, b, sfa, d,
             (driver.c_int64, key.b_scale),
