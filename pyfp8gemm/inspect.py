@@ -1,5 +1,5 @@
-"""`python -m pyfp8gemm inspect [--json]`: compile every kernel the library can launch and show
-what ptxas made of it. Needs no GPU: kernels compile from Python to SASS on any machine.
+"""`python -m pyfp8gemm inspect [--json]`: compile every kernel the library can launch (the
+GEMMs the heuristics can pick and the quantization kernels) and show what ptxas made of it. Needs no GPU: kernels compile from Python to SASS on any machine.
 
 Per kernel: name, registers, spill bytes, shared memory (static + the dynamic amount the launcher
 asks for) and counts of the SASS opcodes that show a Hopper GEMM is built as intended (QGMMA:
@@ -22,32 +22,43 @@ def inspect_all(progress=None, jobs: int = 1) -> list[dict]:
     jobs > 1 and the disk cache on, the kernels missing from it are first compiled in that
     many processes (`pyfp8gemm.warmup`)."""
     from .cache import store
-    from .host.heuristics import all_configs
-    from .host.kernels import kernel_spec
+    from .host.kernels import all_kernel_specs
 
     if jobs > 1 and not store.disk_cache_disabled() and store.disk_store() is not None:
         from .warmup import warmup
         warmup(all_kernels=True, jobs=jobs, progress=progress is not None)
     rows = []
-    configs = all_configs()
-    for i, cfg in enumerate(configs):
+    specs = all_kernel_specs()
+    for i, spec in enumerate(specs):
         start = time.perf_counter()
-        kernel = compile_kernel(kernel_spec(cfg))
+        kernel = compile_kernel(spec)
         usage = toolchain.resource_usage(kernel.cubin).get(kernel.name, {})
         sass = toolchain.sass(kernel.cubin)
+        dynamic_smem, cluster_size = _launch_shape(spec)
         rows.append(dict(
             name=kernel.name,
             registers=usage.get("registers", kernel.meta.get("registers")),
             spill_bytes=usage.get("spill_store_bytes", 0) + usage.get("spill_load_bytes", 0),
-            smem_bytes=usage.get("static_smem_bytes", 0) + cfg.smem_bytes,
-            threads=cfg.threads,
-            cluster_size=cfg.cluster_size,
+            smem_bytes=usage.get("static_smem_bytes", 0) + dynamic_smem,
+            threads=spec.threads,
+            cluster_size=cluster_size,
             sass_opcodes=toolchain.count_opcodes(sass),
             seconds=round(time.perf_counter() - start, 3),
         ))
         if progress:
-            progress(i + 1, len(configs), kernel.name)
+            progress(i + 1, len(specs), kernel.name)
     return rows
+
+
+def _launch_shape(spec) -> tuple[int, int]:
+    """(dynamic shared memory, cluster size) the launcher gives a kernel: a GEMM's from its
+    GemmConfig, the quantization kernel's from its spec."""
+    from .device.config import GemmConfig
+
+    if "smem_bytes" in spec.config:
+        return spec.config["smem_bytes"], 1
+    cfg = GemmConfig(**spec.config)
+    return cfg.smem_bytes, cfg.cluster_size
 
 
 def format_table(rows: list[dict]) -> str:

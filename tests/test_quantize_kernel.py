@@ -29,9 +29,13 @@ def test_quantize_kernel_builds_without_local_memory(rowwise, transposed):
 
 
 def test_quantize_kernels_are_listed_for_warmup_and_inspect():
+    from pyfp8gemm.inspect import _launch_shape
+
     names = {spec.name for spec in all_kernel_specs()}
     assert {quantize_kernel_spec(*v).name for v in QUANTIZE_VARIANTS} <= names
     assert len({quantize_kernel_spec(*v).name for v in QUANTIZE_VARIANTS}) == 3
+    # inspect reports the shared memory the launcher asks for
+    assert _launch_shape(quantize_kernel_spec(True, True)) == (device_quantize.SMEM_BYTES, 1)
 
 
 def test_grid_covers_every_tile():

@@ -156,7 +156,8 @@ def test_strict_mode_runs_from_a_warm_cache_and_refuses_a_miss(warm_cache, cache
         compiler.compile_kernel(missing)
 
 
-def test_export_import_round_trip_into_a_fresh_dir(warm_cache, cache_at, tmp_path):
+def test_export_import_round_trip_into_a_fresh_dir(warm_cache, cache_at, tmp_path,
+                                                   monkeypatch):
     root, _ = warm_cache
     cache_at(root)
     file = tmp_path / "kernels.tar.gz"
@@ -175,7 +176,9 @@ def test_export_import_round_trip_into_a_fresh_dir(warm_cache, cache_at, tmp_pat
     assert (result.imported, result.already, result.skipped, result.refused) == (1, 0, [], [])
     (needed,) = kernel_specs([SHAPE], M_RANGE)
     assert compiler.is_cached(needed)
-    os.environ["PYFP8GEMM_JIT"] = "error"      # (cache_at's monkeypatch restores it)
+    # (monkeypatch: a plain os.environ write outlived the test when the variable had not been
+    # set before, and made later tests' compiles errors)
+    monkeypatch.setenv("PYFP8GEMM_JIT", "error")
     assert compiler.compile_kernel(needed).cubin == store.KernelStore(root).read(
         store.key_of(compiler.cache_key(needed))).payload
     assert archive.import_cache(file).already == 1
@@ -331,13 +334,13 @@ def test_inspect_compiles_in_parallel_first(monkeypatch):
     reads every cubin back (here: no kernels, so nothing compiles)."""
     import importlib
 
-    import pyfp8gemm.host.heuristics as heuristics
+    import pyfp8gemm.host.kernels as kernels
     inspect_module = importlib.import_module("pyfp8gemm.inspect")
     warmup_module = importlib.import_module("pyfp8gemm.warmup")
 
     calls = []
     monkeypatch.setattr(warmup_module, "warmup", lambda **kw: calls.append(kw))
-    monkeypatch.setattr(heuristics, "all_configs", lambda: [])
+    monkeypatch.setattr(kernels, "all_kernel_specs", lambda: [])
     assert inspect_module.inspect_all(jobs=3) == []
     assert calls == [dict(all_kernels=True, jobs=3, progress=False)]
     assert inspect_module.inspect_all(jobs=1) == [] and len(calls) == 1
