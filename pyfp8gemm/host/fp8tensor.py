@@ -400,3 +400,26 @@ def _rebuild_fp8_tensor(data: torch.Tensor, scale: torch.Tensor, granularity: st
 
 # torch.load(weights_only=True), torch's default, accepts only safe-listed globals.
 torch.serialization.add_safe_globals([_rebuild_fp8_tensor])
+
+
+def unpack_operand(name: str, operand, granularity: str, role: str | None = None,
+                   hint: str = ""):
+    """(data, scale, data_name, scale_name) of a GEMM operand: an FP8Tensor or a (data, scale)
+    pair.
+
+    Checks the kind of object, dtypes and ranks, and the granularity of an FP8Tensor (`role`
+    and `hint` word the message; each GEMM family passes its own). The scale shape of a pair is
+    checked later, once M, N and K are known.
+    """
+    if isinstance(operand, FP8Tensor):
+        if operand.granularity != granularity:
+            if role is None:
+                role = ("activations, one scale per row per 128 K" if granularity == "1x128"
+                        else "weights, one scale per 128x128 block")
+            raise ValueError(
+                f"{name}: expected an FP8Tensor with granularity {granularity!r} ({role}), got "
+                f"{operand.granularity!r}; quantize it with quantize(x, {granularity!r})"
+                + hint
+            )
+        return operand.data, operand.scale, f"{name}.data", f"{name}.scale"
+    return checks.check_fp8_pair(name, operand, 2, 2)

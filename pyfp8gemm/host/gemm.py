@@ -41,6 +41,7 @@ from pyfp8gemm.host.fp8tensor import (
     FP8Tensor,
     quantize,
     to_mn_major_tma_aligned,
+    unpack_operand,
 )
 
 __all__ = ["fp8_gemm_nt", "matmul", "K_ALIGNMENT", "N_ALIGNMENT"]
@@ -256,28 +257,10 @@ _PER_ROW_B_HINT = ("; per-row (1x128) scales on b are the 1D1D kernel's: pass a 
                    "(and optionally c) for D = C + A @ B^T in float32")
 
 
-def _unpack_operand(name: str, operand, granularity: str, role: str | None = None,
-                    hint: str | None = None):
-    """(data, scale, data_name, scale_name) of an FP8Tensor or a (data, scale) pair.
-
-    Checks the kind of object, dtypes and ranks; the granularity of an FP8Tensor (`role` and
-    `hint` word the message; the 1D1D GEMM passes its own). The scale shape of a pair is
-    checked later, once M, N and K are known.
-    """
-    if isinstance(operand, FP8Tensor):
-        if operand.granularity != granularity:
-            if role is None:
-                role = ("activations, one scale per row per 128 K" if granularity == "1x128"
-                        else "weights, one scale per 128x128 block")
-            if hint is None:
-                hint = _PER_ROW_B_HINT if name == "b" else ""
-            raise ValueError(
-                f"{name}: expected an FP8Tensor with granularity {granularity!r} ({role}), got "
-                f"{operand.granularity!r}; quantize it with quantize(x, {granularity!r})"
-                + hint
-            )
-        return operand.data, operand.scale, f"{name}.data", f"{name}.scale"
-    return checks.check_fp8_pair(name, operand, 2, 2)
+def _unpack_operand(name: str, operand, granularity: str):
+    """fp8tensor.unpack_operand with the dense GEMM's hint for per-row b scales."""
+    return unpack_operand(name, operand, granularity,
+                          hint=_PER_ROW_B_HINT if name == "b" else "")
 
 
 def _check_pair_scale_shape(scale_name, scale, rows, cols, granularity, data_name) -> None:

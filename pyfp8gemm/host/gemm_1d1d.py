@@ -34,9 +34,10 @@ from typing import Optional, Sequence
 import torch
 
 from pyfp8gemm.host import checks, device_info, launchers
-from pyfp8gemm.host.fp8tensor import BLOCK, FP8Tensor, to_mn_major_tma_aligned
-from pyfp8gemm.host.gemm import _unpack_operand
-from pyfp8gemm.ops import custom_op
+from pyfp8gemm.host.fp8tensor import (
+    BLOCK, FP8Tensor, to_mn_major_tma_aligned, unpack_operand,
+)
+from pyfp8gemm.host.op_registry import custom_op
 
 __all__ = [
     "fp8_gemm_nt_1d1d",
@@ -96,7 +97,7 @@ def _blockwise_gemm(*args, **kwargs) -> torch.Tensor:
 def _unpack_1x128(name: str, operand):
     """(data, scale, data_name, scale_name) of a 1x128 FP8Tensor or a (data, scale) pair; a
     128x128 FP8Tensor is refused with the 1D1D rule."""
-    return _unpack_operand(
+    return unpack_operand(
         name, operand, "1x128", role="one scale per row per 128 K",
         hint=(": an FP32 output or a c needs 1x128 scales on both operands (the 1D1D kernel; "
               "as in DeepGEMM, 128x128 weight scales only go with a bf16 output and no c)"))

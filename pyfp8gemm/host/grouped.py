@@ -58,7 +58,7 @@ from typing import Optional
 import torch
 
 from pyfp8gemm.host import checks
-from pyfp8gemm.ops import custom_op
+from pyfp8gemm.host.op_registry import custom_op
 from pyfp8gemm.host.fp8tensor import (
     BLOCK,
     QUANTIZABLE_DTYPES,
