@@ -202,6 +202,24 @@ def prepare_gemm(provider: str, case: Case, inputs: dict) -> tuple[Callable, obj
 # ---------------------------------------------------------------------------------------------
 
 
+def _host_ms(run, steps: int = 20) -> float:
+    """The host's side of a step: wall time of `steps` back-to-back calls, measured before
+    the GPU work is waited for (the queue is deep enough not to block), per step. Close to
+    the step's time means the step is host-bound."""
+    import time
+
+    import torch
+
+    run()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    host = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return host / steps * 1e3
+
+
 def _torch_ops(fn):
     """fn with the fused quantization kernel switched off (PYFP8GEMM_FUSED_QUANTIZE=0): the
     torch-op path, timed next to the kernel for comparison."""
@@ -253,6 +271,8 @@ def measure_train_step(case: Case, timer, seed: int) -> CaseResult:
             result.times_ms[key] = timer(step(module))
         except Exception as error:   # e.g. a kernel not built yet
             result.notes[key] = f"error: {type(error).__name__}: {error}"[:300]
+    if "pyfp8gemm" in result.times_ms:
+        result.breakdown["(host: Python + launches per step)"] = _host_ms(step(lin))
 
     parts = {}
     with torch.no_grad():
