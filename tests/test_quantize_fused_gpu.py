@@ -141,3 +141,15 @@ def test_quantize_1x128_of_bf16_uses_the_kernel_with_the_same_bits(tokens, chann
     assert not quantize_kernel.applies(x)
     want = quantize(x, "1x128")
     _same(got, want, "quantize 1x128")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_fused_on_another_gpu_than_the_current_one():
+    """x on cuda:1 while cuda:0 is current: the kernel runs on x's GPU (same bits)."""
+    with torch.cuda.device(0):
+        x = (torch.randn(300, 1024, device="cuda:1") * 2).to(torch.bfloat16)
+        rows, cols_t = qt.quantize_rowwise_and_transposed(x)
+        assert rows.data.device == x.device and cols_t.scale.device == x.device
+        want_rows, want_cols = _reference(x)
+        _same(rows, want_rows, "rows on cuda:1")
+        _same(cols_t, want_cols, "transposed on cuda:1")

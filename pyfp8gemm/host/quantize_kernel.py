@@ -74,4 +74,8 @@ def launch(x: torch.Tensor, rows=None, cols=None, t_pad: int = 0) -> None:
         (c_int64, row_data), (c_int64, row_scale), (c_int64, col_data), (c_int64, col_scale),
         (c_int32, t_pad)))
     grid = device_quantize.grid_size(tokens, channels)
-    kernel.launch_parts(grid).launch(driver.current_raw_stream(index), params.address)
+    if index == torch.cuda.current_device():
+        kernel.launch_parts(grid).launch(driver.current_raw_stream(index), params.address)
+    else:                      # x lives on another GPU than the current one: launch there
+        with torch.cuda.device(index):
+            kernel.launch_parts(grid).launch(driver.current_raw_stream(index), params.address)
