@@ -104,7 +104,7 @@ for step in "$@"; do
       timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider -n 6 --timeout 180 \
           tests/test_gemm_gpu.py -k narrow > $OUT/gpu_tests_narrow.txt 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" $OUT/gpu_tests_narrow.txt | cut -c1-200 | tail -8
-      for case in "1 2112 7168 64x16 16x16 16x32 32x16" "8 7168 16384 64x64 16x64 16x128 32x64" \
+      for case in "1 2112 7168 64x16 16x16 16x16:::54 16x32 32x16" "8 7168 16384 64x64 16x64 16x128 32x64" \
                   "16 4096 7168 64x32 16x32 16x64 32x32" "32 24576 1536 64x64 32x64 32x128 16x64"; do
         timeout 60 python3 scripts/ab_time.py $case --rounds 60 2>&1 | grep -v "using " | tail -6
       done ;;
