@@ -24,12 +24,15 @@ from pyfp8gemm.testing import calc_diff, reference_gemm
 
 def candidates(m, n, k, num_sms):
     """The heuristic's choice and its neighbours: BLOCK_N around it (multiples of 8 included),
-    the other multicast modes, BLOCK_M 64 for small M and 256 for large M, and the deepest
+    the other multicast modes, BLOCK_M 64 for small M (and the narrow 16 / 32 for M <= 32) and
+    256 for large M, and the deepest
     ring that shared memory holds next to the heuristic's stage count."""
     chosen = choose_dense(m, n, k, num_sms).config
     block_ms = {chosen.block_m}
     if m <= 256:
         block_ms |= {64, 128}
+    if m <= 32:
+        block_ms |= {16, 32}        # narrow A tiles (make_config refuses them with multicast)
     if m >= 1024:
         block_ms |= {128, 256}
     configs = {chosen}
