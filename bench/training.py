@@ -221,20 +221,13 @@ def _host_ms(run, steps: int = 20) -> float:
 
 
 def _torch_ops(fn):
-    """fn with the fused quantization kernel switched off (PYFP8GEMM_FUSED_QUANTIZE=0): the
-    torch-op path, timed next to the kernel for comparison."""
-    import os
+    """fn with the fused quantization kernel switched off: the torch-op path, timed next to the
+    kernel for comparison."""
+    from pyfp8gemm.host.quantize_kernel import torch_ops_only
 
     def run():
-        old = os.environ.get("PYFP8GEMM_FUSED_QUANTIZE")
-        os.environ["PYFP8GEMM_FUSED_QUANTIZE"] = "0"
-        try:
+        with torch_ops_only():
             return fn()
-        finally:
-            if old is None:
-                os.environ.pop("PYFP8GEMM_FUSED_QUANTIZE")
-            else:
-                os.environ["PYFP8GEMM_FUSED_QUANTIZE"] = old
     return run
 
 

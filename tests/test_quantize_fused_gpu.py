@@ -19,17 +19,9 @@ if not device_info.is_hopper(torch.device("cuda")):
 
 def _reference(x, rowwise=True, transposed=True, pad_to=16):
     """The torch-op path (PYFP8GEMM_FUSED_QUANTIZE=0)."""
-    import os
-    old = os.environ.get("PYFP8GEMM_FUSED_QUANTIZE")
-    os.environ["PYFP8GEMM_FUSED_QUANTIZE"] = "0"
-    try:
+    with quantize_kernel.torch_ops_only():
         return qt.quantize_rowwise_and_transposed(x, rowwise=rowwise, transposed=transposed,
                                                   pad_to=pad_to)
-    finally:
-        if old is None:
-            del os.environ["PYFP8GEMM_FUSED_QUANTIZE"]
-        else:
-            os.environ["PYFP8GEMM_FUSED_QUANTIZE"] = old
 
 
 def _same(got, want, what):

@@ -56,3 +56,17 @@ def test_cpu_and_other_inputs_take_the_torch_ops(monkeypatch):
     assert not quantize_kernel.enabled()
     monkeypatch.setenv("PYFP8GEMM_FUSED_QUANTIZE", "1")
     assert quantize_kernel.enabled()
+
+
+def test_torch_ops_only_switches_and_restores(monkeypatch):
+    from pyfp8gemm.host import quantize_kernel
+
+    monkeypatch.delenv("PYFP8GEMM_FUSED_QUANTIZE", raising=False)
+    with quantize_kernel.torch_ops_only():
+        assert not quantize_kernel.enabled()
+    assert quantize_kernel.enabled() and "PYFP8GEMM_FUSED_QUANTIZE" not in __import__("os").environ
+    monkeypatch.setenv("PYFP8GEMM_FUSED_QUANTIZE", "1")
+    with pytest.raises(RuntimeError):
+        with quantize_kernel.torch_ops_only():
+            raise RuntimeError("inside")
+    assert quantize_kernel.enabled()

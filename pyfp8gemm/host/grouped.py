@@ -65,6 +65,7 @@ from pyfp8gemm.host.fp8tensor import (
     FP8Tensor,
     quantize,
     to_mn_major_tma_aligned,
+    unpack_operand,
 )
 
 __all__ = [
@@ -233,12 +234,7 @@ def _unpack_a(name: str, a, ndim: int):
     """(data, scale, data_name, scale_name) of the activations: a (data, scale) pair, or (2-D
     only) a "1x128" FP8Tensor."""
     if isinstance(a, FP8Tensor):
-        if a.granularity != "1x128":
-            raise ValueError(
-                f"{name}: expected an FP8Tensor with granularity '1x128' (activations, one scale "
-                f"per row per 128 K), got {a.granularity!r}; quantize it with "
-                f"pyfp8gemm.quantize(x, '1x128')"
-            )
+        unpacked = unpack_operand(name, a, "1x128")       # the granularity check
         if a.data.dim() != ndim:
             raise ValueError(
                 f"{name}: expected a {ndim}-D operand, got an FP8Tensor of shape "
@@ -246,7 +242,7 @@ def _unpack_a(name: str, a, ndim: int):
                 + ("; pass the masked A as a (data, scale) pair from quantize_grouped(x, '1x128')"
                    if ndim == 3 else "")
             )
-        return a.data, a.scale, f"{name}.data", f"{name}.scale"
+        return unpacked
     return checks.check_fp8_pair(name, a, ndim, ndim)
 
 

@@ -10,17 +10,35 @@ torch.compile, and when PYFP8GEMM_FUSED_QUANTIZE=0.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
 import torch
 
-__all__ = ["enabled", "applies", "launch"]
+__all__ = ["enabled", "applies", "launch", "torch_ops_only"]
+
+ENV = "PYFP8GEMM_FUSED_QUANTIZE"
 
 
 def enabled() -> bool:
     """PYFP8GEMM_FUSED_QUANTIZE=0 sends every call to the torch-op path (for comparisons)."""
-    return os.environ.get("PYFP8GEMM_FUSED_QUANTIZE", "1") != "0"
+    return os.environ.get(ENV, "1") != "0"
+
+
+@contextlib.contextmanager
+def torch_ops_only():
+    """Within: PYFP8GEMM_FUSED_QUANTIZE=0 (the torch-op path), restored after (process-wide:
+    for benchmarks and tests, not for threads that quantize meanwhile)."""
+    old = os.environ.get(ENV)
+    os.environ[ENV] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = old
 
 
 def applies(x: torch.Tensor) -> bool:
