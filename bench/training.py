@@ -234,7 +234,7 @@ def _torch_ops(fn):
 def measure_train_step(case: Case, timer, seed: int) -> CaseResult:
     """Forward + backward of pyfp8gemm.nn.Linear and of torch.nn.Linear (bf16 parameters and
     activations), and pyfp8gemm's parts timed alone: the forward, dgrad and wgrad GEMMs, the
-    two double quantizations (x, dY), the weight's quantization (once per optimizer step)."""
+    two double quantizations (x, dY), the weight's (W and W^T, once per optimizer step)."""
     import torch
     import pyfp8gemm.nn as fnn
     from pyfp8gemm.host.gemm import fp8_gemm_nt
@@ -283,8 +283,10 @@ def measure_train_step(case: Case, timer, seed: int) -> CaseResult:
         parts["GEMM forward (1D2D)"] = lambda: fp8_gemm_nt(x_rows, entry.w, y)
         parts["GEMM dgrad (1D2D)"] = lambda: fp8_gemm_nt(dy_rows, wt, dx)
         parts["GEMM wgrad (1D1D)"] = lambda: fp8_gemm_nt_1d1d(dy_t, x_t, dw)
-        parts["weight quantization (per update)"] = lambda: (
-            fnn.functional.clear_weight_cache(), quantized_weight(lin.weight))
+        parts["quantize W and W^T (per update)"] = lambda: (
+            fnn.functional.clear_weight_cache(), quantized_weight(lin.weight, transposed=True))
+        parts["(W and W^T, as torch ops)"] = _torch_ops(lambda: (
+            fnn.functional.clear_weight_cache(), quantized_weight(lin.weight, transposed=True)))
         for name, fn in parts.items():
             try:
                 result.breakdown[name] = timer(fn)

@@ -13,6 +13,7 @@ ls deep_gemm/_C*.so >/dev/null 2>&1 && { echo "deep_gemm/_C already built"; exit
 # The system g++: a _C built by another GCC (the image's /opt/gcc) carried its own libstdc++
 # locale code, and std::regex in DeepGEMM's JIT segfaulted on the first call (session 10).
 [ -x /usr/bin/g++ ] && export CXX=${CXX:-/usr/bin/g++}
+echo "CXX=${CXX:-g++}: $(${CXX:-g++} --version | head -1); torch's: $(python3 -c 'import torch; print(torch.__config__.show())' | grep -m1 -i 'gcc\|compiler')"
 python3 - <<'PY'
 import os, torch, setuptools
 from torch.utils.cpp_extension import BuildExtension, CUDAExtension, CUDA_HOME

@@ -1,6 +1,7 @@
-"""The fused 1x128 quantization kernel (device/quantize.py) against the torch-op path: the same
-bits in both layouts, on odd shapes, partial blocks, token padding, non-finite blocks, tiny and
-huge values, one layout at a time, and under CUDA-graph capture. GPU only."""
+"""The fused quantization kernels (device/quantize.py) against the torch-op path: the same bits
+in every layout, on odd shapes, partial blocks, token padding, non-finite blocks, tiny and huge
+values, one layout at a time, and under CUDA-graph capture; the 128x128 weight kernel on bf16
+and float32 weights, with W^T, and in nn.Linear's weight cache. GPU only."""
 
 import pytest
 import torch
@@ -145,3 +146,128 @@ def test_fused_on_another_gpu_than_the_current_one():
         want_rows, want_cols = _reference(x)
         _same(rows, want_rows, "rows on cuda:1")
         _same(cols_t, want_cols, "transposed on cuda:1")
+
+
+# ---- 128x128 (weights) ---------------------------------------------------------------------
+
+WEIGHT_SHAPES = [(16, 16), (128, 128), (144, 272), (300, 7168), (2112, 7168), (7168, 2064),
+                 (1, 48), (129, 16)]
+
+
+def _same_tensor(got, want, what):
+    """Bitwise equality of E4M3 data (NaN bytes as NaN) or float32 scales (NaN where NaN)."""
+    assert got.shape == want.shape and got.is_contiguous(), what
+    if got.dtype == torch.float8_e4m3fn:
+        g, w = got.view(torch.uint8), want.view(torch.uint8)
+        g_nan, w_nan = (g & 0x7F) == 0x7F, (w & 0x7F) == 0x7F
+        assert torch.equal(g_nan, w_nan), f"{what}: NaN bytes differ"
+        bad = (g != w) & ~w_nan
+        assert not bad.any(), f"{what}: {int(bad.sum())} bytes differ, first at " \
+            f"{bad.nonzero()[0].tolist()}"
+    else:
+        assert torch.equal(got.isnan(), want.isnan()), f"{what}: NaN scales differ"
+        assert (got.isnan() | (got == want)).all(), f"{what}: scales differ"
+
+
+def _weight_reference(w):
+    from pyfp8gemm.host.fp8tensor import quantize
+    with quantize_kernel.torch_ops_only():
+        return quantize(w, "128x128")
+
+
+@pytest.mark.parametrize("rows, cols", WEIGHT_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_weight_kernel_matches_torch_ops(rows, cols, dtype):
+    """quantize(w, "128x128") and W with W^T in one kernel: the torch path's bits, scales in
+    both layouts, every byte written (outputs start as NaN bytes)."""
+    from pyfp8gemm.host.fp8tensor import quantize
+
+    gen = torch.Generator(device="cuda").manual_seed(rows * 31 + cols)
+    w = (torch.randn(rows, cols, device="cuda", generator=gen) * 0.02).to(dtype)
+    w[0, 0] = 0.5                              # one large entry: the first block's amax
+    want = _weight_reference(w)
+    assert quantize_kernel.applies_128x128(w)
+    _same(quantize(w, "128x128"), want, "W")
+    if rows % 16:
+        assert not quantize_kernel.applies_128x128(w, transposed=True)
+    q, (data_t, scale_t) = qt.quantize_weight_and_transposed(w)
+    _same(q, want, "W with W^T")
+    _same_tensor(data_t, want.data.t().contiguous(), "W^T data")
+    _same_tensor(scale_t, want.scale.t().contiguous(), "W^T scale")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_weight_kernel_writes_every_byte(dtype):
+    """The launch itself into NaN-poisoned buffers: no byte or scale of W or W^T is left."""
+    rows, cols = 272, 400
+    w = torch.randn(rows, cols, device="cuda").to(dtype)
+    data = torch.full((rows, cols), 0x7F, dtype=torch.uint8, device="cuda").view(
+        torch.float8_e4m3fn)
+    scale = torch.full((3, 4), float("nan"), device="cuda")
+    data_t = torch.full((cols, rows), 0x7F, dtype=torch.uint8, device="cuda").view(
+        torch.float8_e4m3fn)
+    scale_t = torch.full((4, 3), float("nan"), device="cuda")
+    quantize_kernel.launch_128x128(w, data, scale, transposed=(data_t, scale_t))
+    want = _weight_reference(w)
+    assert not scale.isnan().any() and not scale_t.isnan().any()
+    _same_tensor(data, want.data, "W")
+    _same_tensor(data_t, want.data.t().contiguous(), "W^T")
+    assert torch.equal(scale, want.scale) and torch.equal(scale_t, want.scale.t())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_weight_kernel_special_values(dtype):
+    """A zero block (amax clamped to 1e-4), E4M3 subnormals, values near the dtype's max, NaN
+    in one block and inf in another (NaN scales there only), a partial last block."""
+    w = torch.randn(300, 400, device="cuda").to(dtype)
+    w[:128, :128] = 0
+    w[:, 128:256] *= 1e-6
+    w[128:256, 256:384] = torch.finfo(dtype).max / 2 * torch.sign(w[128:256, 256:384])
+    w[5, 300] = float("nan")
+    w[290, 390] = float("-inf")
+    q, (data_t, scale_t) = qt.quantize_weight_and_transposed(w)
+    want = _weight_reference(w)
+    _same(q, want, "W")
+    _same_tensor(data_t, want.data.t().contiguous(), "W^T")
+    _same_tensor(scale_t, want.scale.t().contiguous(), "W^T scale")
+    assert q.scale[0, 2].isnan() and q.scale[2, 3].isnan() and not q.scale[1, 2].isnan()
+    assert int(q.scale.isnan().sum()) == 2
+
+
+def test_weight_kernel_under_cuda_graph():
+    w = torch.randn(512, 1024, device="cuda").to(torch.bfloat16)
+    qt.quantize_weight_and_transposed(w)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        q, (data_t, scale_t) = qt.quantize_weight_and_transposed(w)
+    for seed in (3, 4):
+        w.copy_(torch.randn(512, 1024, device="cuda", generator=torch.Generator(
+            device="cuda").manual_seed(seed)))
+        graph.replay()
+        torch.cuda.synchronize()
+        want = _weight_reference(w)
+        _same(q, want, f"graph W, replay {seed}")
+        _same_tensor(data_t, want.data.t().contiguous(), f"graph W^T, replay {seed}")
+
+
+def test_linear_weight_cache_holds_the_fused_transpose():
+    """nn.Linear's forward with an input that needs a gradient quantizes W and W^T in one
+    kernel; the backward's dgrad uses that W^T (no copy), and an optimizer step makes a new
+    entry."""
+    from pyfp8gemm.nn import functional as fn
+
+    fn.clear_weight_cache()
+    weight = torch.nn.Parameter(torch.randn(384, 256, device="cuda") * 0.05)
+    x = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    y = fn.linear(x, weight)
+    entry = fn.quantized_weight(weight)
+    assert entry.wt is not None                       # made with W in the forward
+    want = _weight_reference(weight.detach())
+    _same_tensor(entry.wt[0], want.data.t().contiguous(), "cached W^T")
+    y.float().square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with torch.no_grad():
+        weight.mul_(0.5)
+    assert fn.quantized_weight(weight) is not entry
+    fn.clear_weight_cache()

@@ -1,5 +1,5 @@
-"""The fused quantization kernel as ptxas builds it, and the host's choice of path (CPU, no GPU):
-the GPU tests (test_quantize_fused_gpu.py) check its bits against the torch ops."""
+"""The fused quantization kernels as ptxas builds them, and the host's choice of path (CPU, no
+GPU): the GPU tests (test_quantize_fused_gpu.py) check their bits against the torch ops."""
 
 import pytest
 import torch
@@ -7,7 +7,13 @@ import torch
 from pyfp8gemm.cache import compiler, toolchain
 from pyfp8gemm.device import quantize as device_quantize
 from pyfp8gemm.host import quantize_kernel, quantize_training as qt
-from pyfp8gemm.host.kernels import QUANTIZE_VARIANTS, all_kernel_specs, quantize_kernel_spec
+from pyfp8gemm.host.kernels import (
+    QUANTIZE_128X128_VARIANTS,
+    QUANTIZE_VARIANTS,
+    all_kernel_specs,
+    quantize_128x128_kernel_spec,
+    quantize_kernel_spec,
+)
 
 
 @pytest.mark.parametrize("rowwise, transposed", QUANTIZE_VARIANTS)
@@ -70,3 +76,64 @@ def test_torch_ops_only_switches_and_restores(monkeypatch):
         with quantize_kernel.torch_ops_only():
             raise RuntimeError("inside")
     assert quantize_kernel.enabled()
+
+
+@pytest.mark.parametrize("dtype, transposed", QUANTIZE_128X128_VARIANTS)
+def test_quantize_128x128_kernel_builds_without_local_memory(dtype, transposed):
+    """The weight kernel: 16-byte loads of w issued four at a time before their values are
+    parked, W's rows stored 8 (bf16) or 4 (float32) bytes a lane, W^T 16 bytes a lane, nothing
+    in local memory, and shared memory for at least two CTAs per SM."""
+    spec = quantize_128x128_kernel_spec(dtype, transposed)
+    kernel = compiler.compile_kernel(spec)
+    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+    assert kernel.meta["registers"] <= 96
+    sass = toolchain.sass(kernel.cubin)
+    assert "LDL" not in sass and "STL" not in sass
+    opcodes = [opcode for _, _, opcode in toolchain._sass_instructions(sass)]
+    loads = [i for i, op in enumerate(opcodes) if op.startswith("LDG.E.128.CONSTANT")]
+    first_park = next(i for i, op in enumerate(opcodes) if op.startswith("STS.128"))
+    assert len([i for i in loads if i < first_park]) == device_quantize.LOADS_IN_FLIGHT
+    # W's rows: 8 E4M3 bytes of 8 bf16 per store, or 4 of 4 float32 (plain STG.E, as the scale)
+    assert ("STG.E.64" in opcodes) == (dtype == "bf16")
+    assert ("STG.E.128" in sass) == transposed
+    assert "F2FP.SATFINITE.E4M3.F32.PACK_AB" in sass
+    assert 2 * (device_quantize.block_smem_bytes(dtype, transposed) + 1024) <= 227 * 1024
+
+
+def test_quantize_128x128_kernels_are_listed_for_warmup_and_inspect():
+    from pyfp8gemm.inspect import _launch_shape
+
+    names = {spec.name for spec in all_kernel_specs()}
+    variants = {quantize_128x128_kernel_spec(*v).name for v in QUANTIZE_128X128_VARIANTS}
+    assert len(variants) == 4 and variants <= names
+    assert _launch_shape(quantize_128x128_kernel_spec("f32", True)) == (
+        device_quantize.block_smem_bytes("f32", True), 1)
+
+
+def test_block_grid_covers_every_block():
+    assert device_quantize.block_grid_size(1, 16) == 1
+    assert device_quantize.block_grid_size(129, 128) == 2
+    assert device_quantize.block_grid_size(18432, 7168) == 144 * 56
+
+
+def test_weight_kernel_never_takes_cpu_tensors():
+    w = torch.randn(256, 384)
+    assert not quantize_kernel.applies_128x128(w)
+    assert not quantize_kernel.applies_128x128(w, transposed=True)
+
+
+def test_weight_and_transposed_on_cpu_match_quantize():
+    """Off the kernel, W^T is W's quantization transposed: same bytes, same scales."""
+    from pyfp8gemm.host.fp8tensor import quantize
+
+    w = torch.randn(300, 200) * 4
+    q, (data_t, scale_t) = qt.quantize_weight_and_transposed(w)
+    want = quantize(w, "128x128")
+    assert torch.equal(q.data.view(torch.uint8), want.data.view(torch.uint8))
+    assert torch.equal(q.scale, want.scale)
+    assert data_t.shape == (200, 300) and data_t.is_contiguous()
+    assert torch.equal(data_t.view(torch.uint8), want.data.view(torch.uint8).t())
+    assert scale_t.shape == (2, 3) and scale_t.is_contiguous()
+    assert torch.equal(scale_t, want.scale.t())
+    with pytest.raises(ValueError, match="w"):
+        qt.quantize_weight_and_transposed(torch.randn(4, 4, 4))

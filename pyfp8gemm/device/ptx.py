@@ -385,15 +385,16 @@ def wgmma_fp8(n):
 # Elementwise kernels (quantize.py): vector loads and stores, FP8 conversion
 # --------------------------------------------------------------------------------------------
 
-def _vector_load(name, template, width):
-    """An intrinsic `name(address u64) -> UniTuple(u32, width)` from a multi-output PTX load."""
+def _vector_load(name, template, width, address=types.uint64):
+    """An intrinsic `name(address) -> UniTuple(u32, width)` from a multi-output PTX load
+    (address: u64 global, u32 shared)."""
     out_type = types.UniTuple(types.uint32, width)
 
     def codegen(context, builder, sig, args):
-        outs = emit_asm(builder, template, (types.uint32,) * width, (types.uint64,), args)
+        outs = emit_asm(builder, template, (types.uint32,) * width, (address,), args)
         return context.make_tuple(builder, out_type, outs)
 
-    fn = intrinsic(_typer(1, out_type(types.uint64), codegen, name))
+    fn = intrinsic(_typer(1, out_type(address), codegen, name))
     fn.__doc__ = f"PTX: {template}"
     return fn
 
@@ -415,6 +416,16 @@ st_global_f32 = ptx_instruction(
 st_shared_v4_u32 = ptx_instruction(
     "st_shared_v4_u32", "st.shared.v4.u32 [$0], {$1, $2, $3, $4};", (u32, u32, u32, u32, u32),
     doc="st.shared.v4.u32: 16 bytes (16-byte aligned).")
+
+ld_shared_v4_u32 = _vector_load(
+    "ld_shared_v4_u32", "ld.shared.v4.u32 {$0, $1, $2, $3}, [$4];", 4, address=u32)
+
+st_shared_v2_u32 = ptx_instruction(
+    "st_shared_v2_u32", "st.shared.v2.u32 [$0], {$1, $2};", (u32, u32, u32),
+    doc="st.shared.v2.u32: 8 bytes (8-byte aligned).")
+
+ld_shared_u8 = ptx_instruction(
+    "ld_shared_u8", "ld.shared.u8 $0, [$1];", (u32,), u32, doc="ld.shared.u8, zero-extended")
 
 ld_shared_u16 = ptx_instruction(
     "ld_shared_u16", "ld.shared.u16 $0, [$1];", (u32,), u16, doc="ld.shared.u16")

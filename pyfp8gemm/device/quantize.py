@@ -1,11 +1,14 @@
-"""Fused 1x128 quantization of a bf16 activation in both of training's layouts, one read of x.
+"""Fused FP8 quantization kernels: one read of the input, every layout training needs.
 
-A Linear's backward needs each of X (T, C) and dY (T, C) twice in FP8: row-wise, one scale per
-token per 128 channels (the forward and dgrad GEMMs' A operand), and transposed, one scale per
-channel per 128 tokens (the wgrad GEMM's operands, K = tokens). Torch ops make the two from
-separate float32 passes; this kernel reads each 128 x 128 tile of x once and writes both.
+Both kernels take one CTA per 128 x 128 tile, 256 threads, and compute the numerics of
+`quantize` (host/fp8tensor.py) bit for bit: scale = max(amax, 1e-4) / 448 (a correctly rounded
+float32 division), NaN for a block holding NaN or +-inf; data = E4M3(x / scale), nearest-even,
+saturated (cvt.rn.satfinite, the clamp of `_to_e4m3`).
 
-One CTA per (128 tokens, 128 channels) tile, 256 threads:
+1x128 (activations): a Linear's backward needs each of X (T, C) and dY (T, C) twice in FP8:
+row-wise, one scale per token per 128 channels (the forward and dgrad GEMMs' A operand), and
+transposed, one scale per channel per 128 tokens (the wgrad GEMM's operands, K = tokens). Torch
+ops make the two from separate float32 passes; this kernel reads each tile of bf16 x once:
 
   rows        8 passes of 16 rows: each thread loads 8 channels of one row (16 bytes), 16 lanes
               reduce the row's amax by shuffles, and each writes its 8 E4M3 bytes (and lane 0 the
@@ -14,23 +17,34 @@ One CTA per (128 tokens, 128 channels) tile, 256 threads:
               its 64 tokens, combined with the other half's through shared memory, then 4 x 16
               E4M3 bytes of the channel's row of x^T (C, T_pad).
 
-Numerics are those of `quantize` (host/fp8tensor.py), bit for bit: scale = max(amax, 1e-4) / 448
-(a correctly rounded float32 division), NaN for a block holding NaN or +-inf; data =
-E4M3(x / scale), nearest-even, saturated (cvt.rn.satfinite, the clamp of `_to_e4m3`). The
-transposed layout's pad tokens (T <= t < T_pad) are zeros.
+  Layouts (quantize_training.py): rows data (T, C) row-major, scales (T, ceil(C/128)) at
+  [cb * align(T, 4) + t]; transposed data (C, T_pad) row-major, scales (C, ceil(T/128)) at
+  [tb * align(C, 4) + c]; the transposed layout's pad tokens (T <= t < T_pad) are zeros. The
+  host asks C % 16 == 0 and 16-byte aligned rows (vector loads and stores); x is contiguous.
 
-Layouts (quantize_training.py): rows data (T, C) row-major, scales (T, ceil(C/128)) at
-[cb * align(T, 4) + t]; transposed data (C, T_pad) row-major, scales (C, ceil(T/128)) at
-[tb * align(C, 4) + c]. The host asks C % 16 == 0 and 16-byte aligned rows (vector loads and
-stores); x is contiguous.
+128x128 (weights, once per optimizer update): W (N, K) in bf16 or float32 to E4M3 W (N, K) with
+one scale per 128 x 128 block, and, for the dgrad GEMM, W^T (K, N): the same bytes transposed
+(a 128 x 128 block's scale serves both).
+
+  load        the tile into shared memory, 16 bytes per thread and row step, folding each
+              thread's amax; warps reduce by shuffles, then through shared memory: one scale.
+  rows        each thread quantizes the elements it loaded and stores them (8 or 4 bytes) to W's
+              row, and, for W^T, into a 128 x 128 byte tile in shared memory.
+  transposed  each thread owns one column of the tile and 64 of its rows: 4 x 16 bytes of W^T's
+              row, gathered byte by byte from the byte tile.
+
+  Layouts: data (N, K) row-major, scale (ceil(N/128), ceil(K/128)) row-major; data_t (K, N)
+  row-major, scale_t (ceil(K/128), ceil(N/128)) row-major. The host asks K % 16 == 0 (and
+  N % 16 == 0 for W^T) and 16-byte aligned, contiguous input.
 """
 
 from numba import cuda
 from numba.cuda import types
 
 from .ptx import (
-    bits_as_f32, cvt_e4m3x2, f32_as_bits, ld_global_nc_v4_u32, ld_shared_u16, ld_shared_u32, smem_base,
-    st_global_f32, st_global_v2_u32, st_global_v4_u32, st_shared_u32, st_shared_v4_u32,
+    bits_as_f32, cvt_e4m3x2, f32_as_bits, ld_global_nc_v4_u32, ld_shared_u8, ld_shared_u16,
+    ld_shared_u32, ld_shared_v4_u32, smem_base, st_global_f32, st_global_u32, st_global_v2_u32,
+    st_global_v4_u32, st_shared_u32, st_shared_v2_u32, st_shared_v4_u32,
 )
 
 TILE = 128                     # tokens x channels per CTA: one 1x128 block along each axis
@@ -50,6 +64,50 @@ PARAMS = (("x", types.int64), ("tokens", types.int32), ("channels", types.int32)
           ("col_data", types.int64), ("col_scale", types.int64), ("t_pad", types.int32))
 
 
+# ---- parts both kernels use ---------------------------------------------------------
+
+@cuda.jit(device=True, inline="always")
+def word_stats(word, amax, bad):
+    """Fold the two bf16 of a 32-bit word into (amax, non-finite flag)."""
+    lo = bits_as_f32(word << 16)
+    hi = bits_as_f32(word & 0xFFFF0000)
+    amax = max(amax, max(abs(lo), abs(hi)))
+    # exponent all ones: +-inf or NaN
+    bad |= types.int32((word & 0x7F80) == 0x7F80) | types.int32((word & 0x7F800000) == 0x7F800000)
+    return amax, bad
+
+
+@cuda.jit(device=True, inline="always")
+def float_stats(word, amax, bad):
+    """Fold a float32 (its bits) into (amax, non-finite flag)."""
+    amax = max(amax, abs(bits_as_f32(word)))
+    bad |= types.int32((word & 0x7F800000) == 0x7F800000)
+    return amax, bad
+
+
+@cuda.jit(device=True, inline="always")
+def block_scale(amax, bad):
+    scale = max(amax, types.float32(AMAX_MIN)) / types.float32(E4M3_MAX)
+    return types.float32(NAN) if bad else scale
+
+
+@cuda.jit(device=True, inline="always")
+def quantize_word_pair(w0, w1, scale):
+    """Four bf16 (two words) -> four E4M3 bytes, element order kept (lowest first)."""
+    q0 = cvt_e4m3x2(bits_as_f32(w0 & 0xFFFF0000) / scale, bits_as_f32(w0 << 16) / scale)
+    q1 = cvt_e4m3x2(bits_as_f32(w1 & 0xFFFF0000) / scale, bits_as_f32(w1 << 16) / scale)
+    return types.uint32(q0) | (types.uint32(q1) << 16)
+
+
+@cuda.jit(device=True, inline="always")
+def quantize_four(v0, v1, v2, v3, scale):
+    """Four float32 -> four E4M3 bytes in one word (v0 lowest)."""
+    return (types.uint32(cvt_e4m3x2(v1 / scale, v0 / scale))
+            | (types.uint32(cvt_e4m3x2(v3 / scale, v2 / scale)) << 16))
+
+
+# ---- 1x128 ---------------------------------------------------------------------------------
+
 def grid_size(tokens: int, channels: int) -> int:
     """CTAs for a (T, C) input: one per 128 x 128 tile (the kernel's order: channel tiles
     fastest)."""
@@ -59,36 +117,6 @@ def grid_size(tokens: int, channels: int) -> int:
 def make_quantize_1x128(rowwise: bool, transposed: bool):
     """The kernel, making the row-wise layout, the transposed one, or both."""
     assert rowwise or transposed
-
-    # ---- parts -----------------------------------------------------------------------------
-
-    @cuda.jit(device=True, inline="always")
-    def word_stats(word, amax, bad):
-        """Fold the two bf16 of a 32-bit word into (amax, non-finite flag)."""
-        lo = bits_as_f32(word << 16)
-        hi = bits_as_f32(word & 0xFFFF0000)
-        amax = max(amax, max(abs(lo), abs(hi)))
-        # exponent all ones: +-inf or NaN
-        bad |= types.int32((word & 0x7F80) == 0x7F80) | types.int32((word & 0x7F800000) == 0x7F800000)
-        return amax, bad
-
-    @cuda.jit(device=True, inline="always")
-    def block_scale(amax, bad):
-        scale = max(amax, types.float32(AMAX_MIN)) / types.float32(E4M3_MAX)
-        return types.float32(NAN) if bad else scale
-
-    @cuda.jit(device=True, inline="always")
-    def quantize_word_pair(w0, w1, scale):
-        """Four bf16 (two words) -> four E4M3 bytes, element order kept (lowest first)."""
-        q0 = cvt_e4m3x2(bits_as_f32(w0 & 0xFFFF0000) / scale, bits_as_f32(w0 << 16) / scale)
-        q1 = cvt_e4m3x2(bits_as_f32(w1 & 0xFFFF0000) / scale, bits_as_f32(w1 << 16) / scale)
-        return types.uint32(q0) | (types.uint32(q1) << 16)
-
-    @cuda.jit(device=True, inline="always")
-    def quantize_four(v0, v1, v2, v3, scale):
-        """Four float32 -> four E4M3 bytes in one word (v0 lowest)."""
-        return (types.uint32(cvt_e4m3x2(v1 / scale, v0 / scale))
-                | (types.uint32(cvt_e4m3x2(v3 / scale, v2 / scale)) << 16))
 
     # ---- row-wise: 16 rows per pass, 16 lanes per row ----------------------------------------
 
@@ -194,3 +222,168 @@ def make_quantize_1x128(rowwise: bool, transposed: bool):
     name = "quantize_1x128" + ("_rows" if rowwise else "") + ("_transposed" if transposed else "")
     quantize_1x128_kernel.__name__ = quantize_1x128_kernel.__qualname__ = name
     return quantize_1x128_kernel
+
+
+# ---- 128x128 ---------------------------------------------------------------------------------
+
+# Kernel parameters: w, N, K, W's data and scales, W^T's data and scales (0 without W^T).
+BLOCK_PARAMS = (("w", types.int64), ("rows", types.int32), ("cols", types.int32),
+                ("data", types.int64), ("scale", types.int64),
+                ("data_t", types.int64), ("scale_t", types.int64))
+BLOCK_DTYPES = {"bf16": 2, "f32": 4}         # the input dtypes the kernel reads: element bytes
+WARPS = THREADS // 32
+LOADS_IN_FLIGHT = 4                          # 16-byte loads per thread issued before the stores
+
+
+def block_smem_bytes(dtype: str, transposed: bool) -> int:
+    """The input tile, the E4M3 byte tile (for W^T), two words per warp for the reduction."""
+    return TILE * TILE * (BLOCK_DTYPES[dtype] + (1 if transposed else 0)) + WARPS * 8
+
+
+def block_grid_size(rows: int, cols: int) -> int:
+    """CTAs for an (N, K) weight: one per 128 x 128 block (K's blocks fastest)."""
+    return -(-rows // TILE) * -(-cols // TILE)
+
+
+def make_quantize_128x128(dtype: str, transposed: bool):
+    """The kernel for a bf16 or float32 ("bf16", "f32") weight, making W, or W and W^T."""
+    elem_bytes = BLOCK_DTYPES[dtype]
+    per_load = 16 // elem_bytes                  # elements per 16-byte load: 8 or 4
+    lanes_per_row = TILE // per_load             # 16 or 32
+    rows_per_step = THREADS // lanes_per_row     # 16 or 8
+    groups = TILE // rows_per_step // LOADS_IN_FLIGHT
+    tile_row_bytes = TILE * elem_bytes
+    byte_tile = TILE * tile_row_bytes            # shared-memory offsets: E4M3 tile, partials
+    partials = byte_tile + (TILE * TILE if transposed else 0)
+
+    # ---- parts -----------------------------------------------------------------------------
+
+    @cuda.jit(device=True, inline="always")
+    def vector_stats(w0, w1, w2, w3, amax, bad):
+        """Fold 16 bytes of input (8 bf16 or 4 float32) into (amax, non-finite flag)."""
+        if elem_bytes == 2:
+            amax, bad = word_stats(w0, amax, bad)
+            amax, bad = word_stats(w1, amax, bad)
+            amax, bad = word_stats(w2, amax, bad)
+            amax, bad = word_stats(w3, amax, bad)
+        else:
+            amax, bad = float_stats(w0, amax, bad)
+            amax, bad = float_stats(w1, amax, bad)
+            amax, bad = float_stats(w2, amax, bad)
+            amax, bad = float_stats(w3, amax, bad)
+        return amax, bad
+
+    @cuda.jit(device=True, inline="always")
+    def load(w, rows, cols, n, k):
+        """16 bytes of row n from column k; zeros past the matrix's edge (they never raise
+        an amax)."""
+        if n < rows and k < cols:
+            return ld_global_nc_v4_u32(w + (types.int64(n) * cols + k) * elem_bytes)
+        return types.uint32(0), types.uint32(0), types.uint32(0), types.uint32(0)
+
+    @cuda.jit(device=True, inline="always")
+    def park(base, r, lane, w0, w1, w2, w3, amax, bad):
+        """Park 16 loaded bytes at the tile's row r in shared memory and fold them in."""
+        st_shared_v4_u32(base + r * tile_row_bytes + lane * 16, w0, w1, w2, w3)
+        return vector_stats(w0, w1, w2, w3, amax, bad)
+
+    @cuda.jit(device=True, inline="always")
+    def block_reduce(base, amax, bad, tid):
+        """The amax and non-finite flag of the whole tile, in every thread."""
+        for offset in (16, 8, 4, 2, 1):
+            amax = max(amax, cuda.shfl_xor_sync(FULL_MASK, amax, offset))
+            bad |= cuda.shfl_xor_sync(FULL_MASK, bad, offset)
+        if tid % 32 == 0:
+            st_shared_u32(base + partials + (tid // 32) * 8, f32_as_bits(amax))
+            st_shared_u32(base + partials + (tid // 32) * 8 + 4, bad)
+        cuda.syncthreads()
+        for warp in range(WARPS):
+            amax = max(amax, bits_as_f32(ld_shared_u32(base + partials + warp * 8)))
+            bad |= types.int32(ld_shared_u32(base + partials + warp * 8 + 4))
+        return amax, bad
+
+    @cuda.jit(device=True, inline="always")
+    def quantize_vector(base, r, lane, scale):
+        """The E4M3 bytes of the 16 input bytes this thread parked at row r: (lo, hi) words
+        (hi unused for float32 input)."""
+        w0, w1, w2, w3 = ld_shared_v4_u32(base + r * tile_row_bytes + lane * 16)
+        if elem_bytes == 2:
+            return quantize_word_pair(w0, w1, scale), quantize_word_pair(w2, w3, scale)
+        return (quantize_four(bits_as_f32(w0), bits_as_f32(w1), bits_as_f32(w2),
+                              bits_as_f32(w3), scale), types.uint32(0))
+
+    @cuda.jit(device=True, inline="always")
+    def gather_column(base, c, r0):
+        """Rows r0 .. r0 + 3 of column c of the byte tile, as one word (row r0 lowest)."""
+        at = base + byte_tile + r0 * TILE + c
+        return (ld_shared_u8(at) | (ld_shared_u8(at + TILE) << 8)
+                | (ld_shared_u8(at + 2 * TILE) << 16) | (ld_shared_u8(at + 3 * TILE) << 24))
+
+    # ---- the kernel ----------------------------------------------------------------------
+
+    def quantize_128x128_kernel(w, rows, cols, data, scale, data_t, scale_t):
+        smem = cuda.shared.array(0, types.uint8, alignment=16)
+        base = smem_base(smem)
+        tid = types.int32(cuda.threadIdx.x)
+        col_blocks = (cols + TILE - 1) // TILE
+        row_blocks = (rows + TILE - 1) // TILE
+        block_n = types.int32(cuda.blockIdx.x) // col_blocks
+        block_k = types.int32(cuda.blockIdx.x) % col_blocks
+        n0, k0 = block_n * TILE, block_k * TILE
+        lane = tid % lanes_per_row
+        first_row = tid // lanes_per_row
+        k = k0 + lane * per_load
+
+        # load: LOADS_IN_FLIGHT loads issued, then parked in shared memory
+        amax, bad = types.float32(0), types.int32(0)
+        for group in range(groups):
+            r = (group * LOADS_IN_FLIGHT) * rows_per_step + first_row
+            a0, a1, a2, a3 = load(w, rows, cols, n0 + r, k)
+            b0, b1, b2, b3 = load(w, rows, cols, n0 + r + rows_per_step, k)
+            c0, c1, c2, c3 = load(w, rows, cols, n0 + r + 2 * rows_per_step, k)
+            d0, d1, d2, d3 = load(w, rows, cols, n0 + r + 3 * rows_per_step, k)
+            amax, bad = park(base, r, lane, a0, a1, a2, a3, amax, bad)
+            amax, bad = park(base, r + rows_per_step, lane, b0, b1, b2, b3, amax, bad)
+            amax, bad = park(base, r + 2 * rows_per_step, lane, c0, c1, c2, c3, amax, bad)
+            amax, bad = park(base, r + 3 * rows_per_step, lane, d0, d1, d2, d3, amax, bad)
+        amax, bad = block_reduce(base, amax, bad, tid)
+        block_scale_value = block_scale(amax, bad)
+        if tid == 0:
+            st_global_f32(scale + (types.int64(block_n) * col_blocks + block_k) * 4,
+                          block_scale_value)
+            if transposed:
+                st_global_f32(scale_t + (types.int64(block_k) * row_blocks + block_n) * 4,
+                              block_scale_value)
+
+        # rows: W's bytes, from the elements this thread parked
+        for step in range(groups * LOADS_IN_FLIGHT):
+            r = step * rows_per_step + first_row
+            lo, hi = quantize_vector(base, r, lane, block_scale_value)
+            if n0 + r < rows and k < cols:
+                if elem_bytes == 2:
+                    st_global_v2_u32(data + types.int64(n0 + r) * cols + k, lo, hi)
+                else:
+                    st_global_u32(data + types.int64(n0 + r) * cols + k, lo)
+            if transposed:
+                if elem_bytes == 2:
+                    st_shared_v2_u32(base + byte_tile + r * TILE + lane * per_load, lo, hi)
+                else:
+                    st_shared_u32(base + byte_tile + r * TILE + lane * per_load, lo)
+
+        # transposed: W^T's rows, one column of the tile per thread, 64 rows of it
+        if transposed:
+            cuda.syncthreads()
+            c = tid % TILE
+            first = (tid // TILE) * 64
+            if k0 + c < cols:
+                for r0 in range(first, first + 64, 16):      # 16 bytes per store
+                    if n0 + r0 < rows:
+                        st_global_v4_u32(data_t + types.int64(k0 + c) * rows + n0 + r0,
+                                         gather_column(base, c, r0),
+                                         gather_column(base, c, r0 + 4),
+                                         gather_column(base, c, r0 + 8),
+                                         gather_column(base, c, r0 + 12))
+
+    name = f"quantize_128x128_{dtype}" + ("_transposed" if transposed else "")
+    quantize_128x128_kernel.__name__ = quantize_128x128_kernel.__qualname__ = name
+    return quantize_128x128_kernel

@@ -174,6 +174,11 @@ def _quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _quantize_128x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = x.shape
     rb, kb = _ceil_div(rows, BLOCK), _ceil_div(cols, BLOCK)
+    if quantize_kernel.applies_128x128(x):   # bf16 / fp32 on a Hopper GPU: one kernel, same bits
+        data = torch.empty(rows, cols, dtype=torch.float8_e4m3fn, device=x.device)
+        scale = torch.empty(rb, kb, dtype=torch.float32, device=x.device)
+        quantize_kernel.launch_128x128(x, data, scale)
+        return data, scale
     padded = F.pad(x.float(), (0, kb * BLOCK - cols, 0, rb * BLOCK - rows))
     tiles = padded.reshape(rb, BLOCK, kb, BLOCK)             # tile (i, j) is tiles[i, :, j, :]
 

@@ -38,9 +38,27 @@ def quantize_kernel_spec(rowwise: bool, transposed: bool) -> KernelSpec:
                                   smem_bytes=quantize.SMEM_BYTES))
 
 
+#: The fused 128x128 quantization kernels (input dtype, with W^T).
+QUANTIZE_128X128_VARIANTS = tuple((dtype, transposed) for dtype in quantize.BLOCK_DTYPES
+                                  for transposed in (True, False))
+
+
+def quantize_128x128_kernel_spec(dtype: str, transposed: bool) -> KernelSpec:
+    """The fused 128x128 (weight) quantization kernel (device/quantize.py) for a bf16 or float32
+    input, making W, or W and W^T."""
+    make = functools.partial(quantize.make_quantize_128x128, dtype, transposed)
+    name = make().__name__
+    return KernelSpec(name=name, make_kernel=make,
+                      signature=tuple(t for _, t in quantize.BLOCK_PARAMS),
+                      threads=quantize.THREADS,
+                      config=dict(kind="quantize_128x128", dtype=dtype, transposed=transposed,
+                                  smem_bytes=quantize.block_smem_bytes(dtype, transposed)))
+
+
 def all_kernel_specs() -> list[KernelSpec]:
     """One spec per distinct kernel the library can launch: every GEMM the heuristics can pick
     and the quantization kernels."""
     from .heuristics import all_configs
     return ([kernel_spec(cfg) for cfg in all_configs()]
-            + [quantize_kernel_spec(*variant) for variant in QUANTIZE_VARIANTS])
+            + [quantize_kernel_spec(*variant) for variant in QUANTIZE_VARIANTS]
+            + [quantize_128x128_kernel_spec(*variant) for variant in QUANTIZE_128X128_VARIANTS])

@@ -47,6 +47,7 @@ from pyfp8gemm.host.fp8tensor import (
 __all__ = [
     "quantize_transposed",
     "quantize_rowwise_and_transposed",
+    "quantize_weight_and_transposed",
     "padded_tokens",
     "TOKEN_ALIGNMENT",
 ]
@@ -155,3 +156,27 @@ def quantize_rowwise_and_transposed(
     rows = quantize(xf, "1x128") if rowwise else None
     cols_t = _transposed_from_float(xf, pad_to) if transposed else None
     return rows, cols_t
+
+
+def quantize_weight_and_transposed(
+        w: torch.Tensor) -> tuple[FP8Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """A (N, K) weight's 128x128 quantization and its transpose: ``(quantize(w, "128x128"),
+    (data_t, scale_t))`` with data_t = data^T (K, N) and scale_t = scale^T
+    (ceil(K/128), ceil(N/128)), both contiguous: the dgrad GEMM's B operand. A 128 x 128 block's
+    scale serves both layouts, so W^T's bytes are W's, transposed.
+
+    On a Hopper GPU a contiguous bf16 / float32 weight with N, K multiples of 16 goes through one
+    kernel that reads w once and writes both; otherwise W's quantization is transposed by copies.
+    """
+    checks.check_tensor("w", w, dtypes=QUANTIZABLE_DTYPES, ndim=2)
+    if quantize_kernel.applies_128x128(w, transposed=True):
+        rows, cols = w.shape
+        rb, kb = _ceil_div(rows, BLOCK), _ceil_div(cols, BLOCK)
+        data = torch.empty(rows, cols, dtype=torch.float8_e4m3fn, device=w.device)
+        scale = torch.empty(rb, kb, dtype=torch.float32, device=w.device)
+        data_t = torch.empty(cols, rows, dtype=torch.float8_e4m3fn, device=w.device)
+        scale_t = torch.empty(kb, rb, dtype=torch.float32, device=w.device)
+        quantize_kernel.launch_128x128(w, data, scale, transposed=(data_t, scale_t))
+        return FP8Tensor._unchecked(data, scale, "128x128"), (data_t, scale_t)
+    q = quantize(w, "128x128")
+    return q, (q.data.t().contiguous(), q.scale.t().contiguous())

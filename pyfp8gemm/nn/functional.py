@@ -17,8 +17,9 @@ wgrad      dW (N, K) = dY^T (N, T) @ X     dY^T and X^T 1x128 along the tokens  
   parameter's ``_version`` (every in-place update, e.g. an optimizer step, bumps it), its data
   pointer, shape, dtype and device. W^T for the dgrad is the same 128x128 quantization
   transposed (128x128 blocks transpose exactly: no requantization); the kernel reads B K-major,
-  so it is one transposed copy of the FP8 data (K*N bytes), made on the first backward and kept
-  with the forward's cache entry.
+  so W^T is a (K, N) copy of the FP8 data, kept with the forward's cache entry. When the input
+  needs a gradient, the fused kernel (Hopper, bf16 / float32 weight) writes W and W^T in one
+  read of the weight; otherwise W^T is copied from W on the first backward.
 * x is quantized in the forward pass both ways at once (rows for the forward GEMM, tokens for
   the wgrad, `quantize_rowwise_and_transposed`), and only the FP8 X^T is kept for the backward
   pass (1 byte per element instead of bf16's 2). dY is quantized both ways at once in the
@@ -51,7 +52,10 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from pyfp8gemm.host import checks
 from pyfp8gemm.host.fp8tensor import FP8Tensor, quantize
-from pyfp8gemm.host.quantize_training import quantize_rowwise_and_transposed
+from pyfp8gemm.host.quantize_training import (
+    quantize_rowwise_and_transposed,
+    quantize_weight_and_transposed,
+)
 
 __all__ = ["linear", "FEATURE_ALIGNMENT", "clear_weight_cache", "quantized_weight"]
 
@@ -108,9 +112,11 @@ def _weight_key(weight: torch.Tensor) -> tuple:
     return (weight._version, weight.data_ptr(), tuple(weight.shape), weight.dtype, weight.device)
 
 
-def quantized_weight(weight: torch.Tensor) -> _QuantizedWeight:
+def quantized_weight(weight: torch.Tensor, transposed: bool = False) -> _QuantizedWeight:
     """The 128x128 FP8 quantization of `weight`, from the cache if the weight has not changed
-    since (same _version, data pointer, shape, dtype, device), else made and cached."""
+    since (same _version, data pointer, shape, dtype, device), else made and cached. With
+    `transposed` (a dgrad will follow), a new entry also holds W^T, made in the same pass
+    (`quantize_weight_and_transposed`); otherwise `transposed()` copies it on first use."""
     if torch.compiler.is_compiling():
         # Traced: the weight's quantization is part of the graph (the cache's weak dictionary
         # cannot be traced; a compiled step quantizes its weights on every call).
@@ -119,7 +125,10 @@ def quantized_weight(weight: torch.Tensor) -> _QuantizedWeight:
     entry = _weight_cache.get(weight)
     if entry is None or entry.key != key:
         with torch.no_grad():
-            entry = _QuantizedWeight(key, quantize(weight.detach(), "128x128"))
+            if transposed:
+                entry = _QuantizedWeight(key, *quantize_weight_and_transposed(weight.detach()))
+            else:
+                entry = _QuantizedWeight(key, quantize(weight.detach(), "128x128"))
         _weight_cache[weight] = entry
     return entry
 
@@ -158,7 +167,7 @@ class _FP8LinearFunction(torch.autograd.Function):
     def forward(ctx, x2, weight, out_dtype, needs_wgrad):
         device_type = x2.device.type
         with _no_autocast(device_type):
-            entry = quantized_weight(weight)
+            entry = quantized_weight(weight, transposed=ctx.needs_input_grad[0])
             x_rows, x_t = quantize_rowwise_and_transposed(x2, transposed=needs_wgrad)
             out = _forward_gemm(x_rows, entry, x2.shape[0], weight.shape[0], x2.device)
         ctx.entry = entry
