@@ -41,7 +41,7 @@ from pyfp8gemm.device.ptx import (
     tma_load_3d, tma_store_2d, tma_store_commit, tma_store_wait, tma_store_wait_read, udiv32,
     warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
     bits_as_f32, cvt_e4m3x2, f32_as_bits, ld_global_nc_v4_u32, ld_shared_u16, st_global_v2_u32,
-    st_global_v4_u32, st_shared_v4_u32,
+    st_global_v4_u32, st_shared_v4_u32, ld_shared_u8, ld_shared_v4_u32, st_shared_v2_u32,
 )
 from pyfp8gemm.device.tile import (
     fragment_add_global_v4, fragment_fence, fragment_promote, fragment_store_bf16,
@@ -193,6 +193,21 @@ def quantize_eight_bytes(out):
     lo = cvt_e4m3x2(bits_as_f32(w0 << 16), bits_as_f32(h))
     hi = cvt_e4m3x2(bits_as_f32(w2 & 0xFFFF0000), bits_as_f32(w3 << 16))
     st_global_v2_u32(out + 4096 + 8 * cuda.threadIdx.x, types.uint32(lo), types.uint32(hi))
+
+
+@tiny_kernel("ld_shared_v4_u32", "st_shared_v2_u32", "ld_shared_u8")
+def transpose_bytes(out):
+    """The weight quantizer's shared-memory steps: 16 bytes parked and read back, 8 bytes
+    stored, one byte gathered from another thread's word."""
+    smem = cuda.shared.array(0, types.uint8, alignment=16)
+    base = smem_base(smem)
+    tid = cuda.threadIdx.x
+    w0, w1, w2, w3 = ld_global_nc_v4_u32(out + 16 * tid)
+    st_shared_v4_u32(base + 16 * tid, w0, w1, w2, w3)
+    r0, r1, r2, r3 = ld_shared_v4_u32(base + 16 * (tid ^ 1))
+    st_shared_v2_u32(base + 4096 + 8 * tid, r0 ^ r1, r2 ^ r3)
+    cuda.syncthreads()
+    st_global_u32(out + 8192 + 4 * tid, ld_shared_u8(base + 4096 + 8 * (tid ^ 3) + 1))
 
 
 @tiny_kernel("st_global_v4_u32", "f32_as_bits", "st_global_f32")
@@ -486,6 +501,9 @@ SASS_OF = [
     ("quantize_eight_bytes", r"LDS\.U16\b"),                               # ld.shared.u16
     ("quantize_eight_bytes", r"F2FP\.SATFINITE\.E4M3\.F32\.PACK_AB"),      # cvt...e4m3x2.f32
     ("quantize_eight_bytes", r"STG\.E\.64\b"),                            # st.global.v2.u32
+    ("transpose_bytes", r"LDS\.128\b"),                                   # ld.shared.v4.u32
+    ("transpose_bytes", r"STS\.64\b"),                                    # st.shared.v2.u32
+    ("transpose_bytes", r"LDS\.U8\b"),                                    # ld.shared.u8
     ("store_sixteen_bytes", r"STG\.E\.128\b"),                            # st.global.v4.u32
     ("store_sixteen_bytes", r"STG\.E\b"),                                  # st.global.f32
     ("shared_load", r"LDS\b"),

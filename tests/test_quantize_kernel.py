@@ -19,15 +19,20 @@ from pyfp8gemm.host.kernels import (
 @pytest.mark.parametrize("rowwise, transposed", QUANTIZE_VARIANTS)
 def test_quantize_kernel_builds_without_local_memory(rowwise, transposed):
     """Vector loads and stores as written (16-byte loads of x; 8-byte row stores, 16-byte
-    transposed stores), E4M3 pairs converted in one instruction, nothing in local memory, and
-    few enough registers for several CTAs per SM."""
+    transposed stores), loads issued LOADS_IN_FLIGHT at a time before their values are used,
+    E4M3 pairs converted in one instruction, nothing in local memory, and few enough registers
+    for three CTAs per SM."""
     spec = quantize_kernel_spec(rowwise, transposed)
     kernel = compiler.compile_kernel(spec)
     assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
-    assert kernel.meta["registers"] <= 64
+    assert kernel.meta["registers"] <= 80
     sass = toolchain.sass(kernel.cubin)
     assert "LDL" not in sass and "STL" not in sass
     assert "LDG.E.128.CONSTANT" in sass             # ld.global.nc.v4: x read once, 16 B a lane
+    opcodes = [opcode for _, _, opcode in toolchain._sass_instructions(sass)]
+    first_use = next(i for i, op in enumerate(opcodes) if op.startswith(("STS", "SHFL")))
+    loads = [op for op in opcodes[:first_use] if op.startswith("LDG.E.128.CONSTANT")]
+    assert len(loads) >= device_quantize.LOADS_IN_FLIGHT   # issued before any is used
     assert ("STG.E.64" in sass) == rowwise          # 8 E4M3 bytes per lane and row
     assert ("STG.E.128" in sass) == transposed      # 16 tokens of x^T per store
     assert "F2FP.SATFINITE.E4M3.F32.PACK_AB" in sass  # cvt.rn.satfinite.e4m3x2: two at a time

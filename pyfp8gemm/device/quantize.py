@@ -10,9 +10,10 @@ row-wise, one scale per token per 128 channels (the forward and dgrad GEMMs' A o
 transposed, one scale per channel per 128 tokens (the wgrad GEMM's operands, K = tokens). Torch
 ops make the two from separate float32 passes; this kernel reads each tile of bf16 x once:
 
-  rows        8 passes of 16 rows: each thread loads 8 channels of one row (16 bytes), 16 lanes
-              reduce the row's amax by shuffles, and each writes its 8 E4M3 bytes (and lane 0 the
-              row's scale). The bf16 bits go to shared memory on the way.
+  rows        8 steps of 16 rows, loaded 4 steps at a time: each thread loads 8 channels of one
+              row (16 bytes), 16 lanes reduce the row's amax by shuffles, and each writes its 8
+              E4M3 bytes (and lane 0 the row's scale). The bf16 bits go to shared memory on the
+              way.
   transposed  each thread owns one channel and half of the tile's 128 tokens: the amax over
               its 64 tokens, combined with the other half's through shared memory, then 4 x 16
               E4M3 bytes of the channel's row of x^T (C, T_pad).
@@ -56,6 +57,7 @@ AMAX_MIN = 1e-4
 E4M3_MAX = 448.0
 FULL_MASK = 0xFFFFFFFF
 NAN = float("nan")
+LOADS_IN_FLIGHT = 4            # 16-byte loads per thread issued before their values are used
 
 # Kernel parameters: x, T, C, rows data and scales, transposed data and scales (0 when that
 # layout is not made), T_pad.
@@ -65,6 +67,15 @@ PARAMS = (("x", types.int64), ("tokens", types.int32), ("channels", types.int32)
 
 
 # ---- parts both kernels use ---------------------------------------------------------
+
+@cuda.jit(device=True, inline="always")
+def load16(x, row, col, rows, cols, elem_bytes):
+    """16 bytes of row-major x (rows, cols) at (row, col); zeros past its edge (they never
+    raise an amax)."""
+    if row < rows and col < cols:
+        return ld_global_nc_v4_u32(x + (types.int64(row) * cols + col) * elem_bytes)
+    return types.uint32(0), types.uint32(0), types.uint32(0), types.uint32(0)
+
 
 @cuda.jit(device=True, inline="always")
 def word_stats(word, amax, bad):
@@ -118,15 +129,15 @@ def make_quantize_1x128(rowwise: bool, transposed: bool):
     """The kernel, making the row-wise layout, the transposed one, or both."""
     assert rowwise or transposed
 
-    # ---- row-wise: 16 rows per pass, 16 lanes per row ----------------------------------------
+    # ---- row-wise: 16 rows per step, 16 lanes per row ----------------------------------------
 
     @cuda.jit(device=True, inline="always")
-    def rows_pass(base, x, tokens, channels, row_data, row_scale, t0, c0, tile_c, r, lane16):
+    def rows_pass(base, w0, w1, w2, w3, tokens, channels, row_data, row_scale, t0, c0, tile_c,
+                  r, lane16):
+        """Row r's 8 channels of this lane, loaded: parked for the transposed layout and
+        quantized row-wise."""
         t = t0 + r
         c = c0 + lane16 * 8
-        w0 = w1 = w2 = w3 = types.uint32(0)
-        if t < tokens and c < channels:
-            w0, w1, w2, w3 = ld_global_nc_v4_u32(x + (types.int64(t) * channels + c) * 2)
         if transposed:
             st_shared_v4_u32(base + r * ROW_BYTES + lane16 * 16, w0, w1, w2, w3)
         if rowwise:
@@ -211,9 +222,22 @@ def make_quantize_1x128(rowwise: bool, transposed: bool):
         tile_t = types.int32(cuda.blockIdx.x) // channel_tiles
         tile_c = types.int32(cuda.blockIdx.x) % channel_tiles
         t0, c0 = tile_t * TILE, tile_c * TILE
-        for p in range(TILE // 16):
-            rows_pass(base, x, tokens, channels, row_data, row_scale, t0, c0, tile_c,
-                      p * 16 + tid // 16, tid % 16)
+        lane16 = tid % 16
+        c = c0 + lane16 * 8
+        for group in range(TILE // 16 // LOADS_IN_FLIGHT):   # 16 rows a step, 4 steps a group
+            r = group * LOADS_IN_FLIGHT * 16 + tid // 16
+            a0, a1, a2, a3 = load16(x, t0 + r, c, tokens, channels, 2)
+            b0, b1, b2, b3 = load16(x, t0 + r + 16, c, tokens, channels, 2)
+            d0, d1, d2, d3 = load16(x, t0 + r + 32, c, tokens, channels, 2)
+            e0, e1, e2, e3 = load16(x, t0 + r + 48, c, tokens, channels, 2)
+            rows_pass(base, a0, a1, a2, a3, tokens, channels, row_data, row_scale, t0, c0,
+                      tile_c, r, lane16)
+            rows_pass(base, b0, b1, b2, b3, tokens, channels, row_data, row_scale, t0, c0,
+                      tile_c, r + 16, lane16)
+            rows_pass(base, d0, d1, d2, d3, tokens, channels, row_data, row_scale, t0, c0,
+                      tile_c, r + 32, lane16)
+            rows_pass(base, e0, e1, e2, e3, tokens, channels, row_data, row_scale, t0, c0,
+                      tile_c, r + 48, lane16)
         if transposed:
             cuda.syncthreads()
             transposed_tile(base, tokens, channels, col_data, col_scale, t_pad, t0, c0, tile_t,
@@ -232,7 +256,6 @@ BLOCK_PARAMS = (("w", types.int64), ("rows", types.int32), ("cols", types.int32)
                 ("data_t", types.int64), ("scale_t", types.int64))
 BLOCK_DTYPES = {"bf16": 2, "f32": 4}         # the input dtypes the kernel reads: element bytes
 WARPS = THREADS // 32
-LOADS_IN_FLIGHT = 4                          # 16-byte loads per thread issued before the stores
 
 
 def block_smem_bytes(dtype: str, transposed: bool) -> int:
@@ -272,14 +295,6 @@ def make_quantize_128x128(dtype: str, transposed: bool):
             amax, bad = float_stats(w2, amax, bad)
             amax, bad = float_stats(w3, amax, bad)
         return amax, bad
-
-    @cuda.jit(device=True, inline="always")
-    def load(w, rows, cols, n, k):
-        """16 bytes of row n from column k; zeros past the matrix's edge (they never raise
-        an amax)."""
-        if n < rows and k < cols:
-            return ld_global_nc_v4_u32(w + (types.int64(n) * cols + k) * elem_bytes)
-        return types.uint32(0), types.uint32(0), types.uint32(0), types.uint32(0)
 
     @cuda.jit(device=True, inline="always")
     def park(base, r, lane, w0, w1, w2, w3, amax, bad):
@@ -338,10 +353,10 @@ def make_quantize_128x128(dtype: str, transposed: bool):
         amax, bad = types.float32(0), types.int32(0)
         for group in range(groups):
             r = (group * LOADS_IN_FLIGHT) * rows_per_step + first_row
-            a0, a1, a2, a3 = load(w, rows, cols, n0 + r, k)
-            b0, b1, b2, b3 = load(w, rows, cols, n0 + r + rows_per_step, k)
-            c0, c1, c2, c3 = load(w, rows, cols, n0 + r + 2 * rows_per_step, k)
-            d0, d1, d2, d3 = load(w, rows, cols, n0 + r + 3 * rows_per_step, k)
+            a0, a1, a2, a3 = load16(w, n0 + r, k, rows, cols, elem_bytes)
+            b0, b1, b2, b3 = load16(w, n0 + r + rows_per_step, k, rows, cols, elem_bytes)
+            c0, c1, c2, c3 = load16(w, n0 + r + 2 * rows_per_step, k, rows, cols, elem_bytes)
+            d0, d1, d2, d3 = load16(w, n0 + r + 3 * rows_per_step, k, rows, cols, elem_bytes)
             amax, bad = park(base, r, lane, a0, a1, a2, a3, amax, bad)
             amax, bad = park(base, r + rows_per_step, lane, b0, b1, b2, b3, amax, bad)
             amax, bad = park(base, r + 2 * rows_per_step, lane, c0, c1, c2, c3, amax, bad)
