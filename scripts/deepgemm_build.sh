@@ -10,9 +10,13 @@ cd "$(dirname "$0")/.."
 [ -f .devcarry/deepgemm-C.tar.xz ] && tar -xJf .devcarry/deepgemm-C.tar.xz
 cd .dg
 ls deep_gemm/_C*.so >/dev/null 2>&1 && { echo "deep_gemm/_C already built"; exit 0; }
-# The system g++: a _C built by another GCC (the image's /opt/gcc) carried its own libstdc++
-# locale code, and std::regex in DeepGEMM's JIT segfaulted on the first call (session 10).
-[ -x /usr/bin/g++ ] && export CXX=${CXX:-/usr/bin/g++}
+# The system g++, not the image's $CXX (/opt/gcc/bin/g++, a wrapper of the same GCC 13.3): a _C
+# built through the wrapper carried its own libstdc++ locale code, and std::regex in DeepGEMM's
+# JIT segfaulted on the first call (sessions 10, 11). Linked by the same compiler.
+for cxx in /usr/bin/g++ /usr/bin/g++-13 $(dirname ${CXX:-/x})/g++-real; do
+  [ -x $cxx ] && { export CXX=$cxx LDSHARED="$cxx -shared"; break; }
+done
+[ -f /opt/gcc/bin/g++ ] && { file /opt/gcc/bin/g++; head -c 400 /opt/gcc/bin/g++ | strings | head -8; }
 echo "CXX=${CXX:-g++}: $(${CXX:-g++} --version | head -1); torch's: $(python3 -c 'import torch; print(torch.__config__.show())' | grep -m1 -i 'gcc\|compiler')"
 python3 - <<'PY'
 import os, torch, setuptools
@@ -32,3 +36,6 @@ setuptools.setup(
     cmdclass={"build_ext": BuildExtension})
 PY
 ls -la deep_gemm/_C*.so
+readelf -d deep_gemm/_C*.so | grep NEEDED
+readelf -d deep_gemm/_C*.so | grep -q "NEEDED.*libstdc++" || \
+  { echo "deep_gemm/_C links libstdc++ statically: two copies in one process crash"; exit 1; }

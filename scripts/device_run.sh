@@ -15,7 +15,9 @@
 #   dgwarm      compile DeepGEMM's benchmark kernels in parallel ($DG_KINDS, $DGWARM_S)
 #   save        pyfp8gemm's and DeepGEMM's kernel caches and DeepGEMM's build as
 #               $OUT/devcarry.tar: unpack it into .devcarry/ to skip that work next time
-# Carry .whl and .devcarry. Each step prints its tail; the logs come back in $OUT/logs.tar.xz.
+# dg:STEP runs STEP only if DeepGEMM runs (dgdiag), nodg:STEP only if not. Steps that would start
+# past BUDGET_S seconds (560) skip. Carry .whl and .devcarry. Each step prints its tail; the logs
+# come back in $OUT/logs.tar.xz.
 set -u
 source scripts/device_env.sh
 # The device returns at most 8 files: every log goes to /tmp/device_logs, packed into
@@ -36,6 +38,10 @@ for step in "$@"; do
   start=$(date +%s)
   [ -f $OUT/dg_ok ] && DG_OK=1          # set by dgdiag, maybe in another invocation
   [ -f $OUT/dg_preload ] && export LD_PRELOAD=$(cat $OUT/dg_preload)
+  case $step in          # dg:STEP runs only where DeepGEMM runs, nodg:STEP only where it does not
+    dg:*)   step=${step#dg:};   [ -z "${DG_OK:-}" ] && { echo "[$step: skipped, no DeepGEMM]"; continue; } ;;
+    nodg:*) step=${step#nodg:}; [ -n "${DG_OK:-}" ] && { echo "[$step: skipped, DeepGEMM runs]"; continue; } ;;
+  esac
   if [ $step != save ] && [ $(( deadline - start )) -lt 40 ]; then
     echo "[$step: skipped, $(( deadline - start )) s left of BUDGET_S]"; continue
   fi

@@ -259,7 +259,7 @@ def test_linear_weight_cache_holds_the_fused_transpose():
 
     fn.clear_weight_cache()
     weight = torch.nn.Parameter(torch.randn(384, 256, device="cuda") * 0.05)
-    x = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    x = torch.randn(64, 256, device="cuda", requires_grad=True)     # float32, as the weight
     y = fn.linear(x, weight)
     entry = fn.quantized_weight(weight)
     assert entry.wt is not None                       # made with W in the forward
