@@ -6,7 +6,7 @@
 # on first use (DG_JIT_CACHE_DIR, scripts/deepgemm_warm.py compiles the benchmarks' in parallel).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -d .dg ] || tar -xJf .devcarry/deepgemm-src.tar.xz
+[ -f .dg/deep_gemm/__init__.py ] || tar -xJf .devcarry/deepgemm-src.tar.xz
 [ -f .devcarry/deepgemm-C.tar.xz ] && tar -xJf .devcarry/deepgemm-C.tar.xz
 cd .dg
 ls deep_gemm/_C*.so >/dev/null 2>&1 && { echo "deep_gemm/_C already built"; exit 0; }

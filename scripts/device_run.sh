@@ -25,6 +25,7 @@ source scripts/device_env.sh
 # $OUT/devcarry.tar (unpack it into .devcarry/ for the next session's calls).
 RESULTS=$OUT OUT=/tmp/device_logs
 mkdir -p $OUT
+rm -f $OUT/dg_ok $OUT/dg_preload     # (a warm machine keeps /tmp: DeepGEMM is checked again)
 trap 'tar -C /tmp -cJf $RESULTS/logs.tar.xz device_logs 2>/dev/null' EXIT
 export PYFP8GEMM_CACHE_DIR=/tmp/kcache PYFP8GEMM_TEST_CACHE_DIR=/tmp/kcache
 for cache in kcache dgcache; do     # saved by an earlier call's `save` step
@@ -34,6 +35,10 @@ nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader
 heavy="tests/test_grouped_gpu.py tests/test_training_gpu.py"
 # A device command may run 600 s: steps that would start past BUDGET_S skip, so `save` still runs.
 deadline=$(( $(date +%s) + ${BUDGET_S:-560} ))
+tl() {  # timeout N, cut to what is left of BUDGET_S
+  local n=$1 left=$(( deadline - $(date +%s) )); shift
+  timeout $(( n < left ? n : (left > 1 ? left : 1) )) "$@"
+}
 for step in "$@"; do
   start=$(date +%s)
   [ -f $OUT/dg_ok ] && DG_OK=1          # set by dgdiag, maybe in another invocation
@@ -47,27 +52,27 @@ for step in "$@"; do
   fi
   case $step in
     precompile)
-      timeout 240 python3 scripts/precompile.py --all 2>&1 | grep -v Warn | tail -2 ;;
+      tl 240 python3 scripts/precompile.py --all 2>&1 | grep -v Warn | tail -2 ;;
     warm)     # only what the benchmarks and the heavy tests pick (ANCHORS and DeepGEMM shapes)
-      timeout 240 python3 -m pyfp8gemm warmup --jobs 16 --m-range 1:8192 --groups 4 6 8 32 \
+      tl 240 python3 -m pyfp8gemm warmup --jobs 16 --m-range 1:8192 --groups 4 6 8 32 \
           --wgrad --shapes 2112,7168 24576,1536 32768,512 7168,16384 4096,7168 7168,2048 \
           8192,8192 6144,7168 7168,3072 4096,4096 4096,2048 2048,7168 2>&1 | tail -2 ;;
     tests)
-      timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -n 14 --timeout 180 \
+      tl 200 python3 -m pytest -q -m gpu -p no:cacheprovider -n 14 --timeout 180 \
           --timeout-method thread $(for f in $heavy; do echo --ignore=$f; done) \
           > $OUT/gpu_tests.txt 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" $OUT/gpu_tests.txt | cut -c1-160 | tail -20 ;;
     heavy)
-      timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider -n 2 --timeout 200 \
+      tl 300 python3 -m pytest -q -m gpu -p no:cacheprovider -n 2 --timeout 200 \
           --timeout-method thread $heavy > $OUT/gpu_tests_heavy.txt 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" $OUT/gpu_tests_heavy.txt | cut -c1-160 | tail -20 ;;
     bench)
-      timeout 240 python3 -m bench --no-progress --rounds 2 --json $OUT/bench.json \
+      tl 240 python3 -m bench --no-progress --rounds 2 --json $OUT/bench.json \
           > $OUT/bench.txt 2>&1
       grep -v Warn $OUT/bench.txt | tail -28 ;;
     grouped)
       for kind in m-grouped-contiguous m-grouped-masked; do
-        timeout 150 python3 -m bench --kind $kind --no-progress --json $OUT/bench_$kind.json \
+        tl 150 python3 -m bench --kind $kind --no-progress --json $OUT/bench_$kind.json \
             --providers pyfp8gemm,cublas-loop,torch-grouped-bf16${DG_OK:+,deepgemm} \
             > $OUT/bench_$kind.txt 2>&1
         grep -v Warn $OUT/bench_$kind.txt | tail -22
@@ -76,12 +81,12 @@ for step in "$@"; do
       for kind in ${TRAIN_KINDS:-wgrad-1d1d k-grouped train-step}; do
         providers=pyfp8gemm,cublas-blockwise,torch-bf16${DG_OK:+,deepgemm}
         [ $kind = train-step ] && providers=pyfp8gemm,torch-bf16
-        timeout 150 python3 -m bench --kind $kind --no-progress --json $OUT/bench_$kind.json \
+        tl 150 python3 -m bench --kind $kind --no-progress --json $OUT/bench_$kind.json \
             --providers $providers > $OUT/bench_$kind.txt 2>&1
         grep -v Warn $OUT/bench_$kind.txt | tail -16
       done ;;
     qtest)    # the fused quantization kernel against the torch ops
-      timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider -n 4 --timeout 180 \
+      tl 200 python3 -m pytest -q -m gpu -p no:cacheprovider -n 4 --timeout 180 \
           tests/test_quantize_fused_gpu.py > $OUT/gpu_tests_quantize.txt 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed|Error" $OUT/gpu_tests_quantize.txt | cut -c1-300 | tail -12 ;;
     dgbuild)
@@ -91,7 +96,7 @@ for step in "$@"; do
     dgdiag)   # does DeepGEMM import and run next to pyfp8gemm? DG_OK=1 adds it to the benches
       while ! grep -q "^rc " $OUT/deepgemm_build.txt 2>/dev/null; do sleep 2; done
       tail -4 $OUT/deepgemm_build.txt
-      timeout 120 python3 -X faulthandler scripts/deepgemm_warm.py --jobs 1 --kinds gemm \
+      tl 120 python3 -X faulthandler scripts/deepgemm_warm.py --jobs 1 --kinds gemm \
           --sets small > $OUT/deepgemm_diag.txt 2>&1 && DG_OK=1 && touch $OUT/dg_ok
       # If the extension's libstdc++ is newer than the process's, load the newer one first.
       for lib in $(ls /opt/gcc*/lib*/libstdc++.so.6 2>/dev/null | head -1); do
@@ -111,7 +116,7 @@ for step in "$@"; do
           > $OUT/deepgemm_warm.txt 2>&1
       grep -E "FAIL|warm-up" $OUT/deepgemm_warm.txt | cut -c1-200 | tail -12 ;;
     decode)
-      timeout 240 python3 -m bench --no-progress --set small-m --set decode --rounds 2 \
+      tl 240 python3 -m bench --no-progress --set small-m --set decode --rounds 2 \
           --providers pyfp8gemm,cublas-blockwise,cublas-tensorwise${DG_OK:+,deepgemm} \
           --json $OUT/bench_decode.json > $OUT/bench_decode.txt 2>&1
       grep -v Warn $OUT/bench_decode.txt | tail -44 ;;
@@ -123,17 +128,17 @@ for step in "$@"; do
       [ -d /tmp/dgcache ] && tar -C /tmp -cJf /tmp/devcarry/dgcache.tar.xz dgcache
       tar -C /tmp/devcarry -cf $RESULTS/devcarry.tar . && ls -la /tmp/devcarry ;;
     smallm)   # narrow A tiles (BLOCK_M 16/32): GPU tests, then A/B against the M = 64 kernel
-      timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider -n 6 --timeout 180 \
+      tl 240 python3 -m pytest -q -m gpu -p no:cacheprovider -n 6 --timeout 180 \
           tests/test_gemm_gpu.py -k narrow > $OUT/gpu_tests_narrow.txt 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" $OUT/gpu_tests_narrow.txt | cut -c1-200 | tail -8
       cases=("1 2112 7168 64x16 16x16 16x16:::54 16x32 32x16" "8 7168 16384 64x64 16x64 16x128 32x64"
              "16 4096 7168 64x32 16x32 16x64 32x32" "32 24576 1536 64x64 32x64 32x128 16x64")
       (cd scripts && python3 precompile.py --jobs 16 $(for c in "${cases[@]}"; do echo $c | cut -d" " -f4-; done)) | tail -1
       for case in "${cases[@]}"; do
-        timeout 60 python3 scripts/ab_time.py $case --rounds 60 2>&1 | grep -v "using " | tail -6
+        tl 60 python3 scripts/ab_time.py $case --rounds 60 2>&1 | grep -v "using " | tail -6
       done ;;
     probe)
-      timeout 230 python3 scripts/probe_small_m.py ${PROBE_ARGS:-} 2>&1 | tail -40 ;;
+      tl 230 python3 scripts/probe_small_m.py ${PROBE_ARGS:-} 2>&1 | tail -40 ;;
     *) echo "unknown step $step" ;;
   esac
   echo "[$step: $(( $(date +%s) - start )) s]"
