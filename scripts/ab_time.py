@@ -1,6 +1,7 @@
 """A/B timing of kernel configurations, launches interleaved so that drift cancels.
 
 python scripts/ab_time.py M N K SPEC [SPEC ...] [--rounds R]   (SPEC: scripts/config_spec.py)
+python scripts/ab_time.py M N K BMxBN ... --1d1d                 (the 1D1D wgrad kernel, FP32 D)
 
 Profiler bursts and do_bench time one config after another; the H200's clock drifts with power
 and temperature over those seconds (the same config read 1128 and 1320 TFLOPS in one process).
@@ -26,12 +27,14 @@ parser.add_argument("n", type=int)
 parser.add_argument("k", type=int)
 parser.add_argument("specs", nargs="+")
 parser.add_argument("--rounds", type=int, default=300)
+parser.add_argument("--1d1d", dest="one_d_one_d", action="store_true",
+                    help="both operands 1x128, FP32 D: the wgrad kernel's configs (BMxBN)")
 args = parser.parse_args()
 m, n, k = args.m, args.n, args.k
 
 a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
 b = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-qa, qb = quantize(a, "1x128"), quantize(b, "128x128")
+qa, qb = quantize(a, "1x128"), quantize(b, "1x128" if args.one_d_one_d else "128x128")
 ref = qa.dequantize().double() @ qb.dequantize().double().T
 
 contenders = {"cuBLAS block-wise": lambda: torch._scaled_mm(
@@ -43,10 +46,19 @@ except RuntimeError as error:
     del contenders["cuBLAS block-wise"]
 diffs = {}
 for spec in args.specs:
-    cfg = parse(spec)
-    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
-    launch = (lambda cfg=cfg, out=out:
-              fp8_gemm_nt_launch(qa.data, qa.scale, qb.data, qb.scale, out, config=cfg))
+    if args.one_d_one_d:
+        from pyfp8gemm.host.heuristics import make_config
+        from pyfp8gemm.host.launch import launch_1d1d
+        bm, bn = map(int, spec.split("x"))
+        cfg = make_config(bm, bn, scaling="1d1d")
+        out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float32)
+        launch = (lambda cfg=cfg, out=out:
+                  launch_1d1d(qa.data, qa.scale, qb.data, qb.scale, out, None, config=cfg))
+    else:
+        cfg = parse(spec)
+        out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
+        launch = (lambda cfg=cfg, out=out:
+                  fp8_gemm_nt_launch(qa.data, qa.scale, qb.data, qb.scale, out, config=cfg))
     launch()
     torch.cuda.synchronize()
     diffs[spec] = calc_diff(out, ref)

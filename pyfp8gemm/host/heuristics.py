@@ -28,6 +28,8 @@ to the larger tile. The constants come from side-by-side sweeps on the H200
   every M = 4096/8192 ANCHORS shape it applies to, where sharing B gained nothing.
   BLOCK_M 64 with an even number of M tiles (M = 65..128), BLOCK_N >= 64 and K >= 4096 shares
   B ("b").
+- M <= 16 (decode): the BLOCK_M 64 pick's tile with only 16 rows of A loaded per ring slot
+  (NARROW_MAX_M), where the pick runs without split-K or a cluster.
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ SMALL_M_MULTICAST_B_MIN_K = 4096
 # 16x576x2048 split 3 9.2 vs 7.9: with little K per split the partial-sum round trip (fence,
 # counter, reload) costs more than the idle SMs did.
 MIN_K_BLOCKS_PER_SPLIT = 12
+# Narrow A tiles for decode (BLOCK_M 16: the ring slot holds 16 rows of A instead of 64, so more
+# of B is in flight). Interleaved A/B against the BLOCK_M 64 pick (H100, session 11, ab_time.py):
+# 1x2112x7168 16x16 x1.29, 16x32 x1.39; 8x7168x16384 16x64 x1.06; 16x4096x7168 16x32 x1.03;
+# but 32x24576x1536 32x64 x0.996 and 16x64 x0.89: only M <= 16 takes them. A BLOCK_N 16 pick
+# becomes 16 x 32 (half the CTAs, twice the bytes per slot: x1.39 against x1.29).
+NARROW_MAX_M = 16
+NARROW_BLOCK_M = 16
 # Splitting the last, partial wave's tiles (e.g. 4096x2112x7168: 544 tiles of 128x128 = 4 full
 # waves and 16 tiles): they take 1 / split of a tile time, plus the partial-sum round trip,
 # modelled as this fraction of a tile time.
@@ -186,6 +195,8 @@ def choose_dense(m: int, n: int, k: int, num_sms: int) -> KernelChoice:
     split_k = 1
     if multicast == "none":
         split_k = choose_split_k(_ceil_div(m, block_m) * _ceil_div(n, block_n), k, num_sms)
+    if m <= NARROW_MAX_M and block_m == 64 and multicast == "none" and split_k == 1:
+        return make_choice(NARROW_BLOCK_M, max(block_n, 32))
     return make_choice(block_m, block_n, multicast, split_k)
 
 
@@ -309,8 +320,10 @@ def all_configs() -> list[GemmConfig]:
              and not (block_m == 64 and multicast == "b"
                       and block_n < SMALL_M_MULTICAST_B_MIN_N)
              and not (split_k and multicast != "none")]
+    narrow = [make_config(NARROW_BLOCK_M, block_n) for block_n in BLOCK_N_CANDIDATES[64]
+              if block_n >= 32]
     wgrad = [make_config(block_m, block_n, schedule=schedule, scaling="1d1d",
                          accumulate=accumulate)
              for schedule in ("dense", "k_grouped") for block_m in (64, 128)
              for block_n in WGRAD_BLOCK_N for accumulate in (False, True)]
-    return dense + grouped_configs() + wgrad
+    return dense + narrow + grouped_configs() + wgrad
