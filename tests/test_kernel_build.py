@@ -162,3 +162,21 @@ def test_narrow_tiles_build_with_guarded_stores(block_m, block_n):
     assert narrow_sass.count("STSM") == wide_sass.count("STSM") > 0
     assert (toolchain.count_opcodes(narrow_sass)["QGMMA"]
             == toolchain.count_opcodes(wide_sass)["QGMMA"])
+
+
+@pytest.mark.parametrize("schedule", ["dense", "k_grouped"])
+def test_accumulating_1d1d_epilogue_loads_all_of_c_before_storing(schedule):
+    """D = C + A @ B^T in FP32: every thread's loads of C are in flight together, then the
+    adds and stores (a load, add, store per column pair waited out a DRAM round trip each:
+    32 per 128 x 128 tile, the tensor cores idle meanwhile; bench/JOURNAL.md, session 11)."""
+    from pyfp8gemm.host.heuristics import make_config
+
+    cfg = make_config(128, 128, schedule=schedule, scaling="1d1d", accumulate=True)
+    kernel = compiler.compile_kernel(kernel_spec(cfg))
+    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+    opcodes = [op for _, _, op in toolchain._sass_instructions(toolchain.sass(kernel.cubin))]
+    c_loads = [i for i, op in enumerate(opcodes) if op.startswith("LDG.E.64")]
+    d_stores = [i for i, op in enumerate(opcodes) if op.startswith("STG.E.64")]
+    pairs = cfg.block_n // 4             # BLOCK_N / 2 accumulators per thread, two per pair
+    assert len(c_loads) == len(d_stores) == pairs
+    assert max(c_loads) < min(d_stores)

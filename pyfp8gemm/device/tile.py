@@ -288,7 +288,10 @@ def fragment_store_f32_global(n_acc, accumulate):
     FP32 straight to global memory, only inside a bound (see fragment_store_bf16_global for the
     addressing; a column pair is one predicated st.global.v2.f32). With `accumulate`, each pair
     is first read at c_address (the same offsets: C may be D itself) and added: D = C + frag.
-    Every element has one owning thread, so the read-modify-write needs no atomics."""
+    Every element has one owning thread, so the read-modify-write needs no atomics. All of C's
+    loads are issued before the first store: the asm is volatile with a memory clobber, so a
+    load, add, store per pair would wait out a DRAM round trip per pair (session 11: 32 of
+    them per tile in the 1D1D kernel's SASS, with the tensor cores idle)."""
     u64, i32, f32 = types.uint64, types.int32, types.float32
     load_asm = ("{ .reg .pred p; setp.ne.u32 p, $3, 0; mov.f32 $0, 0f00000000; "
                 "mov.f32 $1, 0f00000000; @p ld.global.v2.f32 {$0, $1}, [$2]; }")
@@ -300,6 +303,7 @@ def fragment_store_f32_global(n_acc, accumulate):
         eight_rows = builder.mul(row_bytes, ir.Constant(i64, 8))
         row_ok = (builder.icmp_signed(">", rows, ir.Constant(I32, 0)),
                   builder.icmp_signed(">", rows, ir.Constant(I32, 8)))
+        pairs = []          # (offset, in bounds, fragment index of its first element)
         for i in range(n_acc // 4):
             col_ok = builder.icmp_signed(">", cols, ir.Constant(I32, 8 * i))
             for half in range(2):
@@ -307,13 +311,16 @@ def fragment_store_f32_global(n_acc, accumulate):
                 if half:
                     step = builder.add(step, eight_rows)
                 ok = builder.zext(builder.and_(row_ok[half], col_ok), I32)
-                v = [builder.extract_value(fragment, 4 * i + 2 * half + j) for j in range(2)]
-                if accumulate:
-                    c = emit_asm(builder, load_asm, (f32, f32), (u64, types.uint32),
-                                 [builder.add(c_address, step), ok])
-                    v = [builder.fadd(v[j], c[j]) for j in range(2)]
-                emit_asm(builder, store_asm, (), (u64, f32, f32, types.uint32),
-                         [builder.add(d_address, step)] + v + [ok])
+                pairs.append((step, ok, 4 * i + 2 * half))
+        if accumulate:      # every load in flight at once, then the adds and stores
+            c = [emit_asm(builder, load_asm, (f32, f32), (u64, types.uint32),
+                          [builder.add(c_address, step), ok]) for step, ok, _ in pairs]
+        for p, (step, ok, first) in enumerate(pairs):
+            v = [builder.extract_value(fragment, first + j) for j in range(2)]
+            if accumulate:
+                v = [builder.fadd(v[j], c[p][j]) for j in range(2)]
+            emit_asm(builder, store_asm, (), (u64, f32, f32, types.uint32),
+                     [builder.add(d_address, step)] + v + [ok])
         return context.get_dummy_value()
 
     sig = types.void(u64, u64, _fragment(n_acc), u64, i32, i32)
