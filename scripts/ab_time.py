@@ -1,7 +1,8 @@
 """A/B timing of kernel configurations, launches interleaved so that drift cancels.
 
 python scripts/ab_time.py M N K SPEC [SPEC ...] [--rounds R]   (SPEC: scripts/config_spec.py)
-python scripts/ab_time.py M N K BMxBN ... --1d1d                 (the 1D1D wgrad kernel, FP32 D)
+python scripts/ab_time.py M N K BMxBN[t] ... --1d1d [--accumulate]
+    the 1D1D wgrad kernel, FP32 D (t: the "tma" epilogue; --accumulate: D += A @ B^T, C = D)
 
 Profiler bursts and do_bench time one config after another; the H200's clock drifts with power
 and temperature over those seconds (the same config read 1128 and 1320 TFLOPS in one process).
@@ -28,7 +29,8 @@ parser.add_argument("k", type=int)
 parser.add_argument("specs", nargs="+")
 parser.add_argument("--rounds", type=int, default=300)
 parser.add_argument("--1d1d", dest="one_d_one_d", action="store_true",
-                    help="both operands 1x128, FP32 D: the wgrad kernel's configs (BMxBN)")
+                    help="both operands 1x128, FP32 D: the wgrad kernel's configs (BMxBN[t])")
+parser.add_argument("--accumulate", action="store_true", help="1D1D: D += A @ B^T (C = D)")
 args = parser.parse_args()
 m, n, k = args.m, args.n, args.k
 
@@ -49,11 +51,13 @@ for spec in args.specs:
     if args.one_d_one_d:
         from pyfp8gemm.host.heuristics import make_config
         from pyfp8gemm.host.launch import launch_1d1d
-        bm, bn = map(int, spec.split("x"))
-        cfg = make_config(bm, bn, scaling="1d1d")
-        out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float32)
-        launch = (lambda cfg=cfg, out=out:
-                  launch_1d1d(qa.data, qa.scale, qb.data, qb.scale, out, None, config=cfg))
+        bm, bn = map(int, spec.rstrip("t").split("x"))
+        cfg = make_config(bm, bn, scaling="1d1d", accumulate=args.accumulate,
+                          epilogue="tma" if spec.endswith("t") else "direct")
+        out = torch.zeros((m, n), device="cuda", dtype=torch.float32)
+        launch = (lambda cfg=cfg, out=out: launch_1d1d(
+            qa.data, qa.scale, qb.data, qb.scale, out, out if args.accumulate else None,
+            config=cfg))
     else:
         cfg = parse(spec)
         out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)

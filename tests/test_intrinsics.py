@@ -39,6 +39,7 @@ from pyfp8gemm.device.ptx import (
     st_shared_u32, smem_descriptor_words, tma_load_2d,
     tma_load_2d_multicast,
     tma_load_3d, tma_store_2d, tma_store_commit, tma_store_wait, tma_store_wait_read, udiv32,
+    tma_store_3d, tma_reduce_add_3d,
     warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
     bits_as_f32, cvt_e4m3x2, f32_as_bits, ld_global_nc_v4_u32, ld_shared_u16, st_global_v2_u32,
     st_global_v4_u32, st_shared_v4_u32, ld_shared_u8, ld_shared_v4_u32, st_shared_v2_u32,
@@ -47,6 +48,7 @@ from pyfp8gemm.device.tile import (
     fragment_add_global_v4, fragment_fence, fragment_promote, fragment_store_bf16,
     fragment_column_scales, fragment_promote_per_column, fragment_store_bf16_global,
     fragment_store_f32_global, fragment_store_global_v4, fragment_zeros,
+    fragment_store_f32_swizzled,
 )
 
 import microkernels
@@ -390,6 +392,31 @@ def tma_store_tile(tmap, x, y):
     tma_store_commit()
 
 
+@tiny_kernel("tma_store_3d", "tma_reduce_add_3d", signature=(I64, I32, I32, I32),
+             tensormap_params=(0,))
+def tma_store_and_add_box_3d(tmap, x, y, z):
+    smem = cuda.shared.array(0, types.uint8, alignment=1024)
+    tma_store_3d(tmap, smem_base(smem), x, y, z)
+    tma_reduce_add_3d(tmap, smem_base(smem) + 8192, x + 32, y, z)
+    tma_store_commit()
+
+
+store_f32_swizzled_16 = fragment_store_f32_swizzled(16)
+
+
+@tiny_kernel("fragment_store_f32_swizzled")
+def swizzled_f32_tile(out):
+    """A 64 x 32 FP32 tile of a warpgroup into one 128-byte-swizzled panel."""
+    smem = cuda.shared.array(0, types.uint8, alignment=1024)
+    tid = cuda.threadIdx.x
+    frag = add_partial_8(zeros_8(), out + 16 * tid, 16 * 128)
+    both = (frag[0], frag[1], frag[2], frag[3], frag[4], frag[5], frag[6], frag[7],
+            frag[0], frag[1], frag[2], frag[3], frag[4], frag[5], frag[6], frag[7])
+    store_f32_swizzled_16(smem_base(smem), both, 16 * (tid // 32) + (tid % 32) // 4, tid % 32)
+    cuda.syncthreads()
+    st_global_u32(out + 4 * tid, ld_shared_u32(smem_base(smem) + 4 * tid))
+
+
 @tiny_kernel("tma_store_wait_read")
 def wait_stores_read_smem(out):
     tma_store_wait_read()
@@ -546,6 +573,9 @@ SASS_OF = [
     ("tma_load_box_3d", r"UTMALDG\.3D\b"),
     ("tma_store_tile", r"UTMASTG\.2D\b"),
     ("tma_store_tile", r"UTMACMDFLUSH\b"),                        # commit_group
+    ("tma_store_and_add_box_3d", r"UTMASTG\.3D\b"),
+    ("tma_store_and_add_box_3d", r"UTMAREDG\.3D\.ADD\b"),         # reduce-add in L2
+    ("swizzled_f32_tile", r"STS\.64\b"),                           # st.shared.v2.f32
     ("wait_stores_read_smem", r"DEPBAR\.LE SB0, 0x0\b"),          # wait_group.read 0
     ("wait_stores_done", r"DEPBAR\.LE SB0, 0x0\b"),               # wait_group 0
     ("store_one_8x8_matrix", r"STSM\.16\.M88 "),

@@ -180,3 +180,23 @@ def test_accumulating_1d1d_epilogue_loads_all_of_c_before_storing(schedule):
     pairs = cfg.block_n // 4             # BLOCK_N / 2 accumulators per thread, two per pair
     assert len(c_loads) == len(d_stores) == pairs
     assert max(c_loads) < min(d_stores)
+
+
+@pytest.mark.parametrize("schedule, accumulate", [("dense", True), ("dense", False),
+                                                  ("k_grouped", True)])
+def test_1d1d_tma_epilogue_stores_through_shared_memory(schedule, accumulate):
+    """The "tma" epilogue: the tile goes to shared memory (st.shared.v2.f32, 32 per thread at
+    BLOCK_N 128) and leaves by TMA, a reduce-add with C: no global load or store of D on the
+    SM, 0 spills, the ring shortened by the 64 KB staging tile."""
+    from pyfp8gemm.host.heuristics import make_config
+
+    cfg = make_config(128, 128, schedule=schedule, scaling="1d1d", accumulate=accumulate,
+                      epilogue="tma")
+    kernel = compiler.compile_kernel(kernel_spec(cfg))
+    check_register_budget(cfg, kernel.meta["registers"])
+    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+    counts = toolchain.count_opcodes(toolchain.sass(kernel.cubin),
+                                     ("UTMAREDG", "UTMASTG", "STS.64", "STG", "LDG.E.64"))
+    assert counts["STS.64"] == cfg.block_n // 4 and counts["STG"] == counts["LDG.E.64"] == 0
+    assert (counts["UTMAREDG"], counts["UTMASTG"]) == ((1, 0) if accumulate else (0, 1))
+    assert cfg.stages == 4 and cfg.smem_bytes <= gemm.SMEM_LIMIT

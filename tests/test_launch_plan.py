@@ -8,7 +8,7 @@ import torch
 from cuda.bindings import driver as cu
 
 import pyfp8gemm
-from pyfp8gemm.device import scheduler
+from pyfp8gemm.device import config as gemm_config, scheduler
 from pyfp8gemm.device.config import GemmConfig
 from pyfp8gemm.host import device_info, driver, launch
 from pyfp8gemm.host.problem import GemmProblem, KernelChoice
@@ -378,3 +378,47 @@ def test_tensor_map_boxes_follow_block_m(fake_gpu, monkeypatch, block_m, rows):
     a_map, b_map, sfa_map, d_map = encoded[-4:]
     assert a_map[-2:] == (block_m, 128) and sfa_map[-2:] == (block_m, 1)    # box rows, swizzle
     assert d_map[-2] == rows and b_map[-2] == 64
+
+
+@pytest.mark.parametrize("with_c", ["none", "d", "other"])
+def test_1d1d_tma_epilogue_parameters_and_c(fake_gpu, monkeypatch, with_c):
+    """The 1D1D kernel's "tma" epilogue gets D's 3-D FP32 map last ({32, 64, 1} boxes,
+    128-byte swizzle); with C it adds into D, so a C other than D is first copied into D."""
+    from pyfp8gemm.host.heuristics import make_config
+
+    kernel, encoded, plans = fake_gpu
+    maps3d = []
+    monkeypatch.setattr(driver, "tensormap_3d", lambda *args: maps3d.append(args)
+                        or cu.CUtensorMap())
+    cfg = make_config(128, 128, scaling="1d1d", accumulate=with_c != "none", epilogue="tma")
+    monkeypatch.setattr(launch, "_plan", lambda problem, device_index, num_sms, choice:
+                        launch.Plan(KernelChoice(cfg), kernel, 4, problem))
+    m, n, k = 200, 264, 256
+    a = pyfp8gemm.quantize(torch.randn(m, k), "1x128")
+    b = pyfp8gemm.quantize(torch.randn(n, k), "1x128")
+    d = torch.full((m, n), float("nan"))
+    c = {"none": None, "d": d, "other": torch.randn(m, n)}[with_c]
+    launch.launch_1d1d(a.data, a.scale, b.data, b.scale, d, c)
+    assert len(kernel.launches) == 1 and len(encoded) == 4          # A, B and both scales
+    (dtype, address, dims, strides, box, swizzle), = maps3d
+    assert (address, dims, strides, box, swizzle) == (
+        d.data_ptr(), (n, m, 1), (n * 4, m * n * 4), (32, 64, 1), 128)
+    if with_c == "other":
+        assert torch.equal(d, c)                  # C copied into D before the launch
+    elif with_c == "none":
+        assert d.isnan().all()                    # the kernel alone writes D
+
+
+def test_1d1d_tma_epilogue_config_rules():
+    from pyfp8gemm.host.heuristics import make_config
+
+    cfg = make_config(128, 128, scaling="1d1d", epilogue="tma")
+    direct = make_config(128, 128, scaling="1d1d")
+    assert cfg.name.endswith("_tmad") and cfg.d_stage_bytes == 128 * 128 * 4
+    assert cfg.stages < direct.stages and cfg.smem_bytes <= gemm_config.SMEM_LIMIT
+    for bad in (dict(block_n=112, scaling="1d1d"), dict(block_n=128)):   # 1D2D has its own
+        with pytest.raises(ValueError, match="epilogue 'tma'"):
+            GemmConfig(128, bad["block_n"], 2, scaling=bad.get("scaling", "1d2d"),
+                       epilogue="tma")
+    with pytest.raises(ValueError, match="epilogue must be"):
+        GemmConfig(128, 128, 2, scaling="1d1d", epilogue="smem")

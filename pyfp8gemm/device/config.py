@@ -75,6 +75,8 @@ class GemmConfig:
     schedule: str = "dense"     # one of SCHEDULES
     scaling: str = "1d2d"       # one of SCALINGS
     accumulate: bool = False    # 1d1d: D = C + A @ B^T (C read in the epilogue)
+    epilogue: str = "direct"    # 1d1d: "direct" (FP32 from registers to global memory) or
+                                # "tma" (through shared memory: TMA store / reduce-add)
 
     def __post_init__(self):
         if self.block_m not in (16, 32, 64, 128, 256):
@@ -95,6 +97,11 @@ class GemmConfig:
                                        or self.block_m == 256):
             raise ValueError("scaling '1d1d' runs the dense or k_grouped schedule, BLOCK_M 64 or "
                              "128, without clusters or split-K")
+        if self.epilogue not in ("direct", "tma"):
+            raise ValueError(f"epilogue must be 'direct' or 'tma', got {self.epilogue!r}")
+        if self.epilogue == "tma" and (self.scaling != "1d1d" or self.block_n % 32):
+            raise ValueError("epilogue 'tma' is the 1D1D kernel's, with block_n a multiple of "
+                             f"32 (128-byte panels of FP32), got {self.scaling}, {self.block_n}")
         if self.schedule == "k_grouped" and self.scaling != "1d1d":
             raise ValueError("schedule 'k_grouped' needs scaling '1d1d'")
         if self.accumulate and self.scaling != "1d1d":
@@ -217,10 +224,13 @@ class GemmConfig:
 
     @property
     def d_stage_bytes(self):
-        """The bf16 output tile staged for its TMA store (1D1D stores FP32 from registers),
-        rounded up to 1024 bytes: A's slots after it need that alignment for the 128-byte
-        swizzle (only the narrow tiles' are not multiples of it already)."""
-        return align(self.block_m * self.block_n * 2, 1024) if self.scaling == "1d2d" else 0
+        """The output tile staged for its TMA store: bf16 (1D2D), FP32 (1D1D's "tma"
+        epilogue; its "direct" one stores from registers), rounded up to 1024 bytes: A's slots
+        after it need that alignment for the 128-byte swizzle (only the narrow tiles' are not
+        multiples of it already)."""
+        if self.scaling == "1d2d":
+            return align(self.block_m * self.block_n * 2, 1024)
+        return self.block_m * self.block_n * 4 if self.epilogue == "tma" else 0
 
     @property
     def smem_offsets(self):
@@ -247,13 +257,14 @@ class GemmConfig:
         overlap = "_ovl" if self.overlap_promotion else ""
         split = "_splitk" if self.split_k else ""
         acc = "_acc" if self.accumulate else ""
+        tma_d = "_tmad" if self.epilogue == "tma" else ""
         return (f"fp8_gemm_{self.scaling}{kind}_m{self.block_m}_n{self.block_n}_k{BLOCK_K}"
-                f"_s{self.stages}{mc}_g{self.group_m}{overlap}{split}{acc}")
+                f"_s{self.stages}{mc}_g{self.group_m}{overlap}{split}{acc}{tma_d}")
 
     @staticmethod
-    def max_stages(block_m, block_n, scaling="1d2d"):
-        cfg = GemmConfig(block_m, block_n, 1, scaling=scaling,
-                         schedule="dense")                  # its layout, with one stage
+    def max_stages(block_m, block_n, scaling="1d2d", epilogue="direct"):
+        cfg = GemmConfig(block_m, block_n, 1, scaling=scaling, schedule="dense",
+                         epilogue=epilogue)                 # its layout, with one stage
         per_stage = (block_m * BLOCK_K + block_n * BLOCK_K + cfg.sfa_stage_bytes
                      + cfg.sfb_stage_bytes + 16)
         return (SMEM_LIMIT - cfg.d_stage_bytes) // per_stage

@@ -9,7 +9,9 @@ weight gradients), the K loop with the 1D1D scaling part (k_loop.py: a scale per
 column), and an FP32 epilogue that stores from registers, bounded by M and N.
 
   producer warpgroup   one thread streams A, B and both operands' scales (TMA) through the ring.
-  math warpgroups      per tile: the K loop, then D = C + tile, straight to global memory.
+  math warpgroups      per tile: the K loop, then D = C + tile: straight to global memory
+                       ("direct" epilogue), or through shared memory as TMA stores, with C a
+                       TMA reduce-add into D ("tma": C must be D, the host copies C first).
 
 k_grouped (DeepGEMM's k_grouped_fp8_gemm_nt_contiguous): group g multiplies A_g (M, k_g) by
 B_g (N, k_g), each K-major and concatenated in memory, so each group has its own A and B tensor
@@ -24,6 +26,7 @@ from numba import cuda
 from numba.cuda import types
 
 from .config import BLOCK_K, MATH_REGISTERS, PRODUCER_REGISTERS
+from .epilogue import make_f32_tma_epilogue
 from .k_loop import fragments, make_math_setup, make_scaling_1d1d, make_tile_k_loop
 from .pipeline import make_ring, make_ring_loader
 from .ptx import (
@@ -45,6 +48,16 @@ TENSORMAP_PARAMS = (0, 1, 2, 3)
 TENSORMAP_BYTES = 128
 
 
+def params_of(cfg):
+    """The kernel's parameters: PARAMS, and with the "tma" epilogue D's tensor map (by value,
+    last): a 3-D map (N, M, groups) of FP32 D, boxes of {32, 64, 1}, 128-byte swizzle."""
+    return PARAMS + ((("tmap_d", types.int64),) if cfg.epilogue == "tma" else ())
+
+
+def tensormap_params_of(cfg):
+    return TENSORMAP_PARAMS + ((len(PARAMS),) if cfg.epilogue == "tma" else ())
+
+
 def make_fp8_gemm_1d1d(cfg):
     """Return the kernel's Python function, specialized for `cfg` (compile with numba-cuda)."""
     BM, BN = cfg.block_m, cfg.block_n
@@ -64,7 +77,10 @@ def make_fp8_gemm_1d1d(cfg):
     schedule = make_schedule(cfg.schedule, BM, BN, 1, 1, cfg.group_m, False)
     begin, count, tile, _ = schedule
     tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_1d1d)
+    TMA_D = cfg.epilogue == "tma"
     store_tile = fragment_store_f32_global(BN // 2, ACCUMULATE)
+    if TMA_D:
+        store_tile_tma, drain_stores = make_f32_tma_epilogue(cfg)
     zeros, final_zeros = fragments(cfg)
     math_setup = make_math_setup(cfg)
     producer_registers = setmaxnreg_dec(PRODUCER_REGISTERS)
@@ -97,9 +113,9 @@ def make_fp8_gemm_1d1d(cfg):
     # ---- math warpgroups: tiles -> K loop -> D = C + tile ------------------------------------
 
     @inline
-    def math_loop(base, d, c, m, n, work, tid):
+    def math_loop(base, d, c, m, n, work, tid, tmap_d):
         unit, unit_step = work[3], work[4]
-        lane, row, sfa_row, _, descs = math_setup(base, tid)
+        lane, row, sfa_row, warpgroup, descs = math_setup(base, tid)
         acc = zeros()
         acc_next = zeros()
         stage = types.int32(0)
@@ -113,16 +129,22 @@ def make_fp8_gemm_1d1d(cfg):
                     BN // 8, base, final, acc, acc_next, descs, stage, phase, sfa_row, lane,
                     0, kb_begin, kb_end)
             unit += unit_step
-            # This thread's first element of the tile, in group g's (M, N) slice of D and C.
-            r = m_block * BM + row
-            col = n_block * BN + 2 * (lane % 4)
-            at = 4 * (group * m * n + r * n + col)
-            store_tile(d + at, c + at, final, 4 * n, m - r, n - col)
+            if TMA_D:
+                store_tile_tma(base, tmap_d, final, m_block, n_block, group, tid, warpgroup)
+            else:
+                # This thread's first element of the tile, in group g's (M, N) slice of D, C.
+                r = m_block * BM + row
+                col = n_block * BN + 2 * (lane % 4)
+                at = 4 * (group * m * n + r * n + col)
+                store_tile(d + at, c + at, final, 4 * n, m - r, n - col)
+        if TMA_D:
+            drain_stores(tid)
 
-    # ---- the kernel ------------------------------------------------------------------------
+    # ---- the kernel (its entry below: with D's tensor map for the "tma" epilogue) ------------
 
-    def fp8_gemm_1d1d(tmap_a, tmap_b, tmap_sfa, tmap_sfb, d, c, m, n, k, layout, groups,
-                      tmaps):
+    @inline
+    def kernel(tmap_a, tmap_b, tmap_sfa, tmap_sfb, d, c, m, n, k, layout, groups, tmaps,
+               tmap_d):
         smem = cuda.shared.array(0, types.uint8, alignment=1024)
         base = smem_base(smem)
         tid = cuda.threadIdx.x
@@ -146,7 +168,17 @@ def make_fp8_gemm_1d1d(cfg):
                 cuda.syncwarp()
         else:
             math_registers()
-            math_loop(base, d, c, m, n, work, tid)
+            math_loop(base, d, c, m, n, work, tid, tmap_d)
+
+    if TMA_D:
+        def fp8_gemm_1d1d(tmap_a, tmap_b, tmap_sfa, tmap_sfb, d, c, m, n, k, layout, groups,
+                          tmaps, tmap_d):
+            kernel(tmap_a, tmap_b, tmap_sfa, tmap_sfb, d, c, m, n, k, layout, groups, tmaps,
+                   tmap_d)
+    else:
+        def fp8_gemm_1d1d(tmap_a, tmap_b, tmap_sfa, tmap_sfb, d, c, m, n, k, layout, groups,
+                          tmaps):
+            kernel(tmap_a, tmap_b, tmap_sfa, tmap_sfb, d, c, m, n, k, layout, groups, tmaps, 0)
 
     fp8_gemm_1d1d.__name__ = fp8_gemm_1d1d.__qualname__ = cfg.name
     return fp8_gemm_1d1d

@@ -280,6 +280,20 @@ tma_store_2d = ptx_instruction(
     (u64, u32, i32, i32),
     doc="cp.async.bulk.tensor.2d store (tensor_map, smem_src, x, y) in a bulk group.")
 
+tma_store_3d = ptx_instruction(
+    "tma_store_3d",
+    "cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [$0, {$2, $3, $4}], [$1];",
+    (u64, u32, i32, i32, i32),
+    doc="cp.async.bulk.tensor.3d store (tensor_map, smem_src, x, y, z) in a bulk group.")
+
+tma_reduce_add_3d = ptx_instruction(
+    "tma_reduce_add_3d",
+    "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group"
+    " [$0, {$2, $3, $4}], [$1];",
+    (u64, u32, i32, i32, i32),
+    doc="cp.reduce.async.bulk.tensor.3d add (tensor_map, smem_src, x, y, z): the box is added "
+        "to global memory (in L2, element type from the map) in a bulk group.")
+
 tma_store_commit = ptx_instruction(
     "tma_store_commit", "cp.async.bulk.commit_group;",
     doc="cp.async.bulk.commit_group: close the current bulk group of TMA stores.")

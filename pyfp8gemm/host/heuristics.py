@@ -103,11 +103,11 @@ def stages_for(block_m: int, block_n: int) -> int:
 
 def make_config(block_m: int, block_n: int, multicast: str = "none", split_k: bool = False,
                 schedule: str = "dense", scaling: str = "1d2d",
-                accumulate: bool = False) -> GemmConfig:
+                accumulate: bool = False, epilogue: str = "direct") -> GemmConfig:
     """The kernel of a tile shape, with the deepest ring shared memory holds."""
-    stages = min(MAX_STAGES, GemmConfig.max_stages(block_m, block_n, scaling))
+    stages = min(MAX_STAGES, GemmConfig.max_stages(block_m, block_n, scaling, epilogue))
     return GemmConfig(block_m, block_n, stages, multicast, split_k=split_k, schedule=schedule,
-                      scaling=scaling, accumulate=accumulate)
+                      scaling=scaling, accumulate=accumulate, epilogue=epilogue)
 
 
 def make_choice(block_m: int, block_n: int, multicast: str = "none", split_k: int = 1,

@@ -14,8 +14,8 @@ def kernel_spec(cfg: GemmConfig) -> KernelSpec:
     """How to build the kernel of one configuration (for the compile cache and `inspect`):
     the family's factory, its declared parameters and which of them are tensor maps."""
     if cfg.scaling == "1d1d":
-        make, params, tensormaps = gemm_1d1d.make_fp8_gemm_1d1d, gemm_1d1d.PARAMS, \
-            gemm_1d1d.TENSORMAP_PARAMS
+        make, params, tensormaps = gemm_1d1d.make_fp8_gemm_1d1d, gemm_1d1d.params_of(cfg), \
+            gemm_1d1d.tensormap_params_of(cfg)
     else:
         make, params, tensormaps = gemm_1d2d.make_fp8_gemm_1d2d, gemm_1d2d.params_of(cfg), \
             gemm_1d2d.TENSORMAP_PARAMS

@@ -173,11 +173,15 @@ class Plan:
             a = tensormap(driver.DTYPE_FP8, key.a, k, m, k, BLOCK_K, cfg.block_m, 128)
             b = tensormap(driver.DTYPE_FP8, key.b, k, n, k, BLOCK_K, cfg.block_n, 128)
             layout_ptr = tmaps_ptr = 0
-        block = driver.ParamBlock((
+        params = [
             a, b, sfa, sfb, (driver.c_int64, key.out), (driver.c_int64, key.c or key.out),
             (driver.c_int32, m), (driver.c_int32, n), (driver.c_int32, k),
             (driver.c_int64, layout_ptr), (driver.c_int32, p.groups),
-            (driver.c_int64, tmaps_ptr)))
+            (driver.c_int64, tmaps_ptr)]
+        if cfg.epilogue == "tma":      # D (groups, M, N) FP32: 32 x 64 boxes, 128-byte swizzle
+            params.append(driver.tensormap_3d(driver.DTYPE_F32, key.out, (n, m, p.groups),
+                                              (n * 4, m * n * 4), (32, 64, 1), 128))
+        block = driver.ParamBlock(tuple(params))
         block.keep = keep
         return block
 
@@ -352,5 +356,7 @@ def launch_1d1d(a_data, a_scale, b_data, b_scale, d, c, kind="dense", ks=(),
                     d.get_device(), as_choice(config), device_info._num_sms_limit, kind,
                     groups=groups, out_dtype="f32", c=0 if c is None else c.data_ptr(),
                     b_scale_stride=b_scale.stride(-1), ks=tuple(ks))
-    bound = _bound.get(key)
-    (bound if bound is not None else _bind(key))()
+    bound = _bound.get(key) or _bind(key)
+    if key.c and key.c != key.out and bound.plan.cfg.epilogue == "tma":
+        d.copy_(c)            # the "tma" epilogue adds the tile into D: D must hold C first
+    bound()
