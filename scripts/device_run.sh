@@ -10,6 +10,7 @@
 #   bench       dense ANCHORS shapes;  decode  the dense M <= 128 shapes
 #   grouped     the m-grouped kinds;   training  wgrad-1d1d, k-grouped, train-step ($TRAIN_KINDS)
 #   probe       small-M streaming probes;  smallm  narrow A tiles: GPU tests + A/B timings
+#   wgradab     the 1D1D kernel's epilogues side by side (ab_time.py --1d1d)
 #   dgbuild     build DeepGEMM from .devcarry/ (scripts/deepgemm_source.sh), in the background
 #   dgdiag      does DeepGEMM run here? (then DG_OK=1 puts it in the benches' providers)
 #   dgwarm      compile DeepGEMM's benchmark kernels in parallel ($DG_KINDS, $DGWARM_S)
@@ -136,6 +137,13 @@ for step in "$@"; do
       (cd scripts && python3 precompile.py --jobs 16 $(for c in "${cases[@]}"; do echo $c | cut -d" " -f4-; done)) | tail -1
       for case in "${cases[@]}"; do
         tl 60 python3 scripts/ab_time.py $case --rounds 60 2>&1 | grep -v "using " | tail -6
+      done ;;
+    wgradab)  # the 1D1D epilogues A/B (direct with batched C loads vs "tma"), with and without C
+      for acc in --accumulate ""; do
+        for shape in "4096 7168 4096" "2112 7168 4096" "576 7168 4096"; do
+          tl 90 python3 scripts/ab_time.py $shape 128x128 128x128t 128x64 128x96t --1d1d $acc \
+              --rounds 60 2>&1 | grep -v "using " | tail -5
+        done
       done ;;
     probe)
       tl 230 python3 scripts/probe_small_m.py ${PROBE_ARGS:-} 2>&1 | tail -40 ;;
