@@ -155,3 +155,16 @@ def test_loaders_and_math_walk_the_same_order():
             loader_order.append(schedule.tile(unit, work))
             unit += grid // 2
         assert loader_order == math_order and math_order
+
+
+def test_m_grouped_masked_runs_a_weight_tiles_m_blocks_together():
+    """Inside a group, consecutive units are the group's M blocks of one N tile (grouped
+    order): the CTAs of a wave that read a B tile read it together, once from DRAM."""
+    masked_m = [300, 0, 129, 1000]
+    cfg = GemmConfig(128, 128, 3, schedule="m_grouped_masked")
+    schedule = scheduler.host_schedule(cfg)
+    work = schedule.begin(1024, 512, 256, 1, 0, masked_m, len(masked_m), (0, 0, 1))
+    order = [schedule.tile(u, work)[:3] for u in range(schedule.count(work))]
+    assert order[:6] == [(0, 0, 0), (0, 1, 0), (0, 2, 0), (0, 0, 1), (0, 1, 1), (0, 2, 1)]
+    assert order[12:16] == [(2, 0, 0), (2, 1, 0), (2, 0, 1), (2, 1, 1)]
+    assert order[20:28] == [(3, mb, 0) for mb in range(8)]

@@ -17,6 +17,7 @@ Schedules (GemmConfig.schedule):
   is not a group) get an empty K range: no loads, no MMA, zero rows stored.
 * m_grouped_masked: A is (groups, M_max, K); group g has `masked_m[g]` rows (read on the GPU),
   so ceil(masked_m[g] / BLOCK_M) M blocks: empty groups and blocks past the count cost nothing.
+  Group after group, each in grouped order (its M blocks of a weight tile together).
 * k_grouped: every group is an M x N problem of its own K; the layout holds the cumulative K
   blocks (int32, groups + 1), so group g's tiles take K blocks [cum[g], cum[g + 1]) (global
   indices: the scales of all groups are concatenated along K). An empty group's tiles get an
@@ -175,17 +176,20 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
 
     @jit
     def masked_tile(unit, num_kb, num_n_units, layout, groups, m_max):
-        """Group g's M blocks come after those of groups < g; each M block's N units are
-        consecutive (the CTAs running at once share A's rows)."""
-        m_unit = div(unit, num_n_units)
-        n_block = unit - m_unit * num_n_units
+        """Group g's tiles come after those of groups < g; inside a group, in grouped order
+        (M fastest: a group's few M blocks of one weight tile are consecutive units, run at
+        once by neighbouring CTAs, so each of its B tiles streams from DRAM once; with N
+        fastest, a wave boundary inside a group read its B tiles again for the later M blocks,
+        the weights being far larger than L2)."""
         group = 0
         blocks = masked_blocks(layout, 0, m_max)
-        while m_unit >= blocks and group + 1 < groups:
-            m_unit -= blocks
+        in_group = unit
+        while in_group >= blocks * num_n_units and group + 1 < groups:
+            in_group -= blocks * num_n_units
             group += 1
             blocks = masked_blocks(layout, group, m_max)
-        return i32(group), i32(m_unit), i32(n_block), unit, 0, i32(0), num_kb
+        m_block, n_block = tile_of(in_group, 0, blocks, num_n_units)
+        return i32(group), i32(m_block), i32(n_block), unit, 0, i32(0), num_kb
 
     @jit
     def tile(unit, work):
