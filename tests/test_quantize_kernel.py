@@ -16,20 +16,25 @@ from pyfp8gemm.host.kernels import (
 )
 
 
+def _built_without_local_memory(spec, max_registers):
+    """Compile `spec`: no spills, no local memory, at most `max_registers`; its SASS text and
+    opcodes in order."""
+    kernel = compiler.compile_kernel(spec)
+    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+    assert kernel.meta["registers"] <= max_registers
+    sass = toolchain.sass(kernel.cubin)
+    assert "LDL" not in sass and "STL" not in sass
+    return sass, [opcode for _, _, opcode in toolchain._sass_instructions(sass)]
+
+
 @pytest.mark.parametrize("rowwise, transposed", QUANTIZE_VARIANTS)
 def test_quantize_kernel_builds_without_local_memory(rowwise, transposed):
     """Vector loads and stores as written (16-byte loads of x; 8-byte row stores, 16-byte
     transposed stores), loads issued LOADS_IN_FLIGHT at a time before their values are used,
     E4M3 pairs converted in one instruction, nothing in local memory, and few enough registers
     for three CTAs per SM."""
-    spec = quantize_kernel_spec(rowwise, transposed)
-    kernel = compiler.compile_kernel(spec)
-    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
-    assert kernel.meta["registers"] <= 80
-    sass = toolchain.sass(kernel.cubin)
-    assert "LDL" not in sass and "STL" not in sass
+    sass, opcodes = _built_without_local_memory(quantize_kernel_spec(rowwise, transposed), 80)
     assert "LDG.E.128.CONSTANT" in sass             # ld.global.nc.v4: x read once, 16 B a lane
-    opcodes = [opcode for _, _, opcode in toolchain._sass_instructions(sass)]
     first_use = next(i for i, op in enumerate(opcodes) if op.startswith(("STS", "SHFL")))
     loads = [op for op in opcodes[:first_use] if op.startswith("LDG.E.128.CONSTANT")]
     assert len(loads) >= device_quantize.LOADS_IN_FLIGHT   # issued before any is used
@@ -88,13 +93,8 @@ def test_quantize_128x128_kernel_builds_without_local_memory(dtype, transposed):
     """The weight kernel: 16-byte loads of w issued four at a time before their values are
     parked, W's rows stored 8 (bf16) or 4 (float32) bytes a lane, W^T 16 bytes a lane, nothing
     in local memory, and shared memory for at least two CTAs per SM."""
-    spec = quantize_128x128_kernel_spec(dtype, transposed)
-    kernel = compiler.compile_kernel(spec)
-    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
-    assert kernel.meta["registers"] <= 96
-    sass = toolchain.sass(kernel.cubin)
-    assert "LDL" not in sass and "STL" not in sass
-    opcodes = [opcode for _, _, opcode in toolchain._sass_instructions(sass)]
+    sass, opcodes = _built_without_local_memory(
+        quantize_128x128_kernel_spec(dtype, transposed), 96)
     loads = [i for i, op in enumerate(opcodes) if op.startswith("LDG.E.128.CONSTANT")]
     first_park = next(i for i, op in enumerate(opcodes) if op.startswith("STS.128"))
     assert len([i for i in loads if i < first_park]) == device_quantize.LOADS_IN_FLIGHT
