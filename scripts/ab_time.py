@@ -1,8 +1,9 @@
 """A/B timing of kernel configurations, launches interleaved so that drift cancels.
 
 python scripts/ab_time.py M N K SPEC [SPEC ...] [--rounds R]   (SPEC: scripts/config_spec.py)
-python scripts/ab_time.py M N K BMxBN[t] ... --1d1d [--accumulate]
-    the 1D1D wgrad kernel, FP32 D (t: the "tma" epilogue; --accumulate: D += A @ B^T, C = D)
+python scripts/ab_time.py M N K BMxBN[t][:mc] ... --1d1d [--accumulate]
+    the 1D1D wgrad kernel, FP32 D (t: the "tma" epilogue; mc: a or b, a 2-CTA cluster sharing
+    A or B; --accumulate: D += A @ B^T, C = D)
 
 Profiler bursts and do_bench time one config after another; the H200's clock drifts with power
 and temperature over those seconds (the same config read 1128 and 1320 TFLOPS in one process).
@@ -51,9 +52,10 @@ for spec in args.specs:
     if args.one_d_one_d:
         from pyfp8gemm.host.heuristics import make_config
         from pyfp8gemm.host.launch import launch_1d1d
-        bm, bn = map(int, spec.rstrip("t").split("x"))
-        cfg = make_config(bm, bn, scaling="1d1d", accumulate=args.accumulate,
-                          epilogue="tma" if spec.endswith("t") else "direct")
+        tile, _, mc = spec.partition(":")
+        bm, bn = map(int, tile.rstrip("t").split("x"))
+        cfg = make_config(bm, bn, mc or "none", scaling="1d1d", accumulate=args.accumulate,
+                          epilogue="tma" if tile.endswith("t") else "direct")
         out = torch.zeros((m, n), device="cuda", dtype=torch.float32)
         launch = (lambda cfg=cfg, out=out: launch_1d1d(
             qa.data, qa.scale, qb.data, qb.scale, out, out if args.accumulate else None,
@@ -63,7 +65,11 @@ for spec in args.specs:
         out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.bfloat16)
         launch = (lambda cfg=cfg, out=out:
                   fp8_gemm_nt_launch(qa.data, qa.scale, qb.data, qb.scale, out, config=cfg))
-    launch()
+    try:
+        launch()
+    except ValueError as error:          # e.g. a cluster that needs an even tile count
+        print(f"  ({spec} left out: {error})")
+        continue
     torch.cuda.synchronize()
     diffs[spec] = calc_diff(out, ref)
     contenders[spec] = launch
@@ -87,7 +93,7 @@ torch.cuda.synchronize()
 times = {name: [s.elapsed_time(e) for s, e in ev] for name, ev in events.items()}
 
 tflops = lambda ms: 2 * m * n * k / ms / 1e9
-first = args.specs[0]
+first = next(spec for spec in args.specs if spec in contenders)
 print(f"{m}x{n}x{k}, {args.rounds} interleaved rounds")
 for name in names:
     t = sorted(times[name])

@@ -141,7 +141,8 @@ for step in "$@"; do
     wgradab)  # the 1D1D epilogues A/B (direct with batched C loads vs "tma"), with and without C
       for acc in --accumulate ""; do
         for shape in "4096 7168 4096" "2112 7168 4096" "576 7168 4096"; do
-          tl 90 python3 scripts/ab_time.py $shape 128x128 128x128t 128x64 128x96t --1d1d $acc \
+          tl 90 python3 scripts/ab_time.py $shape 128x128 128x128t 128x128t:b 128x128t:a \
+              128x64 128x96t --1d1d $acc \
               --rounds 60 2>&1 | grep -v "using " | tail -5
         done
       done ;;

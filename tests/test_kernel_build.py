@@ -200,3 +200,21 @@ def test_1d1d_tma_epilogue_stores_through_shared_memory(schedule, accumulate):
     assert counts["STS.64"] == cfg.block_n // 4 and counts["STG"] == counts["LDG.E.64"] == 0
     assert (counts["UTMAREDG"], counts["UTMASTG"]) == ((1, 0) if accumulate else (0, 1))
     assert cfg.stages == 4 and cfg.smem_bytes <= gemm.SMEM_LIMIT
+
+
+@pytest.mark.parametrize("multicast, schedule", [("a", "dense"), ("b", "dense"),
+                                                 ("b", "k_grouped")])
+def test_1d1d_in_a_cluster_multicasts_the_shared_operand(multicast, schedule):
+    """1D1D in a 2-CTA cluster: rank 0 multicasts the shared operand and its scales, the
+    cluster synchronizes after the barriers' init and before exit, 0 spills."""
+    from pyfp8gemm.host.heuristics import make_config
+
+    cfg = make_config(128, 128, multicast, schedule=schedule, scaling="1d1d", accumulate=True,
+                      epilogue="tma")
+    assert cfg.cluster_size == 2
+    kernel = compiler.compile_kernel(kernel_spec(cfg))
+    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+    counts = toolchain.count_opcodes(toolchain.sass(kernel.cubin),
+                                     ("UTMALDG.2D.MULTICAST", "UCGABAR_ARV", "UCGABAR_WAIT"))
+    assert counts["UTMALDG.2D.MULTICAST"] >= 2
+    assert counts["UCGABAR_ARV"] >= 2 and counts["UCGABAR_WAIT"] >= 2

@@ -304,6 +304,30 @@ def test_wgrad_tma_epilogue_matches_direct(gen, m, n, k, c_mode):
     assert calc_diff(tma, reference_gemm_1d1d(a, b, c)) < 1e-6
 
 
+@pytest.mark.parametrize("multicast", ["a", "b"])
+@pytest.mark.parametrize("epilogue", ["tma", "direct"])
+def test_wgrad_in_a_cluster_matches_one_cta(gen, multicast, epilogue):
+    """1D1D in 2-CTA clusters sharing A or B (not picked by the heuristic yet): the same bits
+    as without a cluster, with C."""
+    from pyfp8gemm.host.heuristics import make_config
+    from pyfp8gemm.host.launch import launch_1d1d
+
+    m, n, k = 1024, 768, 1040                   # 8 M tiles, 6 N tiles: both pair up
+    a = quantize(randn(m, k, gen=gen), "1x128")
+    b = quantize(randn(n, k, gen=gen), "1x128")
+    c = randn(m, n, gen=gen, dtype=torch.float32)
+    outs = []
+    for mc in (multicast, "none"):
+        cfg = make_config(128, 128, mc, scaling="1d1d", accumulate=True,
+                          epilogue=epilogue if mc != "none" else "direct")
+        d = c.clone()
+        launch_1d1d(a.data, a.scale, b.data, b.scale, d, d, config=cfg)
+        outs.append(d)
+    torch.cuda.synchronize()
+    assert torch.equal(outs[0], outs[1])
+    assert calc_diff(outs[0], reference_gemm_1d1d(a, b, c)) < 1e-6
+
+
 def test_k_grouped_tma_epilogue_matches_direct(gen):
     from pyfp8gemm.host.launch import launch_1d1d
 

@@ -93,10 +93,9 @@ class GemmConfig:
         if self.scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
         if self.scaling == "1d1d" and (self.schedule not in ("dense", "k_grouped")
-                                       or self.multicast != "none" or self.split_k
-                                       or self.block_m == 256):
+                                       or self.split_k or self.block_m == 256):
             raise ValueError("scaling '1d1d' runs the dense or k_grouped schedule, BLOCK_M 64 or "
-                             "128, without clusters or split-K")
+                             "128, without split-K")
         if self.epilogue not in ("direct", "tma"):
             raise ValueError(f"epilogue must be 'direct' or 'tma', got {self.epilogue!r}")
         if self.epilogue == "tma" and (self.scaling != "1d1d" or self.block_n % 32):
@@ -118,7 +117,7 @@ class GemmConfig:
             raise ValueError("split_k needs multicast 'none'")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.schedule != "dense" and (self.split_k or self.multicast == "b"):
+        if self.schedule.startswith("m_grouped") and (self.split_k or self.multicast == "b"):
             raise ValueError(f"schedule {self.schedule!r}: no split-K, no multicast 'b' (two M "
                              "blocks of a cluster may belong to different groups)")
         if self.schedule == "m_grouped_masked" and self.multicast != "none":

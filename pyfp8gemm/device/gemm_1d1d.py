@@ -13,6 +13,10 @@ column), and an FP32 epilogue that stores from registers, bounded by M and N.
                        ("direct" epilogue), or through shared memory as TMA stores, with C a
                        TMA reduce-add into D ("tma": C must be D, the host copies C first).
 
+Optionally in 2-CTA clusters (cfg.multicast): "b" pairs vertically adjacent tiles that share B
+and its scales, "a" horizontal ones sharing A; the cluster's rank 0 loads the shared operand
+into both CTAs.
+
 k_grouped (DeepGEMM's k_grouped_fp8_gemm_nt_contiguous): group g multiplies A_g (M, k_g) by
 B_g (N, k_g), each K-major and concatenated in memory, so each group has its own A and B tensor
 maps (a table of 2 x groups CUtensorMaps in global memory, built by the host); the scales of all
@@ -30,8 +34,8 @@ from .epilogue import make_f32_tma_epilogue
 from .k_loop import fragments, make_math_setup, make_scaling_1d1d, make_tile_k_loop
 from .pipeline import make_ring, make_ring_loader
 from .ptx import (
-    elect_one, ld_global_nc_s32, mbarrier_arrive_expect_tx, prefetch_tensormap,
-    setmaxnreg_dec, setmaxnreg_inc, smem_base, tma_load_2d,
+    cluster_sync, elect_one, ld_global_nc_s32, mbarrier_arrive_expect_tx, prefetch_tensormap,
+    setmaxnreg_dec, setmaxnreg_inc, smem_base, tma_load_2d, tma_load_2d_multicast,
 )
 from .scheduler import make_schedule
 from .tile import fragment_store_f32_global
@@ -70,11 +74,15 @@ def make_fp8_gemm_1d1d(cfg):
     STAGE_TX_BYTES = A_BYTES + B_BYTES + BM * 4 + BN * 4     # what TMA delivers per stage
     K_GROUPED = cfg.schedule == "k_grouped"
     ACCUMULATE = cfg.accumulate
+    CLUSTER = cfg.cluster_size
+    CLUSTER_M, CLUSTER_N = cfg.cluster_shape
+    MULTICAST_A, MULTICAST_B = cfg.multicast == "a", cfg.multicast == "b"
+    CTA_MASK = (1 << CLUSTER) - 1
 
     ring = make_ring(cfg.stages, FULL_BARS, off["empty"], full_arrivals=1,
-                     empty_arrivals=MATH_THREADS // 32, cluster=1)
+                     empty_arrivals=CLUSTER * MATH_THREADS // 32, cluster=CLUSTER)
     init_ring = ring.init
-    schedule = make_schedule(cfg.schedule, BM, BN, 1, 1, cfg.group_m, False)
+    schedule = make_schedule(cfg.schedule, BM, BN, CLUSTER_M, CLUSTER_N, cfg.group_m, False)
     begin, count, tile, _ = schedule
     tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_1d1d)
     TMA_D = cfg.epilogue == "tma"
@@ -101,12 +109,24 @@ def make_fp8_gemm_1d1d(cfg):
             tmap_a = tmaps + 2 * TENSORMAP_BYTES * group
             tmap_b = tmap_a + TENSORMAP_BYTES
             local_kb = kb - ld_global_nc_s32(layout + 4 * group)
-        tma_load_2d(base + SMEM_A + A_BYTES * stage, tmap_a, full, local_kb * BLOCK_K,
-                    m_block * BM)
-        tma_load_2d(base + SMEM_B + B_BYTES * stage, tmap_b, full, local_kb * BLOCK_K,
-                    n_block * BN)
-        tma_load_2d(base + SMEM_SFA + SFA_BYTES * stage, tmap_sfa, full, m_block * BM, kb)
-        tma_load_2d(base + SMEM_SFB + SFB_BYTES * stage, tmap_sfb, full, n_block * BN, kb)
+        a_dst, sfa_dst = base + SMEM_A + A_BYTES * stage, base + SMEM_SFA + SFA_BYTES * stage
+        b_dst, sfb_dst = base + SMEM_B + B_BYTES * stage, base + SMEM_SFB + SFB_BYTES * stage
+        if MULTICAST_A:           # rank 0 loads A and its scales for both CTAs of the cluster
+            if rank == 0:
+                tma_load_2d_multicast(a_dst, tmap_a, full, local_kb * BLOCK_K, m_block * BM,
+                                      CTA_MASK)
+                tma_load_2d_multicast(sfa_dst, tmap_sfa, full, m_block * BM, kb, CTA_MASK)
+        else:
+            tma_load_2d(a_dst, tmap_a, full, local_kb * BLOCK_K, m_block * BM)
+            tma_load_2d(sfa_dst, tmap_sfa, full, m_block * BM, kb)
+        if MULTICAST_B:           # rank 0 loads B and its scales for both
+            if rank == 0:
+                tma_load_2d_multicast(b_dst, tmap_b, full, local_kb * BLOCK_K, n_block * BN,
+                                      CTA_MASK)
+                tma_load_2d_multicast(sfb_dst, tmap_sfb, full, n_block * BN, kb, CTA_MASK)
+        else:
+            tma_load_2d(b_dst, tmap_b, full, local_kb * BLOCK_K, n_block * BN)
+            tma_load_2d(sfb_dst, tmap_sfb, full, n_block * BN, kb)
 
     loader_loop = make_ring_loader(ring, schedule, load_k_block)
 
@@ -157,7 +177,10 @@ def make_fp8_gemm_1d1d(cfg):
                 prefetch_tensormap(tmap_a)
                 prefetch_tensormap(tmap_b)
             init_ring(base)
-        cuda.syncthreads()
+        if CLUSTER > 1:
+            cluster_sync()
+        else:
+            cuda.syncthreads()
 
         if tid >= MATH_THREADS:
             producer_registers()
@@ -169,6 +192,8 @@ def make_fp8_gemm_1d1d(cfg):
         else:
             math_registers()
             math_loop(base, d, c, m, n, work, tid, tmap_d)
+        if CLUSTER > 1:           # no CTA may leave while its peer can still signal its smem
+            cluster_sync()
 
     if TMA_D:
         def fp8_gemm_1d1d(tmap_a, tmap_b, tmap_sfa, tmap_sfb, d, c, m, n, k, layout, groups,
