@@ -11,6 +11,7 @@
 #   grouped     the m-grouped kinds;   training  wgrad-1d1d, k-grouped, train-step ($TRAIN_KINDS)
 #   probe       small-M streaming probes;  smallm  narrow A tiles: GPU tests + A/B timings
 #   wgradab     the 1D1D kernel's epilogues side by side (ab_time.py --1d1d)
+#   swapab      decode: swap-AB through the 1D1D kernel against dense and DeepGEMM
 #   dgbuild     build DeepGEMM from .devcarry/ (scripts/deepgemm_source.sh), in the background
 #   dgdiag      does DeepGEMM run here? (then DG_OK=1 puts it in the benches' providers)
 #   dgwarm      compile DeepGEMM's benchmark kernels in parallel ($DG_KINDS, $DGWARM_S)
@@ -146,6 +147,8 @@ for step in "$@"; do
               --rounds 60 2>&1 | grep -v "using " | tail -5
         done
       done ;;
+    swapab)   # is a swap-AB kernel worth building? (the 1D1D kernel on (W, X), no new code)
+      tl 240 python3 scripts/swap_ab_probe.py --rounds 40 2>&1 | grep -v "using " | tail -80 ;;
     probe)
       tl 230 python3 scripts/probe_small_m.py ${PROBE_ARGS:-} 2>&1 | tail -40 ;;
     *) echo "unknown step $step" ;;
