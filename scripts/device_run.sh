@@ -12,6 +12,7 @@
 #   probe       small-M streaming probes;  smallm  narrow A tiles: GPU tests + A/B timings
 #   wgradab     the 1D1D kernel's epilogues side by side (ab_time.py --1d1d)
 #   swapab      decode: swap-AB through the 1D1D kernel against dense and DeepGEMM
+#   groupedab   m-grouped configs side by side (ab_grouped.py)
 #   dgbuild     build DeepGEMM from .devcarry/ (scripts/deepgemm_source.sh), in the background
 #   dgdiag      does DeepGEMM run here? (then DG_OK=1 puts it in the benches' providers)
 #   dgwarm      compile DeepGEMM's benchmark kernels in parallel ($DG_KINDS, $DGWARM_S)
@@ -146,6 +147,11 @@ for step in "$@"; do
               128x64 128x96t --1d1d $acc \
               --rounds 60 2>&1 | grep -v "using " | tail -5
         done
+      done ;;
+    groupedab)  # grouped configs side by side (ab_grouped.py), DeepGEMM too where DG_OK
+      for case in "m-grouped-masked 0 128x128 128x192" "m-grouped-masked 6 128x128 128x192" \
+                  "m-grouped-contiguous 2 128x128:a 128x192:a 128x192"; do
+        tl 90 python3 scripts/ab_grouped.py $case --rounds 40 2>&1 | grep -v "using " | tail -6
       done ;;
     swapab)   # is a swap-AB kernel worth building? (the 1D1D kernel on (W, X), no new code)
       tl 240 python3 scripts/swap_ab_probe.py --rounds 40 2>&1 | grep -v "using " | tail -80 ;;

@@ -1,0 +1,104 @@
+"""A/B timing of m-grouped GEMM configurations on one of the grouped benchmark's cases, next to
+the heuristic's pick and DeepGEMM, launches interleaved in rounds (ab_time.py's method).
+
+    python scripts/ab_grouped.py KIND INDEX [SPEC ...] [--rounds R]
+
+KIND: m-grouped-contiguous or m-grouped-masked; INDEX: the case's position in
+`bench.grouped.make_cases(KIND)` (printed with --list); SPEC: BMxBN[:mc] (mc: a, for the
+contiguous schedule). Each config goes through the public function (the same layout
+preparation), with the launcher told to use it. Printed: median microseconds, TFLOPS of the
+valid rows, and DeepGEMM's time over each contender's.
+"""
+import argparse
+import statistics
+
+import torch
+
+from bench import grouped
+from bench.timing import flush_l2
+from pyfp8gemm.host import launch, launchers
+from pyfp8gemm.host.heuristics import make_config
+
+FORCED = {"config": None}
+
+
+def force_configs():
+    """The launchers, with the forced config (None: the heuristic's) passed to the launch."""
+    def contiguous(a_data, a_scale, b_data, b_scale, d, m_indices, expected_m, alignment):
+        launch.launch_grouped("m_grouped_contiguous", a_data, a_scale, b_data, b_scale, d,
+                              m_indices, b_data.shape[0], expected_m, alignment,
+                              config=FORCED["config"])
+
+    def masked(a_data, a_scale, b_data, b_scale, d, masked_m, expected_m):
+        launch.launch_grouped("m_grouped_masked", a_data, a_scale, b_data, b_scale, d,
+                              masked_m, b_data.shape[0], expected_m, config=FORCED["config"])
+
+    launchers.m_grouped_contiguous, launchers.m_grouped_masked = contiguous, masked
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("kind", choices=grouped.KINDS)
+    parser.add_argument("index", type=int, nargs="?", default=0)
+    parser.add_argument("specs", nargs="*")
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args()
+    cases = grouped.make_cases(args.kind)
+    if args.list:
+        for i, case in enumerate(cases):
+            print(i, case.label)
+        return
+    case = cases[args.index]
+    inputs = grouped.make_inputs(case, args.index)
+    force_configs()
+    schedule = args.kind.replace("-", "_")
+    contenders = {}
+
+    def forced(config, run):
+        def call():
+            FORCED["config"] = config
+            return run()
+        return call
+
+    contenders["heuristic"] = forced(None, grouped.prepare_pyfp8gemm(case, inputs))
+    for spec in args.specs:
+        tile, _, mc = spec.partition(":")
+        bm, bn = map(int, tile.split("x"))
+        config = make_config(bm, bn, mc or "none", schedule=schedule)
+        contenders[spec] = forced(config, grouped.prepare_pyfp8gemm(case, inputs))
+    try:
+        contenders["DeepGEMM"] = grouped.prepare_deepgemm(case, inputs)
+    except Exception as error:               # NotAvailable, or no deep_gemm here
+        print(f"(DeepGEMM left out: {error})")
+    for name in list(contenders):
+        try:
+            for _ in range(5):
+                contenders[name]()
+        except ValueError as error:          # a config this case cannot run
+            print(f"({name} left out: {error})")
+            del contenders[name]
+    torch.cuda.synchronize()
+    names = list(contenders)
+    events = {name: [] for name in names}
+    for r in range(args.rounds):
+        for i in range(len(names)):
+            name = names[(i + r) % len(names)]
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            flush_l2()
+            start.record()
+            contenders[name]()
+            end.record()
+            events[name].append((start, end))
+    torch.cuda.synchronize()
+    times = {name: statistics.median(s.elapsed_time(e) for s, e in ev) * 1e3
+             for name, ev in events.items()}
+    flops = case.flops
+    print(f"{case.label}, {args.rounds} interleaved rounds")
+    for name, us in times.items():
+        vs = f"vs DeepGEMM x{times['DeepGEMM'] / us:.2f}" if "DeepGEMM" in times else ""
+        print(f"  {name:12} {us:8.1f} us {flops / us / 1e6:6.0f} TFLOPS  {vs}")
+
+
+if __name__ == "__main__":
+    main()
