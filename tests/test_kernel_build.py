@@ -218,3 +218,15 @@ def test_1d1d_in_a_cluster_multicasts_the_shared_operand(multicast, schedule):
                                      ("UTMALDG.2D.MULTICAST", "UCGABAR_ARV", "UCGABAR_WAIT"))
     assert counts["UTMALDG.2D.MULTICAST"] >= 2
     assert counts["UCGABAR_ARV"] >= 2 and counts["UCGABAR_WAIT"] >= 2
+
+
+def test_masked_kernel_stores_whole_tiles_by_tma_and_the_last_block_from_registers():
+    """m_grouped_masked: a tile whose rows are all below masked_m leaves by TMA (stmatrix into
+    shared memory, UTMASTG), the group's last block by bounded st.global from registers."""
+    from pyfp8gemm.host.heuristics import make_config
+
+    cfg = make_config(128, 128, schedule="m_grouped_masked")
+    kernel = compiler.compile_kernel(kernel_spec(cfg))
+    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+    counts = toolchain.count_opcodes(toolchain.sass(kernel.cubin), ("UTMASTG", "STSM", "STG"))
+    assert counts["UTMASTG"] >= 1 and counts["STSM"] >= 1 and counts["STG"] >= cfg.block_n // 4

@@ -18,8 +18,9 @@ The same kernel serves the MoE grouped GEMMs (GemmConfig.schedule): B is then (g
 and the schedule says which group a tile belongs to: for m_grouped_contiguous a per-row group
 index (padding blocks have no K blocks and store zeros), for m_grouped_masked A is
 (groups * M_max, K), D (groups, M_max, N), A's scales (groups, K blocks, align(M_max, 4)),
-group g has masked_m[g] rows, and the epilogue stores from registers, rows bounded by that
-count (rows past it stay untouched).
+group g has masked_m[g] rows: a tile whose rows are all below that count is stored by TMA, as
+a dense one; the group's last, partial block from registers, rows bounded by the count (rows
+past it stay untouched).
 
 Reading order: the producer's slot fillers `load_tiles` and `load_b_scales_into_slot`, then
 `math_loop` (tiles -> K loop -> epilogue), then the kernel entry.
@@ -172,8 +173,11 @@ def make_fp8_gemm_1d2d(cfg):
             unit += unit_step
             row0 = m_block * BM
             if MASKED:            # D (groups, M_max, N): rows past the group's count untouched
-                store_rows(d + 2 * (group * m) * n, final, row0, group_rows(work, group),
-                           n_block, n, tid)
+                rows = group_rows(work, group)
+                if row0 + BM <= rows:         # all of the tile's rows are the group's: TMA
+                    store_tile(base, tmap_d, final, group * m + row0, n_block, tid, warpgroup)
+                else:                         # the group's last block: rows bounded
+                    store_rows(d + 2 * (group * m) * n, final, row0, rows, n_block, n, tid)
             elif not SPLIT_K:
                 store_tile(base, tmap_d, final, row0, n_block, tid, warpgroup)
             else:
@@ -184,8 +188,7 @@ def make_fp8_gemm_1d2d(cfg):
                                                     tile_unit - whole_tiles, split, tid)
                 if reduces:     # a whole tile, or the last of a split tile's CTAs: store
                     store_tile(base, tmap_d, final, row0, n_block, tid, warpgroup)
-        if not MASKED:
-            drain_stores(tid)
+        drain_stores(tid)
 
     # ---- the kernel ------------------------------------------------------------------------
 

@@ -115,8 +115,8 @@ class Plan:
         b = tensormap(driver.DTYPE_FP8, key.b, k, b_rows, k, BLOCK_K, cfg.block_n, 128)
         if p.kind == "m_grouped_masked":
             # A's scales (groups, K blocks, align(M_max, 4)): a 3-D map, so that no box reaches
-            # into the next group's rows. (The masked epilogue stores D from registers: its
-            # tensor map only keeps the parameter list the same as the other schedules'.)
+            # into the next group's rows. (D's 2-D map over all groups' rows serves the tiles
+            # whose rows are all valid: the masked epilogue stores the rest from registers.)
             pad = key.a_scale_stride
             sfa = driver.tensormap_3d(driver.DTYPE_F32, key.a_scale, (m, kb, g),
                                       (pad * 4, pad * kb * 4), (cfg.block_m, 1, 1))
