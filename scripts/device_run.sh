@@ -149,7 +149,8 @@ for step in "$@"; do
         done
       done ;;
     groupedab)  # grouped configs side by side (ab_grouped.py), DeepGEMM too where DG_OK
-      for case in "m-grouped-masked 0 128x128 128x192" "m-grouped-masked 6 128x128 128x192" \
+      for case in "m-grouped-masked 0 128x128 128x192 128x128:b 128x192:b" \
+                  "m-grouped-masked 6 128x128 128x192 128x192:b" \
                   "m-grouped-contiguous 2 128x128:a 128x192:a 128x192"; do
         tl 90 python3 scripts/ab_grouped.py $case --rounds 40 2>&1 | grep -v "using " | tail -6
       done ;;

@@ -386,3 +386,32 @@ def test_moe_example_on_gpu():
     assert result["masked_vs_bf16"] < example.TOLERANCE
     # the same FP8 products through two kernels; bf16 rounding of h may differ in a last bit
     assert result["contiguous_vs_masked"] < 1e-4
+
+
+@pytest.mark.parametrize("block_n", [128, 192])
+def test_masked_in_a_cluster_sharing_b(monkeypatch, block_n):
+    """The masked GEMM in 2-CTA clusters sharing B (DeepGEMM's choice; forced here, the
+    heuristic does not pick it yet): a group's M blocks in pairs, an odd count's extra tile
+    stores nothing. Same bits as without a cluster; rows past masked_m untouched."""
+    from pyfp8gemm.host import launch, launchers
+    from pyfp8gemm.host.heuristics import make_config
+
+    groups, m_max, n, k = 6, 300, 768, 1024
+    a, b, x, w = make_masked(5, groups, m_max, n, k)
+    masked_m = torch.tensor([0, 300, 129, 128, 1, 257], dtype=torch.int32, device="cuda")
+    outs = []
+    for multicast in ("b", "none"):
+        cfg = make_config(128, block_n, multicast, schedule="m_grouped_masked")
+
+        def forced(a_data, a_scale, b_data, b_scale, d, masked_m, expected_m, cfg=cfg):
+            launch.launch_grouped("m_grouped_masked", a_data, a_scale, b_data, b_scale, d,
+                                  masked_m, b_data.shape[0], expected_m, config=cfg)
+
+        monkeypatch.setattr(launchers, "m_grouped_masked", forced)
+        outs.append(_nan(groups, m_max, n))
+        m_grouped_fp8_gemm_nt_masked(a, b, outs[-1], masked_m, 192)
+    torch.cuda.synchronize()
+    d, plain = outs
+    check_masked(d, a, b, masked_m, x, w)
+    assert torch.equal(d.isnan(), plain.isnan())
+    assert torch.equal(d.nan_to_num(), plain.nan_to_num())

@@ -121,22 +121,37 @@ def test_m_grouped_contiguous_skips_padding_blocks(block_m, block_n, multicast):
     assert all(kb_begin == kb_end for _, g, *_, kb_begin, kb_end in visited if g < 0)
 
 
-@pytest.mark.parametrize("block_m, block_n", [(64, 128), (128, 64)])
-@pytest.mark.parametrize("grid", [132, 7])
-def test_m_grouped_masked_visits_only_counted_rows(block_m, block_n, grid):
+@pytest.mark.parametrize("block_m, block_n, multicast", [(64, 128, "none"), (128, 64, "none"),
+                                                         (128, 64, "b")])
+@pytest.mark.parametrize("grid", [132, 8])
+def test_m_grouped_masked_visits_only_counted_rows(block_m, block_n, multicast, grid):
+    """Every M block of every group's rows once, nothing of an empty group; in a cluster
+    sharing B (M blocks in pairs) a group with an odd block count adds one tile past its
+    rows, which stores nothing (its partner needs the shared B tile)."""
     rng = random.Random(1)
     m_max, n, k = 300, 4096 + 64, 2048
     masked_m = [rng.randrange(0, m_max + 1) for _ in range(9)]
     masked_m[0] = masked_m[4] = 0                                 # empty groups
     masked_m[5] = m_max
-    cfg = GemmConfig(block_m, block_n, 3, schedule="m_grouped_masked")
+    cfg = GemmConfig(block_m, block_n, 3, multicast, schedule="m_grouped_masked")
     visited = visits(cfg, m_max, n, k, grid, layout=masked_m, groups=len(masked_m))
     tiles = covered_k(visited)
+    pair = 2 if multicast == "b" else 1
     expected = {(g, mb, nb) for g, rows in enumerate(masked_m)
                 for mb in range(ceil_div(rows, block_m)) for nb in range(ceil_div(n, block_n))}
-    assert set(tiles) == expected                  # nothing of an empty group, no extra block
-    assert len(visited) == len(expected)           # each once
+    phantom = {(g, mb, nb) for g, rows in enumerate(masked_m)
+               for mb in range(ceil_div(rows, block_m), ceil_div(rows, block_m * pair) * pair)
+               for nb in range(ceil_div(n, block_n))}
+    assert set(tiles) == expected | phantom        # nothing of an empty group
+    assert all(mb * block_m >= masked_m[g] for g, mb, _ in phantom)
+    assert len(visited) == len(expected) + len(phantom)           # each once
     assert all(r == [(0, ceil_div(k, BLOCK_K))] for r in tiles.values())
+    if multicast == "b":          # a cluster's two CTAs: one group's M blocks 2u, 2u + 1
+        walked = scheduler.walk(cfg, m_max, n, k, grid, layout=masked_m, groups=len(masked_m))
+        for cta in range(0, grid, 2):
+            assert len(walked[cta]) == len(walked[cta + 1])
+            for (g0, m0, n0, *_), (g1, m1, n1, *_) in zip(walked[cta], walked[cta + 1]):
+                assert (g0, n0, m0 % 2, m1) == (g1, n1, 0, m0 + 1)
 
 
 def test_loaders_and_math_walk_the_same_order():

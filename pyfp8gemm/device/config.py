@@ -117,11 +117,14 @@ class GemmConfig:
             raise ValueError("split_k needs multicast 'none'")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.schedule.startswith("m_grouped") and (self.split_k or self.multicast == "b"):
-            raise ValueError(f"schedule {self.schedule!r}: no split-K, no multicast 'b' (two M "
-                             "blocks of a cluster may belong to different groups)")
-        if self.schedule == "m_grouped_masked" and self.multicast != "none":
-            raise ValueError("schedule 'm_grouped_masked' runs without clusters")
+        if self.schedule.startswith("m_grouped") and self.split_k:
+            raise ValueError(f"schedule {self.schedule!r}: no split-K")
+        if self.schedule == "m_grouped_contiguous" and self.multicast == "b":
+            raise ValueError("schedule 'm_grouped_contiguous': no multicast 'b' (two M blocks "
+                             "of a cluster may belong to different groups)")
+        if self.schedule == "m_grouped_masked" and self.multicast == "a":
+            raise ValueError("schedule 'm_grouped_masked': multicast 'b' (a group's M blocks "
+                             "share its weights) or none")
         if self.stages < 1 or self.smem_bytes > SMEM_LIMIT:
             raise ValueError(f"{self}: {self.smem_bytes} B of shared memory > {SMEM_LIMIT}")
 

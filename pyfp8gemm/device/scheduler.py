@@ -119,8 +119,9 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
 
     @jit
     def masked_blocks(layout, g, m_max):
-        """M blocks of group g of a masked layout."""
-        return div(masked_rows(layout, g, m_max) + (BM - 1), BM)
+        """M units of group g of a masked layout: its M blocks, in pairs in a 2-CTA cluster
+        sharing B (a pair's second block may lie past the group's rows: it stores nothing)."""
+        return div(masked_rows(layout, g, m_max) + (BM * cluster_m - 1), BM * cluster_m)
 
     @jit
     def begin(m, n, k, split_k, whole_tiles, layout, groups, where):
@@ -175,7 +176,7 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
                 i32(min(num_kb, kb_begin + per_split)))
 
     @jit
-    def masked_tile(unit, num_kb, num_n_units, layout, groups, m_max):
+    def masked_tile(unit, rank, num_kb, num_n_units, layout, groups, m_max):
         """Group g's tiles come after those of groups < g; inside a group, in grouped order
         (M fastest: a group's few M blocks of one weight tile are consecutive units, run at
         once by neighbouring CTAs, so each of its B tiles streams from DRAM once; with N
@@ -188,14 +189,14 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
             in_group -= blocks * num_n_units
             group += 1
             blocks = masked_blocks(layout, group, m_max)
-        m_block, n_block = tile_of(in_group, 0, blocks, num_n_units)
+        m_block, n_block = tile_of(in_group, rank, blocks, num_n_units)
         return i32(group), i32(m_block), i32(n_block), unit, 0, i32(0), num_kb
 
     @jit
     def tile(unit, work):
         num_kb, splitting, rank, first, step, num_m_units, num_n_units, grouping = work
         if MASKED:
-            return masked_tile(unit, num_kb, num_n_units, grouping[0], grouping[1],
+            return masked_tile(unit, rank, num_kb, num_n_units, grouping[0], grouping[1],
                                grouping[3])
         if K_GROUPED:
             tiles = num_m_units * num_n_units
