@@ -230,3 +230,21 @@ def test_masked_kernel_stores_whole_tiles_by_tma_and_the_last_block_from_registe
     assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
     counts = toolchain.count_opcodes(toolchain.sass(kernel.cubin), ("UTMASTG", "STSM", "STG"))
     assert counts["UTMASTG"] >= 1 and counts["STSM"] >= 1 and counts["STG"] >= cfg.block_n // 4
+
+
+def test_masked_kernel_with_the_dead_warpgroup_branch_is_not_serialized():
+    """The masked kernel's branch around the K loop (a warpgroup past masked_m only takes its
+    turn on the ring) must not make ptxas serialize the overlapped wgmmas (C7514)."""
+    from pyfp8gemm.host.heuristics import make_config
+
+    cfg = make_config(128, 128, schedule="m_grouped_masked")
+    assert cfg.overlap_promotion
+    spec = kernel_spec(cfg)
+    kernel = compiler.compile_kernel(spec)
+    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+    assert toolchain.count_opcodes(toolchain.sass(kernel.cubin))["QGMMA"] == 16
+    ptx = compiler.kernel_to_ptx(spec.make_kernel(), spec.signature, cfg.threads)
+    ptx = compiler.tensormaps_by_value(compiler.rename_entry(ptx, cfg.name), cfg.name,
+                                       TENSORMAP_PARAMS)
+    _, info = toolchain.ptxas_verbose(ptx)
+    assert "C7514" not in info and "serialized" not in info

@@ -32,7 +32,7 @@ from numba.cuda import types
 from .config import BLOCK_K, MATH_REGISTERS, PRODUCER_REGISTERS, SFB_STAGE_BYTES
 from .epilogue import make_bf16_epilogue, make_bounded_bf16_store, make_split_k_reduction
 from .k_loop import fragments, make_math_setup, make_scaling_1d2d, make_tile_k_loop
-from .pipeline import make_ring, make_ring_loader
+from .pipeline import make_ring, make_ring_loader, make_ring_skipper
 from .ptx import (
     cluster_sync, cp_async_4, cp_async_mbarrier_arrive_noinc, elect_one,
     mbarrier_arrive_expect_tx, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base,
@@ -88,6 +88,7 @@ def make_fp8_gemm_1d2d(cfg):
     init_ring = ring.init
     begin, count, tile, group_rows = schedule
     tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_1d2d)
+    skip_k_blocks = make_ring_skipper(ring) if MASKED else None
     store_tile, drain_stores = make_bf16_epilogue(cfg)
     store_rows = make_bounded_bf16_store(cfg) if MASKED else None
     reduce_split_k = make_split_k_reduction(cfg)
@@ -166,12 +167,16 @@ def make_fp8_gemm_1d2d(cfg):
             n0 = n_block * BN
             n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
             final = final_zeros()
-            if not PADDING_BLOCKS or kb_begin < kb_end:
+            row0 = m_block * BM
+            if MASKED and row0 + 64 * warpgroup >= group_rows(work, group):
+                # This warpgroup's rows all lie past the group's count: no MMA, only its turn
+                # on each slot (the other warpgroup, or the cluster's partner, may need them).
+                stage, phase = skip_k_blocks(base, stage, phase, lane, kb_begin, kb_end)
+            elif not PADDING_BLOCKS or kb_begin < kb_end:
                 final, acc, acc_next, stage, phase = tile_k_loop(
                     min(n_first, N_GROUPS), base, final, acc, acc_next, descs, stage, phase,
                     sfa_row, lane, n_first, kb_begin, kb_end)
             unit += unit_step
-            row0 = m_block * BM
             if MASKED:            # D (groups, M_max, N): rows past the group's count untouched
                 rows = group_rows(work, group)
                 if row0 + BM <= rows:         # all of the tile's rows are the group's: TMA

@@ -98,3 +98,23 @@ def make_ring_loader(ring, schedule, load_slot):
                 stage, phase = next_slot(stage, phase)
             unit += unit_step
     return loader_loop
+
+
+def make_ring_skipper(ring):
+    """`skip(base, stage, phase, lane, kb_begin, kb_end) -> (stage, phase)`: a math warp that
+    has nothing to compute for these K blocks (its rows all lie past a masked group's count)
+    still takes its turn on each slot: wait until the block has landed (the producer must not
+    refill a slot its TMA is still writing), release it."""
+    inline = cuda.jit(device=True, inline="always")
+    next_slot, wait_full, release = ring.next_slot, ring.wait_full, ring.release
+
+    @inline
+    def skip(base, stage, phase, lane, kb_begin, kb_end):
+        kb = kb_begin
+        while kb < kb_end:
+            wait_full(base, stage, phase)
+            release(base, stage, lane)
+            stage, phase = next_slot(stage, phase)
+            kb = types.int32(kb + 1)
+        return stage, phase
+    return skip
