@@ -1,6 +1,8 @@
 """Compile kernels into the disk cache in parallel (GPU machine or not: compiling needs no GPU).
 
-    python scripts/precompile.py --all [--jobs N]     every kernel the heuristics can launch
+    python scripts/precompile.py --all [--jobs N]     every kernel the heuristics can launch,
+                                                      and the forced ones of the GPU tests and
+                                                      the device A/B steps (`forced_configs`)
     python scripts/precompile.py SPEC ... [--jobs N]  the given configs (scripts/config_spec.py)
 
 The device scripts run it first: the GPU suite then finds every kernel compiled (one process per
@@ -22,6 +24,25 @@ def _compile(cfg):
     return cfg.name
 
 
+def forced_configs():
+    """Configurations the heuristic does not pick but the GPU tests and the A/B steps of
+    scripts/device_run.sh launch (so that no test worker compiles them one after another)."""
+    from pyfp8gemm.host.heuristics import make_config
+    wgrad = [make_config(128, bn, mc, schedule=schedule, scaling="1d1d", accumulate=acc,
+                         epilogue=epilogue)
+             for schedule in ("dense", "k_grouped") for acc in (False, True)
+             for bn, mc, epilogue in ((128, "none", "tma"), (96, "none", "tma"),
+                                      (128, "a", "tma"), (128, "b", "tma"),
+                                      (128, "a", "direct"), (128, "b", "direct"))
+             if not (schedule == "k_grouped" and mc == "a")]
+    wgrad += [make_config(64, bn, scaling="1d1d") for bn in (16, 32)]      # swap_ab_probe.py
+    masked = [make_config(128, bn, mc, schedule="m_grouped_masked")
+              for bn in (128, 192) for mc in ("none", "b")]
+    contiguous = [make_config(128, bn, mc, schedule="m_grouped_contiguous")
+                  for bn, mc in ((128, "a"), (192, "a"), (192, "none"))]
+    return wgrad + masked + contiguous
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("specs", nargs="*")
@@ -30,7 +51,9 @@ def main():
     args = parser.parse_args()
     from config_spec import parse
     from pyfp8gemm.host.heuristics import all_configs
-    configs = [parse(s).config for s in args.specs] + (all_configs() if args.all else [])
+    configs = [parse(s).config for s in args.specs]
+    if args.all:
+        configs += all_configs() + forced_configs()
     kernels = sorted(set(configs), key=lambda c: c.name)
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
