@@ -342,3 +342,23 @@ def test_k_grouped_tma_epilogue_matches_direct(gen):
     torch.cuda.synchronize()
     assert torch.equal(outs[0], outs[1])
     assert torch.equal(outs[0][1], c[1])                      # the empty group: D = C
+
+
+def test_wgrad_tma_reduce_add_keeps_subnormals(gen):
+    """The TMA reduce-add adds in L2: a C of float32 subnormals (and tiny products) must come
+    out as the direct epilogue's FADD gives them, not flushed to zero (PTX ISA versions differ
+    on whether cp.reduce.async.bulk .add.f32 flushes)."""
+    from pyfp8gemm.host.launch import launch_1d1d
+
+    m, n, k = 256, 256, 256
+    a = quantize(randn(m, k, gen=gen) * 1e-20, "1x128")
+    b = quantize(randn(n, k, gen=gen) * 1e-20, "1x128")
+    c = randn(m, n, gen=gen, dtype=torch.float32) * 1e-39          # subnormal float32
+    assert (c != 0).any() and (c.abs() < torch.finfo(torch.float32).tiny).all()
+    outs = []
+    for cfg in _tma_and_direct("dense", True):
+        d = c.clone()
+        launch_1d1d(a.data, a.scale, b.data, b.scale, d, d, config=cfg)
+        outs.append(d)
+    torch.cuda.synchronize()
+    assert torch.equal(outs[0], outs[1])
