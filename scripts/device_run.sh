@@ -13,6 +13,7 @@
 #   wgradab     the 1D1D kernel's epilogues side by side (ab_time.py --1d1d)
 #   swapab      decode: swap-AB through the 1D1D kernel against dense and DeepGEMM
 #   groupedab   m-grouped configs side by side (ab_grouped.py)
+#   sanitize    compute-sanitizer memcheck + racecheck (sanitize_small.py, sanitize_quantize.py)
 #   dgbuild     build DeepGEMM from .devcarry/ (scripts/deepgemm_source.sh), in the background
 #   dgdiag      does DeepGEMM run here? (then DG_OK=1 puts it in the benches' providers)
 #   dgwarm      compile DeepGEMM's benchmark kernels in parallel ($DG_KINDS, $DGWARM_S)
@@ -153,6 +154,14 @@ for step in "$@"; do
                   "m-grouped-masked 6 128x128 128x192 128x192:b" \
                   "m-grouped-contiguous 2 128x128:a 128x192:a 128x192"; do
         tl 90 python3 scripts/ab_grouped.py $case --rounds 40 2>&1 | grep -v "using " | tail -6
+      done ;;
+    sanitize)  # compute-sanitizer on one small problem of every kernel family and variant
+      S=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+      for tool in memcheck racecheck; do
+        for script in sanitize_small sanitize_quantize; do
+          tl 120 $S --tool $tool --report-api-errors no python3 scripts/$script.py 2>&1 \
+              | grep -v "using " | tail -3
+        done
       done ;;
     swapab)   # is a swap-AB kernel worth building? (the 1D1D kernel on (W, X), no new code)
       tl 240 python3 scripts/swap_ab_probe.py --rounds 40 2>&1 | grep -v "using " | tail -80 ;;

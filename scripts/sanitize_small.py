@@ -4,8 +4,10 @@
     compute-sanitizer --tool racecheck --report-api-errors no python3 scripts/sanitize_small.py
 
 Dense (one tile with split-K and one with a cluster), m-grouped contiguous with a padding block,
-m-grouped masked with an empty group and a partial block, 1D1D with accumulation, k-grouped
-with an empty group; each checked against its reference (calc_diff printed)."""
+m-grouped masked with an empty group, a partial block, a warpgroup past its rows and a whole
+tile (TMA store), 1D1D with accumulation, k-grouped with an empty group; on a GPU also the
+forced variants the heuristic does not pick yet (1D1D "tma" epilogue and clusters, masked in a
+cluster); each checked against its reference (calc_diff printed)."""
 import torch
 
 import pyfp8gemm
@@ -44,13 +46,13 @@ pyfp8gemm.m_grouped_fp8_gemm_nt_contiguous(a, b, d, ids)
 report("m-grouped contiguous", d, reference_m_grouped_contiguous(a, b, ids))
 
 m_max = 200
-masked_m = torch.tensor([70, 0, 200], device=dev, dtype=torch.int32)
+masked_m = torch.tensor([40, 0, 200], device=dev, dtype=torch.int32)
 a = pyfp8gemm.quantize_grouped(randn(groups, m_max, k), "1x128")
 d = torch.full((groups, m_max, n), float("nan"), device=dev, dtype=torch.bfloat16)
 pyfp8gemm.m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, 100)
 ref = reference_m_grouped_masked(a, b, masked_m)
-valid = torch.cat([d[0, :70], d[2]]).float()
-report("m-grouped masked", valid, torch.cat([ref[0, :70], ref[2]]))
+valid = torch.cat([d[0, :40], d[2]]).float()
+report("m-grouped masked", valid, torch.cat([ref[0, :40], ref[2]]))
 
 x, y = randn(96, 384), randn(136, 384)
 a1, b1 = pyfp8gemm.quantize(x, "1x128"), pyfp8gemm.quantize(y, "1x128")
@@ -70,5 +72,26 @@ pyfp8gemm.k_grouped_fp8_gemm_nt_contiguous((flat_a, qa.scale), (flat_b, qb.scale
                                             ks_tensor, d)
 report("k-grouped", d, reference_k_grouped((flat_a, qa.scale), (flat_b, qb.scale), ks))
 if dev == "cuda":
+    from pyfp8gemm.host import launch, launchers
+    from pyfp8gemm.host.heuristics import make_config
+
+    for epilogue, mc in (("tma", "none"), ("tma", "b"), ("direct", "a")):
+        cfg = make_config(128, 128, mc, scaling="1d1d", accumulate=True, epilogue=epilogue)
+        x, y = randn(256, 384), randn(256, 384)
+        a1, b1 = pyfp8gemm.quantize(x, "1x128"), pyfp8gemm.quantize(y, "1x128")
+        d = torch.randn(256, 256, device=dev)
+        c = d.clone()
+        launch.launch_1d1d(a1.data, a1.scale, b1.data, b1.scale, d, d, config=cfg)
+        report(f"1D1D {epilogue} {mc}", d, reference_gemm_1d1d(a1, b1, c))
+
+    cfg = make_config(128, 128, "b", schedule="m_grouped_masked")
+    launchers.m_grouped_masked = (
+        lambda a_data, a_scale, b_data, b_scale, d, masked_m, expected_m:
+        launch.launch_grouped("m_grouped_masked", a_data, a_scale, b_data, b_scale, d,
+                              masked_m, b_data.shape[0], expected_m, config=cfg))
+    d = torch.full((groups, m_max, n), float("nan"), device=dev, dtype=torch.bfloat16)
+    pyfp8gemm.m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, 100)
+    valid = torch.cat([d[0, :40], d[2]]).float()
+    report("m-grouped masked, cluster", valid, torch.cat([ref[0, :40], ref[2]]))
     torch.cuda.synchronize()
 print("done")
