@@ -44,6 +44,7 @@ _LAZY_EXPORTS = {
     "k_grouped_fp8_gemm_nt_contiguous": "pyfp8gemm.host.gemm_1d1d",
     "quantize_transposed": "pyfp8gemm.host.quantize_training",
     "quantize_rowwise_and_transposed": "pyfp8gemm.host.quantize_training",
+    "quantize_weight_and_transposed": "pyfp8gemm.host.quantize_training",
     "m_grouped_fp8_gemm_nt_contiguous": "pyfp8gemm.host.grouped",
     "m_grouped_fp8_gemm_nt_masked": "pyfp8gemm.host.grouped",
     "fp8_m_grouped_gemm_nt_masked": "pyfp8gemm.host.grouped",
