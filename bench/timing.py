@@ -60,6 +60,32 @@ def flush_l2() -> None:
     _l2_flush_buffer.zero_()
 
 
+def interleaved_times(contenders: dict[str, Callable[[], object]], rounds: int,
+                      warmup: int = 10) -> dict[str, list[float]]:
+    """Each contender's time in every round (ms; CUDA events around one call, L2 flushed
+    before it). Every round launches all contenders in rotating order, so that drift of the
+    clock and power over the seconds of a run hits them alike (the method of the A/B scripts;
+    compare medians, or per-round ratios). `warmup` calls of each first."""
+    names = list(contenders)
+    for name in names:
+        for _ in range(warmup):
+            contenders[name]()
+    torch.cuda.synchronize()
+    events = {name: [] for name in names}
+    for r in range(rounds):
+        for i in range(len(names)):
+            name = names[(i + r) % len(names)]
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            flush_l2()
+            start.record()
+            contenders[name]()
+            end.record()
+            events[name].append((start, end))
+    torch.cuda.synchronize()
+    return {name: [s.elapsed_time(e) for s, e in ev] for name, ev in events.items()}
+
+
 def time_with_do_bench(fn: Callable[[], object], warmup_ms: float, rep_ms: float) -> float:
     import triton.testing
 

@@ -12,10 +12,8 @@ valid rows, and DeepGEMM's time over each contender's.
 import argparse
 import statistics
 
-import torch
-
 from bench import grouped
-from bench.timing import flush_l2
+from bench.timing import interleaved_times
 from pyfp8gemm.host import launch, launchers
 from pyfp8gemm.host.heuristics import make_config
 
@@ -78,21 +76,8 @@ def main():
         except ValueError as error:          # a config this case cannot run
             print(f"({name} left out: {error})")
             del contenders[name]
-    torch.cuda.synchronize()
-    names = list(contenders)
-    events = {name: [] for name in names}
-    for r in range(args.rounds):
-        for i in range(len(names)):
-            name = names[(i + r) % len(names)]
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            flush_l2()
-            start.record()
-            contenders[name]()
-            end.record()
-            events[name].append((start, end))
-    torch.cuda.synchronize()
-    times = {name: statistics.median(s.elapsed_time(e) for s, e in ev) * 1e3
-             for name, ev in events.items()}
+    times = {name: statistics.median(t) * 1e3          # (warmed up above)
+             for name, t in interleaved_times(contenders, args.rounds, warmup=0).items()}
     flops = case.flops
     print(f"{case.label}, {args.rounds} interleaved rounds")
     for name, us in times.items():

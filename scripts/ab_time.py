@@ -17,7 +17,7 @@ import statistics
 
 import torch
 
-from bench.timing import flush_l2
+from bench.timing import interleaved_times
 from config_spec import parse
 from pyfp8gemm.host.fp8tensor import quantize
 from pyfp8gemm.host.launch import fp8_gemm_nt_launch
@@ -75,22 +75,7 @@ for spec in args.specs:
     contenders[spec] = launch
 
 names = list(contenders)
-for name in names:                       # warm-up: compile, load, clocks up
-    for _ in range(20):
-        contenders[name]()
-torch.cuda.synchronize()
-events = {name: [] for name in names}
-for r in range(args.rounds):
-    for i in range(len(names)):
-        name = names[(i + r) % len(names)]
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        flush_l2()
-        start.record()
-        contenders[name]()
-        end.record()
-        events[name].append((start, end))
-torch.cuda.synchronize()
-times = {name: [s.elapsed_time(e) for s, e in ev] for name, ev in events.items()}
+times = interleaved_times(contenders, args.rounds, warmup=20)     # warm-up: compile, clocks up
 
 tflops = lambda ms: 2 * m * n * k / ms / 1e9
 first = next(spec for spec in args.specs if spec in contenders)

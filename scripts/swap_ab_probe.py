@@ -25,7 +25,7 @@ import statistics
 
 import torch
 
-from bench.timing import flush_l2
+from bench.timing import interleaved_times
 from pyfp8gemm import fp8_gemm_nt
 from pyfp8gemm.host.fp8tensor import quantize, to_mn_major_tma_aligned
 from pyfp8gemm.host.heuristics import make_config
@@ -47,24 +47,9 @@ def deepgemm_runner(qa, qb, out):
 
 
 def time_rounds(contenders, rounds):
-    names = list(contenders)
-    for name in names:
-        for _ in range(10):
-            contenders[name]()
-    torch.cuda.synchronize()
-    events = {name: [] for name in names}
-    for r in range(rounds):
-        for i in range(len(names)):
-            name = names[(i + r) % len(names)]
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            flush_l2()
-            start.record()
-            contenders[name]()
-            end.record()
-            events[name].append((start, end))
-    torch.cuda.synchronize()
-    return {name: statistics.median(s.elapsed_time(e) for s, e in ev) * 1e3
-            for name, ev in events.items()}
+    """Median microseconds of each contender over interleaved rounds."""
+    return {name: statistics.median(t) * 1e3
+            for name, t in interleaved_times(contenders, rounds).items()}
 
 
 def main():

@@ -55,6 +55,15 @@ def test_a_budget_beyond_the_pool_is_refused(two_warpgroup_kernel, monkeypatch):
         check_register_budget(cfg, kernel.meta["registers"])
 
 
+def _ptxas_info(cfg) -> str:
+    """ptxas's verbose output (warnings included) for the kernel of cfg."""
+    spec = kernel_spec(cfg)
+    ptx = compiler.kernel_to_ptx(spec.make_kernel(), spec.signature, cfg.threads)
+    ptx = compiler.tensormaps_by_value(compiler.rename_entry(ptx, cfg.name), cfg.name,
+                                       TENSORMAP_PARAMS)
+    return toolchain.ptxas_verbose(ptx)[1]
+
+
 def test_overlapped_kernel_is_not_serialized_and_does_not_spill(two_warpgroup_kernel):
     """ptxas serializes wgmma (warning C7514) when an in-flight fragment crosses a branch merge;
     the kernel is written so that it never does. Two fragments in flight: 16 QGMMA in the SASS."""
@@ -64,11 +73,7 @@ def test_overlapped_kernel_is_not_serialized_and_does_not_spill(two_warpgroup_ke
     sass = toolchain.sass(kernel.cubin)
     counts = toolchain.count_opcodes(sass)
     assert counts["QGMMA"] == 16 and counts["USETMAXREG"] == 2
-    ptx = compiler.kernel_to_ptx(kernel_spec(cfg).make_kernel(), kernel_spec(cfg).signature,
-                                 cfg.threads)
-    ptx = compiler.tensormaps_by_value(compiler.rename_entry(ptx, cfg.name), cfg.name,
-                                       TENSORMAP_PARAMS)
-    _, info = toolchain.ptxas_verbose(ptx)
+    info = _ptxas_info(cfg)
     assert "C7514" not in info and "serialized" not in info
 
 
@@ -239,12 +244,8 @@ def test_masked_kernel_with_the_dead_warpgroup_branch_is_not_serialized():
 
     cfg = make_config(128, 128, schedule="m_grouped_masked")
     assert cfg.overlap_promotion
-    spec = kernel_spec(cfg)
-    kernel = compiler.compile_kernel(spec)
+    kernel = compiler.compile_kernel(kernel_spec(cfg))
     assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
     assert toolchain.count_opcodes(toolchain.sass(kernel.cubin))["QGMMA"] == 16
-    ptx = compiler.kernel_to_ptx(spec.make_kernel(), spec.signature, cfg.threads)
-    ptx = compiler.tensormaps_by_value(compiler.rename_entry(ptx, cfg.name), cfg.name,
-                                       TENSORMAP_PARAMS)
-    _, info = toolchain.ptxas_verbose(ptx)
+    info = _ptxas_info(cfg)
     assert "C7514" not in info and "serialized" not in info

@@ -86,9 +86,10 @@ def make_fp8_gemm_1d1d(cfg):
     begin, count, tile, _ = schedule
     tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_1d1d)
     TMA_D = cfg.epilogue == "tma"
-    store_tile = fragment_store_f32_global(BN // 2, ACCUMULATE)
     if TMA_D:
         store_tile_tma, drain_stores = make_f32_tma_epilogue(cfg)
+    else:
+        store_tile = fragment_store_f32_global(BN // 2, ACCUMULATE)
     zeros, final_zeros = fragments(cfg)
     math_setup = make_math_setup(cfg)
     producer_registers = setmaxnreg_dec(PRODUCER_REGISTERS)
@@ -96,6 +97,19 @@ def make_fp8_gemm_1d1d(cfg):
     inline = cuda.jit(device=True, inline="always")
 
     # ---- producer: one K block of one tile into a ring slot ------------------------------
+
+    @inline
+    def load_operand(dst, scale_dst, tmap, tmap_scale, full, local_kb, row, kb, shared, rank):
+        """One operand's tile (rows `row`.., K block local_kb of its tensor map) and its row
+        scales (K block kb) into a slot; `shared` (multicast): rank 0 loads them into both CTAs
+        of the cluster."""
+        if shared:
+            if rank == 0:
+                tma_load_2d_multicast(dst, tmap, full, local_kb * BLOCK_K, row, CTA_MASK)
+                tma_load_2d_multicast(scale_dst, tmap_scale, full, row, kb, CTA_MASK)
+        else:
+            tma_load_2d(dst, tmap, full, local_kb * BLOCK_K, row)
+            tma_load_2d(scale_dst, tmap_scale, full, row, kb)
 
     @inline
     def load_k_block(base, operands, rank, stage, group, m_block, n_block, kb):
@@ -109,24 +123,10 @@ def make_fp8_gemm_1d1d(cfg):
             tmap_a = tmaps + 2 * TENSORMAP_BYTES * group
             tmap_b = tmap_a + TENSORMAP_BYTES
             local_kb = kb - ld_global_nc_s32(layout + 4 * group)
-        a_dst, sfa_dst = base + SMEM_A + A_BYTES * stage, base + SMEM_SFA + SFA_BYTES * stage
-        b_dst, sfb_dst = base + SMEM_B + B_BYTES * stage, base + SMEM_SFB + SFB_BYTES * stage
-        if MULTICAST_A:           # rank 0 loads A and its scales for both CTAs of the cluster
-            if rank == 0:
-                tma_load_2d_multicast(a_dst, tmap_a, full, local_kb * BLOCK_K, m_block * BM,
-                                      CTA_MASK)
-                tma_load_2d_multicast(sfa_dst, tmap_sfa, full, m_block * BM, kb, CTA_MASK)
-        else:
-            tma_load_2d(a_dst, tmap_a, full, local_kb * BLOCK_K, m_block * BM)
-            tma_load_2d(sfa_dst, tmap_sfa, full, m_block * BM, kb)
-        if MULTICAST_B:           # rank 0 loads B and its scales for both
-            if rank == 0:
-                tma_load_2d_multicast(b_dst, tmap_b, full, local_kb * BLOCK_K, n_block * BN,
-                                      CTA_MASK)
-                tma_load_2d_multicast(sfb_dst, tmap_sfb, full, n_block * BN, kb, CTA_MASK)
-        else:
-            tma_load_2d(b_dst, tmap_b, full, local_kb * BLOCK_K, n_block * BN)
-            tma_load_2d(sfb_dst, tmap_sfb, full, n_block * BN, kb)
+        load_operand(base + SMEM_A + A_BYTES * stage, base + SMEM_SFA + SFA_BYTES * stage,
+                     tmap_a, tmap_sfa, full, local_kb, m_block * BM, kb, MULTICAST_A, rank)
+        load_operand(base + SMEM_B + B_BYTES * stage, base + SMEM_SFB + SFB_BYTES * stage,
+                     tmap_b, tmap_sfb, full, local_kb, n_block * BN, kb, MULTICAST_B, rank)
 
     loader_loop = make_ring_loader(ring, schedule, load_k_block)
 

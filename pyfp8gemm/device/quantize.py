@@ -58,6 +58,7 @@ E4M3_MAX = 448.0
 FULL_MASK = 0xFFFFFFFF
 NAN = float("nan")
 LOADS_IN_FLIGHT = 4            # 16-byte loads per thread issued before their values are used
+                               # (the kernels' load groups are written out four wide)
 
 # Kernel parameters: x, T, C, rows data and scales, transposed data and scales (0 when that
 # layout is not made), T_pad.

@@ -171,14 +171,27 @@ def _quantize_1x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return data, aligned_scale
 
 
+def _quantize_128x128_fused(x: torch.Tensor, transposed: bool):
+    """The fused kernel's (data, scale, (data_t, scale_t) or None) of x (N, K): W, and W^T
+    with its scales (K, N) / (ceil(K/128), ceil(N/128)), all contiguous (the caller checked
+    quantize_kernel.applies_128x128)."""
+    rows, cols = x.shape
+    rb, kb = _ceil_div(rows, BLOCK), _ceil_div(cols, BLOCK)
+    data = torch.empty(rows, cols, dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty(rb, kb, dtype=torch.float32, device=x.device)
+    wt = None
+    if transposed:
+        wt = (torch.empty(cols, rows, dtype=torch.float8_e4m3fn, device=x.device),
+              torch.empty(kb, rb, dtype=torch.float32, device=x.device))
+    quantize_kernel.launch_128x128(x, data, scale, transposed=wt)
+    return data, scale, wt
+
+
 def _quantize_128x128(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = x.shape
     rb, kb = _ceil_div(rows, BLOCK), _ceil_div(cols, BLOCK)
     if quantize_kernel.applies_128x128(x):   # bf16 / fp32 on a Hopper GPU: one kernel, same bits
-        data = torch.empty(rows, cols, dtype=torch.float8_e4m3fn, device=x.device)
-        scale = torch.empty(rb, kb, dtype=torch.float32, device=x.device)
-        quantize_kernel.launch_128x128(x, data, scale)
-        return data, scale
+        return _quantize_128x128_fused(x, transposed=False)[:2]
     padded = F.pad(x.float(), (0, kb * BLOCK - cols, 0, rb * BLOCK - rows))
     tiles = padded.reshape(rb, BLOCK, kb, BLOCK)             # tile (i, j) is tiles[i, :, j, :]
 

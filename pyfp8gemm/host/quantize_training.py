@@ -40,6 +40,7 @@ from pyfp8gemm.host.fp8tensor import (
     FP8Tensor,
     _block_scales,
     _empty_mn_major_tma_aligned,
+    _quantize_128x128_fused,
     _to_e4m3,
     quantize,
 )
@@ -170,13 +171,7 @@ def quantize_weight_and_transposed(
     """
     checks.check_tensor("w", w, dtypes=QUANTIZABLE_DTYPES, ndim=2)
     if quantize_kernel.applies_128x128(w, transposed=True):
-        rows, cols = w.shape
-        rb, kb = _ceil_div(rows, BLOCK), _ceil_div(cols, BLOCK)
-        data = torch.empty(rows, cols, dtype=torch.float8_e4m3fn, device=w.device)
-        scale = torch.empty(rb, kb, dtype=torch.float32, device=w.device)
-        data_t = torch.empty(cols, rows, dtype=torch.float8_e4m3fn, device=w.device)
-        scale_t = torch.empty(kb, rb, dtype=torch.float32, device=w.device)
-        quantize_kernel.launch_128x128(w, data, scale, transposed=(data_t, scale_t))
-        return FP8Tensor._unchecked(data, scale, "128x128"), (data_t, scale_t)
+        data, scale, wt = _quantize_128x128_fused(w, transposed=True)
+        return FP8Tensor._unchecked(data, scale, "128x128"), wt
     q = quantize(w, "128x128")
     return q, (q.data.t().contiguous(), q.scale.t().contiguous())
