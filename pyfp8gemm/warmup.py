@@ -96,9 +96,10 @@ def wgrad_spec_provider(shapes, ms, num_sms):
 
     from .host.kernels import QUANTIZE_VARIANTS, quantize_kernel_spec
 
-    configs = {choose_config(GemmProblem(n, k, m, out_dtype="f32", accumulate=acc),
-                             num_sms).config
-               for n, k in shapes for m in ms for acc in (False, True)}
+    configs = {choose_config(GemmProblem(n, k, m, out_dtype="f32", accumulate=acc,
+                                         separate_c=separate), num_sms).config
+               for n, k in shapes for m in ms
+               for acc, separate in ((False, False), (True, False), (True, True))}
     # and the fused quantization kernels of the training layers' activations and gradients
     return ([kernel_spec(cfg) for cfg in sorted(configs, key=lambda cfg: cfg.name)]
             + [quantize_kernel_spec(*variant) for variant in QUANTIZE_VARIANTS])

@@ -146,14 +146,17 @@ for step in "$@"; do
         for shape in "4096 7168 4096" "2112 7168 4096" "576 7168 4096"; do
           tl 90 python3 scripts/ab_time.py $shape 128x128 128x128t 128x128t:b 128x128t:a \
               128x64 128x96t --1d1d $acc \
-              --rounds 60 2>&1 | grep -v "using " | tail -5
+              --rounds 60 2>&1 | grep -v "using " | tee -a $OUT/wgradab.txt | tail -7
         done
       done ;;
     groupedab)  # grouped configs side by side (ab_grouped.py), DeepGEMM too where DG_OK
-      for case in "m-grouped-masked 0 128x128 128x192 128x128:b 128x192:b" \
-                  "m-grouped-masked 6 128x128 128x192 128x192:b" \
+      for case in "m-grouped-masked 0 128x128 64x128 64x192 128x192 128x128:b" \
+                  "m-grouped-masked 3 128x128 64x128 64x192 128x192" \
+                  "m-grouped-masked 5 128x192 128x128 128x160 128x128:b 128x192:b" \
+                  "m-grouped-masked 15 64x64 64x32 64x128" \
                   "m-grouped-contiguous 2 128x128:a 128x192:a 128x192"; do
-        tl 90 python3 scripts/ab_grouped.py $case --rounds 40 2>&1 | grep -v "using " | tail -6
+        tl 90 python3 scripts/ab_grouped.py $case --rounds 40 2>&1 | grep -v "using " \
+            | tee -a $OUT/groupedab.txt | tail -7
       done ;;
     sanitize)  # compute-sanitizer on one small problem of every kernel family and variant
       S=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -164,7 +167,8 @@ for step in "$@"; do
         done
       done ;;
     swapab)   # is a swap-AB kernel worth building? (the 1D1D kernel on (W, X), no new code)
-      tl 240 python3 scripts/swap_ab_probe.py --rounds 40 2>&1 | grep -v "using " | tail -80 ;;
+      tl 240 python3 scripts/swap_ab_probe.py --rounds 40 2>&1 | grep -v "using " \
+          | tee $OUT/swapab.txt | tail -80 ;;
     probe)
       tl 230 python3 scripts/probe_small_m.py ${PROBE_ARGS:-} 2>&1 | tail -40 ;;
     *) echo "unknown step $step" ;;

@@ -61,12 +61,12 @@ c = d.clone()
 pyfp8gemm.fp8_gemm_nt(a1, b1, d, c=d)
 report("1D1D accumulate", d, reference_gemm_1d1d(a1, b1, c))
 
-ks, m, n = [256, 0, 128], 128, 64
-xa, xb = randn(m, sum(ks)), randn(n, sum(ks))
+ks, kg_m, kg_n = [256, 0, 128], 128, 64
+xa, xb = randn(kg_m, sum(ks)), randn(kg_n, sum(ks))
 qa, qb = pyfp8gemm.quantize(xa, "1x128"), pyfp8gemm.quantize(xb, "1x128")
 flat_a = torch.cat([qa.data[:, s:s + kk].reshape(-1) for s, kk in zip([0, 256, 256], ks)])
 flat_b = torch.cat([qb.data[:, s:s + kk].reshape(-1) for s, kk in zip([0, 256, 256], ks)])
-d = torch.zeros(len(ks), m, n, device=dev)
+d = torch.zeros(len(ks), kg_m, kg_n, device=dev)
 ks_tensor = torch.tensor(ks, device=dev, dtype=torch.int32)
 pyfp8gemm.k_grouped_fp8_gemm_nt_contiguous((flat_a, qa.scale), (flat_b, qb.scale), d, ks,
                                             ks_tensor, d)

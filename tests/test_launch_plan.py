@@ -422,3 +422,40 @@ def test_1d1d_tma_epilogue_config_rules():
                        epilogue="tma")
     with pytest.raises(ValueError, match="epilogue must be"):
         GemmConfig(128, 128, 2, scaling="1d1d", epilogue="smem")
+
+
+def test_1d1d_choice_epilogue_follows_c(fake_gpu):
+    """128-row 1D1D tiles leave through the "tma" epilogue (BLOCK_N a multiple of 32), unless
+    C is a tensor other than D (the reduce-add would copy C into D first): then "direct".
+    The launch key says which: C's pointer against D's."""
+    from pyfp8gemm.host.heuristics import all_configs, choose_1d1d
+
+    def choice(m, n, k, separate_c, kind="dense", groups=1):
+        return choose_1d1d(GemmProblem(m, n, k, kind, groups, out_dtype="f32", accumulate=True,
+                                       separate_c=separate_c), 132).config
+
+    for m, n, k, kind, groups in ((4096, 7168, 4096, "dense", 1), (576, 7168, 4096, "dense", 1),
+                                  (4096, 7168, 4 * 8192, "k_grouped", 4)):
+        fast, with_copy = choice(m, n, k, False, kind, groups), choice(m, n, k, True, kind, groups)
+        assert fast.epilogue == "tma" and fast.block_n % 32 == 0 and fast.block_m == 128
+        assert with_copy.epilogue == "direct"
+        assert fast in all_configs() and with_copy in all_configs()
+    assert choice(64, 7168, 4096, False).epilogue == "direct"         # 64-row tiles: not measured
+    with pytest.raises(ValueError, match="separate_c"):
+        GemmProblem(64, 64, 128, out_dtype="f32", separate_c=True)
+
+    class Planned(Exception):
+        pass
+
+    def record(problem, device_index, num_sms, choice):
+        raise Planned(problem)
+
+    launch._plan = record                        # (fake_gpu's monkeypatch restores it)
+    a = pyfp8gemm.quantize(torch.randn(200, 256), "1x128")
+    b = pyfp8gemm.quantize(torch.randn(264, 256), "1x128")
+    d = torch.zeros(200, 264)
+    for c, separate in ((d, False), (torch.randn(200, 264), True), (None, False)):
+        with pytest.raises(Planned) as planned:
+            launch.launch_1d1d(a.data, a.scale, b.data, b.scale, d, c)
+        problem, = planned.value.args
+        assert problem.separate_c is separate and problem.accumulate is (c is not None)

@@ -56,7 +56,8 @@ class LaunchKey(NamedTuple):
     @property
     def problem(self) -> GemmProblem:
         return GemmProblem(self.m, self.n, self.k, self.kind, self.groups, self.expected_m,
-                           self.out_dtype, self.c != 0, m_alignment=self.m_alignment)
+                           self.out_dtype, self.c != 0, m_alignment=self.m_alignment,
+                           separate_c=self.c not in (0, self.out))
 
 
 @functools.lru_cache(maxsize=None)

@@ -19,8 +19,9 @@ class GemmProblem:
     """D = A @ B^T of `kind`: M, N, K (M is M_sum for contiguous, M_max for masked, K the
     total of every group's K for k_grouped), the number of groups, the expected rows per group
     (a hint: masked and contiguous layouts are read on the GPU), the output type ("bf16": A and
-    B scaled 1x128 / 128x128; "f32": both 1x128, the weight-gradient recipe) and whether the
-    output accumulates (D = C + A @ B^T)."""
+    B scaled 1x128 / 128x128; "f32": both 1x128, the weight-gradient recipe), whether the
+    output accumulates (D = C + A @ B^T) and whether C is a tensor other than D (the
+    accumulating TMA epilogue adds into D, so a separate C costs a copy first)."""
     m: int
     n: int
     k: int
@@ -30,6 +31,7 @@ class GemmProblem:
     out_dtype: str = "bf16"
     accumulate: bool = False
     m_alignment: int = 128        # contiguous layout: each group's rows start at a multiple
+    separate_c: bool = False      # accumulate from a C that is not D itself
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -42,6 +44,8 @@ class GemmProblem:
             raise ValueError(f"out_dtype must be 'bf16' or 'f32', got {self.out_dtype!r}")
         if (self.kind == "k_grouped" or self.accumulate) and self.out_dtype != "f32":
             raise ValueError("k_grouped and accumulating problems have FP32 output")
+        if self.separate_c and not self.accumulate:
+            raise ValueError("separate_c needs accumulate (it says where C comes from)")
 
     @property
     def rows_per_group(self) -> int:
