@@ -78,7 +78,7 @@ def main():
             del contenders[name]
     times = {name: statistics.median(t) * 1e3          # (warmed up above)
              for name, t in interleaved_times(contenders, args.rounds, warmup=0).items()}
-    flops = case.flops
+    flops = case.flops()
     print(f"{case.label}, {args.rounds} interleaved rounds")
     for name, us in times.items():
         vs = f"vs DeepGEMM x{times['DeepGEMM'] / us:.2f}" if "DeepGEMM" in times else ""
