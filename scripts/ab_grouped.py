@@ -10,6 +10,7 @@ preparation), with the launcher told to use it. Printed: median microseconds, TF
 valid rows, and DeepGEMM's time over each contender's.
 """
 import argparse
+import dataclasses
 import statistics
 
 from bench import grouped
@@ -41,6 +42,8 @@ def main():
     parser.add_argument("specs", nargs="*")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="every group's rows (masked_m / group size) set to this")
     args = parser.parse_args()
     cases = grouped.make_cases(args.kind)
     if args.list:
@@ -48,6 +51,9 @@ def main():
             print(i, case.label)
         return
     case = cases[args.index]
+    if args.rows is not None:
+        case = dataclasses.replace(case, group_m=(args.rows,) * case.groups,
+                                   m_max=max(case.m_max, -(-args.rows // 128) * 128))
     inputs = grouped.make_inputs(case, args.index)
     force_configs()
     schedule = args.kind.replace("-", "_")
