@@ -135,11 +135,14 @@ for step in "$@"; do
       tl 240 python3 -m pytest -q -m gpu -p no:cacheprovider -n 6 --timeout 180 \
           tests/test_gemm_gpu.py -k narrow > $OUT/gpu_tests_narrow.txt 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" $OUT/gpu_tests_narrow.txt | cut -c1-200 | tail -8
-      cases=("1 2112 7168 64x16 16x16 16x16:::54 16x32 32x16" "8 7168 16384 64x64 16x64 16x128 32x64"
-             "16 4096 7168 64x32 16x32 16x64 32x32" "32 24576 1536 64x64 32x64 32x128 16x64")
+      # M = 32: the 64-row kernel's A boxes are half out of bounds (slower than at M = 64)
+      cases=("32 2112 7168 64x16 32x16 32x32 16x32" "32 4096 7168 64x32 32x32 32x64 16x64"
+             "32 7168 16384 64x64 32x64 32x128 16x128" "24 4096 7168 64x32 32x32 32x64"
+             "16 4096 7168 64x32 16x32 16x64 32x32")
       (cd scripts && python3 precompile.py --jobs 16 $(for c in "${cases[@]}"; do echo $c | cut -d" " -f4-; done)) | tail -1
       for case in "${cases[@]}"; do
-        tl 60 python3 scripts/ab_time.py $case --rounds 60 2>&1 | grep -v "using " | tail -6
+        tl 60 python3 scripts/ab_time.py $case --rounds 60 2>&1 | grep -v "using " \
+            | tee -a $OUT/smallm_ab.txt | tail -6
       done ;;
     wgradab)  # the 1D1D epilogues A/B (direct with batched C loads vs "tma"), with and without C
       for acc in --accumulate ""; do
