@@ -3,7 +3,7 @@
 python scripts/ab_time.py M N K SPEC [SPEC ...] [--rounds R]   (SPEC: scripts/config_spec.py)
 python scripts/ab_time.py M N K BMxBN[t][:mc] ... --1d1d [--accumulate]
     the 1D1D wgrad kernel, FP32 D (t: the "tma" epilogue; mc: a or b, a 2-CTA cluster sharing
-    A or B; --accumulate: D += A @ B^T, C = D)
+    A or B; --accumulate: D += A @ B^T, C = D); DeepGEMM's 1D1D kernel too where it imports
 
 Profiler bursts and do_bench time one config after another; the H200's clock drifts with power
 and temperature over those seconds (the same config read 1128 and 1320 TFLOPS in one process).
@@ -73,6 +73,23 @@ for spec in args.specs:
     torch.cuda.synchronize()
     diffs[spec] = calc_diff(out, ref)
     contenders[spec] = launch
+
+if args.one_d_one_d:                     # DeepGEMM's 1D1D kernel, where it imports
+    try:
+        import deep_gemm
+        from pyfp8gemm import to_mn_major_tma_aligned
+        dg_a = (qa.data, to_mn_major_tma_aligned(qa.scale))
+        dg_b = (qb.data, to_mn_major_tma_aligned(qb.scale))
+        dg_out = torch.zeros((m, n), device="cuda", dtype=torch.float32)
+        dg_run = (lambda: deep_gemm.fp8_gemm_nt(dg_a, dg_b, dg_out,
+                                                c=dg_out if args.accumulate else None,
+                                                recipe=(1, 1, 128)))
+        dg_run()
+        torch.cuda.synchronize()
+        diffs["DeepGEMM"] = calc_diff(dg_out, ref)
+        contenders["DeepGEMM"] = dg_run
+    except Exception as error:           # no deep_gemm here, or it refused
+        print(f"  (DeepGEMM left out: {type(error).__name__}: {str(error)[:100]})")
 
 names = list(contenders)
 times = interleaved_times(contenders, args.rounds, warmup=20)     # warm-up: compile, clocks up

@@ -144,12 +144,14 @@ for step in "$@"; do
         tl 60 python3 scripts/ab_time.py $case --rounds 60 2>&1 | grep -v "using " \
             | tee -a $OUT/smallm_ab.txt | tail -6
       done ;;
-    wgradab)  # the 1D1D epilogues A/B (direct with batched C loads vs "tma"), with and without C
+    wgradab)  # the 1D1D tile widths and epilogues side by side (DeepGEMM too where DG_OK):
+              # 128 columns in swizzled panels against 136 / 152 in one row-major box
       for acc in --accumulate ""; do
-        for shape in "4096 7168 4096" "2112 7168 4096" "576 7168 4096"; do
-          tl 90 python3 scripts/ab_time.py $shape 128x128 128x128t 128x128t:b 128x128t:a \
-              128x64 128x96t --1d1d $acc \
-              --rounds 60 2>&1 | grep -v "using " | tee -a $OUT/wgradab.txt | tail -7
+        for shape in "4096 7168 4096" "7168 16384 4096" "2112 7168 4096"; do
+          [ -z "$acc" ] && [ "$shape" != "4096 7168 4096" ] && continue
+          tl 90 python3 scripts/ab_time.py $shape 128x128t 128x152t 128x136t 128x152t:b \
+              128x152 128x128 --1d1d $acc \
+              --rounds 40 2>&1 | grep -v "using " | tee -a $OUT/wgradab.txt | tail -9
         done
       done ;;
     groupedab)  # grouped configs side by side (ab_grouped.py), DeepGEMM too where DG_OK

@@ -33,7 +33,10 @@ def forced_configs():
              for schedule in ("dense", "k_grouped") for acc in (False, True)
              for bn, mc, epilogue in ((128, "none", "tma"), (96, "none", "tma"),
                                       (128, "a", "tma"), (128, "b", "tma"),
-                                      (128, "a", "direct"), (128, "b", "direct"))
+                                      (128, "a", "direct"), (128, "b", "direct"),
+                                      # DeepGEMM's widths: one row-major box (wgradab)
+                                      (152, "none", "tma"), (136, "none", "tma"),
+                                      (152, "b", "tma"), (152, "none", "direct"))
              if not (schedule == "k_grouped" and mc == "a")]
     wgrad += [make_config(64, bn, scaling="1d1d") for bn in (16, 32)]      # swap_ab_probe.py
     masked = [make_config(128, bn, mc, schedule="m_grouped_masked")

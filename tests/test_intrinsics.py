@@ -48,7 +48,7 @@ from pyfp8gemm.device.tile import (
     fragment_add_global_v4, fragment_fence, fragment_promote, fragment_store_bf16,
     fragment_column_scales, fragment_promote_per_column, fragment_store_bf16_global,
     fragment_store_f32_global, fragment_store_global_v4, fragment_zeros,
-    fragment_store_f32_swizzled,
+    fragment_store_f32_staged,
 )
 
 import microkernels
@@ -401,10 +401,11 @@ def tma_store_and_add_box_3d(tmap, x, y, z):
     tma_store_commit()
 
 
-store_f32_swizzled_16 = fragment_store_f32_swizzled(16)
+store_f32_swizzled_16 = fragment_store_f32_staged(16, True)
+store_f32_rows_16 = fragment_store_f32_staged(16, False)
 
 
-@tiny_kernel("fragment_store_f32_swizzled")
+@tiny_kernel("fragment_store_f32_staged")
 def swizzled_f32_tile(out):
     """A 64 x 32 FP32 tile of a warpgroup into one 128-byte-swizzled panel."""
     smem = cuda.shared.array(0, types.uint8, alignment=1024)
@@ -413,6 +414,18 @@ def swizzled_f32_tile(out):
     both = (frag[0], frag[1], frag[2], frag[3], frag[4], frag[5], frag[6], frag[7],
             frag[0], frag[1], frag[2], frag[3], frag[4], frag[5], frag[6], frag[7])
     store_f32_swizzled_16(smem_base(smem), both, 16 * (tid // 32) + (tid % 32) // 4, tid % 32)
+    cuda.syncthreads()
+    st_global_u32(out + 4 * tid, ld_shared_u32(smem_base(smem) + 4 * tid))
+
+@tiny_kernel("fragment_store_f32_staged")
+def row_major_f32_tile(out):
+    """A 64 x 32 FP32 tile of a warpgroup into one row-major box (rows 128 bytes apart)."""
+    smem = cuda.shared.array(0, types.uint8, alignment=1024)
+    tid = cuda.threadIdx.x
+    frag = add_partial_8(zeros_8(), out + 16 * tid, 16 * 128)
+    both = (frag[0], frag[1], frag[2], frag[3], frag[4], frag[5], frag[6], frag[7],
+            frag[0], frag[1], frag[2], frag[3], frag[4], frag[5], frag[6], frag[7])
+    store_f32_rows_16(smem_base(smem), both, 16 * (tid // 32) + (tid % 32) // 4, tid % 32)
     cuda.syncthreads()
     st_global_u32(out + 4 * tid, ld_shared_u32(smem_base(smem) + 4 * tid))
 
@@ -576,6 +589,7 @@ SASS_OF = [
     ("tma_store_and_add_box_3d", r"UTMASTG\.3D\b"),
     ("tma_store_and_add_box_3d", r"UTMAREDG\.3D\.ADD\b"),         # reduce-add in L2
     ("swizzled_f32_tile", r"STS\.64\b"),                           # st.shared.v2.f32
+    ("row_major_f32_tile", r"STS\.64\b"),
     ("wait_stores_read_smem", r"DEPBAR\.LE SB0, 0x0\b"),          # wait_group.read 0
     ("wait_stores_done", r"DEPBAR\.LE SB0, 0x0\b"),               # wait_group 0
     ("store_one_8x8_matrix", r"STSM\.16\.M88 "),

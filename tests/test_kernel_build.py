@@ -187,15 +187,17 @@ def test_accumulating_1d1d_epilogue_loads_all_of_c_before_storing(schedule):
     assert max(c_loads) < min(d_stores)
 
 
-@pytest.mark.parametrize("schedule, accumulate", [("dense", True), ("dense", False),
-                                                  ("k_grouped", True)])
-def test_1d1d_tma_epilogue_stores_through_shared_memory(schedule, accumulate):
-    """The "tma" epilogue: the tile goes to shared memory (st.shared.v2.f32, 32 per thread at
-    BLOCK_N 128) and leaves by TMA, a reduce-add with C: no global load or store of D on the
-    SM, 0 spills, the ring shortened by the 64 KB staging tile."""
+@pytest.mark.parametrize("schedule, accumulate, block_n", [
+    ("dense", True, 128), ("dense", False, 128), ("k_grouped", True, 128),
+    ("dense", True, 152), ("k_grouped", True, 136)])
+def test_1d1d_tma_epilogue_stores_through_shared_memory(schedule, accumulate, block_n):
+    """The "tma" epilogue: the tile goes to shared memory (st.shared.v2.f32, BLOCK_N / 4 per
+    thread) and leaves by TMA (per 32-column panel, or one row-major box at BLOCK_N 8 modulo
+    16), a reduce-add with C: no global load or store of D on the SM, 0 spills, the ring
+    shortened to 4 stages by the staging tile."""
     from pyfp8gemm.host.heuristics import make_config
 
-    cfg = make_config(128, 128, schedule=schedule, scaling="1d1d", accumulate=accumulate,
+    cfg = make_config(128, block_n, schedule=schedule, scaling="1d1d", accumulate=accumulate,
                       epilogue="tma")
     kernel = compiler.compile_kernel(kernel_spec(cfg))
     check_register_budget(cfg, kernel.meta["registers"])

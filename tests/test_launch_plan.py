@@ -381,16 +381,21 @@ def test_tensor_map_boxes_follow_block_m(fake_gpu, monkeypatch, block_m, rows):
 
 
 @pytest.mark.parametrize("with_c", ["none", "d", "other"])
-def test_1d1d_tma_epilogue_parameters_and_c(fake_gpu, monkeypatch, with_c):
-    """The 1D1D kernel's "tma" epilogue gets D's 3-D FP32 map last ({32, 64, 1} boxes,
-    128-byte swizzle); with C it adds into D, so a C other than D is first copied into D."""
+@pytest.mark.parametrize("block_n, box_columns, box_swizzle",
+                         [(128, 32, 128), (152, 152, 0)])
+def test_1d1d_tma_epilogue_parameters_and_c(fake_gpu, monkeypatch, with_c, block_n, box_columns,
+                                            box_swizzle):
+    """The 1D1D kernel's "tma" epilogue gets D's 3-D FP32 map last ({32, 64, 1} boxes with
+    the 128-byte swizzle, or for BLOCK_N 8 modulo 16 one {BLOCK_N, 64, 1} box without); with C
+    it adds into D, so a C other than D is first copied into D."""
     from pyfp8gemm.host.heuristics import make_config
 
     kernel, encoded, plans = fake_gpu
     maps3d = []
     monkeypatch.setattr(driver, "tensormap_3d", lambda *args: maps3d.append(args)
                         or cu.CUtensorMap())
-    cfg = make_config(128, 128, scaling="1d1d", accumulate=with_c != "none", epilogue="tma")
+    cfg = make_config(128, block_n, scaling="1d1d", accumulate=with_c != "none",
+                      epilogue="tma")
     monkeypatch.setattr(launch, "_plan", lambda problem, device_index, num_sms, choice:
                         launch.Plan(KernelChoice(cfg), kernel, 4, problem))
     m, n, k = 200, 264, 256
@@ -402,7 +407,7 @@ def test_1d1d_tma_epilogue_parameters_and_c(fake_gpu, monkeypatch, with_c):
     assert len(kernel.launches) == 1 and len(encoded) == 4          # A, B and both scales
     (dtype, address, dims, strides, box, swizzle), = maps3d
     assert (address, dims, strides, box, swizzle) == (
-        d.data_ptr(), (n, m, 1), (n * 4, m * n * 4), (32, 64, 1), 128)
+        d.data_ptr(), (n, m, 1), (n * 4, m * n * 4), (box_columns, 64, 1), box_swizzle)
     if with_c == "other":
         assert torch.equal(d, c)                  # C copied into D before the launch
     elif with_c == "none":
@@ -416,6 +421,9 @@ def test_1d1d_tma_epilogue_config_rules():
     direct = make_config(128, 128, scaling="1d1d")
     assert cfg.name.endswith("_tmad") and cfg.d_stage_bytes == 128 * 128 * 4
     assert cfg.stages < direct.stages and cfg.smem_bytes <= gemm_config.SMEM_LIMIT
+    flat = make_config(128, 152, scaling="1d1d", epilogue="tma")       # 8 modulo 16: one box
+    assert flat.f32_store_box == ((152, 64), 0) and cfg.f32_store_box == ((32, 64), 128)
+    assert flat.d_stage_bytes == 128 * 152 * 4 and flat.smem_bytes <= gemm_config.SMEM_LIMIT
     for bad in (dict(block_n=112, scaling="1d1d"), dict(block_n=128)):   # 1D2D has its own
         with pytest.raises(ValueError, match="epilogue 'tma'"):
             GemmConfig(128, bad["block_n"], 2, scaling=bad.get("scaling", "1d2d"),

@@ -164,11 +164,13 @@ def test_loaders_and_math_walk_the_same_order():
     for cta in range(grid):
         work = schedule.begin(m, n, k, 1, 0, (), 1, (cta % 2, cta // 2, grid // 2))
         units = schedule.count(work)
-        math_order = [schedule.tile(u, work) for u in range(cta // 2, units, grid // 2)]
-        loader_order, unit = [], cta // 2
+        math_order = [schedule.tile(u, work, schedule.start(work))[:7]
+                      for u in range(cta // 2, units, grid // 2)]
+        loader_order, unit, cursor = [], cta // 2, schedule.start(work)
         while unit < schedule.count(work):
-            loader_order.append(schedule.tile(unit, work))
-            unit += grid // 2
+            *tile, cursor = schedule.tile(unit, work, cursor)
+            loader_order.append(tuple(tile))
+            unit = schedule.next(unit, work)
         assert loader_order == math_order and math_order
 
 
@@ -179,7 +181,42 @@ def test_m_grouped_masked_runs_a_weight_tiles_m_blocks_together():
     cfg = GemmConfig(128, 128, 3, schedule="m_grouped_masked")
     schedule = scheduler.host_schedule(cfg)
     work = schedule.begin(1024, 512, 256, 1, 0, masked_m, len(masked_m), (0, 0, 1))
-    order = [schedule.tile(u, work)[:3] for u in range(schedule.count(work))]
+    order = [schedule.tile(u, work, schedule.start(work))[:3]
+             for u in range(schedule.count(work))]
     assert order[:6] == [(0, 0, 0), (0, 1, 0), (0, 2, 0), (0, 0, 1), (0, 1, 1), (0, 2, 1)]
     assert order[12:16] == [(2, 0, 0), (2, 1, 0), (2, 0, 1), (2, 1, 1)]
     assert order[20:28] == [(3, mb, 0) for mb in range(8)]
+
+
+@pytest.mark.parametrize("grid", [132, 131, 128, 2])
+def test_m_grouped_masked_deals_whole_and_partial_blocks_to_every_cta(grid):
+    """Masked, 2 M blocks per group (the second partial), an even grid: plain striding gave
+    each CTA the same M block in every round (half the CTAs all the whole tiles). In odd rounds
+    the CTAs take the round's units in reverse: every CTA alternates, each round still runs
+    the same units (a B tile's M blocks together), and every tile is visited once."""
+    masked_m = [192] * 32
+    cfg = GemmConfig(128, 128, 3, schedule="m_grouped_masked")
+    n = 6144
+    walked = scheduler.walk(cfg, 256, n, 7168, grid, layout=masked_m, groups=len(masked_m))
+    visits = sorted((g, mb, nb) for tiles in walked.values() for g, mb, nb, *_ in tiles)
+    assert visits == sorted((g, mb, nb) for g in range(32) for mb in range(2)
+                            for nb in range(n // 128))
+    whole = [sum(1 for _, mb, *_ in tiles if mb == 0) for tiles in walked.values()]
+    partial = [len(tiles) - w for tiles, w in zip(walked.values(), whole)]
+    if grid > 2:
+        assert max(whole) - min(whole) <= 1 and max(partial) - min(partial) <= 1
+    schedule = scheduler.host_schedule(cfg)
+    for cta in range(grid):             # the running cursor finds what a fresh search finds
+        work = schedule.begin(256, n, 7168, 1, 0, masked_m, 32, (0, cta, grid))
+        fresh, unit = [], cta
+        while unit < schedule.count(work):
+            fresh.append(schedule.tile(unit, work, schedule.start(work))[:3])
+            unit = schedule.next(unit, work)
+        assert fresh == [tile[:3] for tile in walked[cta]]
+    for cta in (0, grid - 1):
+        work = schedule.begin(256, n, 7168, 1, 0, masked_m, 32, (0, cta, grid))
+        units, unit = [], cta
+        while unit < schedule.count(work):
+            units.append(unit)
+            unit = schedule.next(unit, work)
+        assert [u // grid for u in units] == list(range(len(units)))      # one per round

@@ -275,23 +275,24 @@ def test_fp8_training_run_tracks_bf16(seed):
 # ---------------------------------------------------------------------------------------------
 
 
-def _tma_and_direct(schedule, accumulate):
+def _tma_and_direct(schedule, accumulate, block_n=128):
     from pyfp8gemm.host.heuristics import make_config
-    return [make_config(128, 128, schedule=schedule, scaling="1d1d", accumulate=accumulate,
+    return [make_config(128, block_n, schedule=schedule, scaling="1d1d", accumulate=accumulate,
                         epilogue=epilogue) for epilogue in ("tma", "direct")]
 
 
 @pytest.mark.parametrize("m,n,k", [(37, 132, 272), (129, 260, 4112), (255, 1028, 1040),
                                    (4097, 64, 144), (2112, 7168, 4096)])
 @pytest.mark.parametrize("c_mode", ["none", "d", "separate"])
-def test_wgrad_tma_epilogue_matches_direct(gen, m, n, k, c_mode):
+@pytest.mark.parametrize("block_n", [128, 152])   # 32-column swizzled panels; one row-major box
+def test_wgrad_tma_epilogue_matches_direct(gen, m, n, k, c_mode, block_n):
     from pyfp8gemm.host.launch import launch_1d1d
 
     a = quantize(randn(m, k, gen=gen), "1x128")
     b = quantize(randn(n, k, gen=gen), "1x128")
     c = None if c_mode == "none" else randn(m, n, gen=gen, dtype=torch.float32) * 8
     outs = []
-    for cfg in _tma_and_direct("dense", c is not None):
+    for cfg in _tma_and_direct("dense", c is not None, block_n):
         d = torch.full((m, n), float("nan"), device="cuda")
         if c_mode == "d":
             d.copy_(c)
@@ -329,14 +330,15 @@ def test_wgrad_in_a_cluster_matches_one_cta(gen, multicast, epilogue):
     assert calc_diff(outs[0], reference_gemm_1d1d(a, b, c)) < 1e-6
 
 
-def test_k_grouped_tma_epilogue_matches_direct(gen):
+@pytest.mark.parametrize("block_n", [128, 136])
+def test_k_grouped_tma_epilogue_matches_direct(gen, block_n):
     from pyfp8gemm.host.launch import launch_1d1d
 
     ks = [256, 0, 384, 128]
     (a_data, a_scale), (b_data, b_scale), _ = k_grouped_inputs(gen, ks, 520, 776)
     c = randn(4, 520, 776, gen=gen, dtype=torch.float32)
     outs = []
-    for cfg in _tma_and_direct("k_grouped", True):
+    for cfg in _tma_and_direct("k_grouped", True, block_n):
         d = c.clone()
         launch_1d1d(a_data, a_scale, b_data, b_scale, d, d, "k_grouped", tuple(ks), config=cfg)
         outs.append(d)

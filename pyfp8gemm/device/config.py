@@ -98,9 +98,12 @@ class GemmConfig:
                              "128, without split-K")
         if self.epilogue not in ("direct", "tma"):
             raise ValueError(f"epilogue must be 'direct' or 'tma', got {self.epilogue!r}")
-        if self.epilogue == "tma" and (self.scaling != "1d1d" or self.block_n % 32):
+        if self.epilogue == "tma" and (self.scaling != "1d1d"
+                                       or (self.block_n % 32 and self.block_n % 16 != 8)):
             raise ValueError("epilogue 'tma' is the 1D1D kernel's, with block_n a multiple of "
-                             f"32 (128-byte panels of FP32), got {self.scaling}, {self.block_n}")
+                             "32 (128-byte swizzled panels of FP32) or 8 modulo 16 (one "
+                             "row-major box without bank conflicts), got "
+                             f"{self.scaling}, {self.block_n}")
         if self.schedule == "k_grouped" and self.scaling != "1d1d":
             raise ValueError("schedule 'k_grouped' needs scaling '1d1d'")
         if self.accumulate and self.scaling != "1d1d":
@@ -205,6 +208,15 @@ class GemmConfig:
         no swizzle, in panels of 8 columns (e.g. BLOCK_N 136 = 17 panels), which stmatrix also
         writes without bank conflicts (8 rows x 16 bytes = 128 contiguous bytes)."""
         return next(s for s in (128, 64, 32, 16) if (self.block_n * 2) % s == 0)
+
+    @property
+    def f32_store_box(self):
+        """The 1D1D "tma" epilogue's box of D per TMA store (columns, rows) and its swizzle
+        (bytes): 32-column panels with the 128-byte swizzle where BLOCK_N is a multiple of 32,
+        else the whole tile width in one row-major box (BLOCK_N 8 modulo 16)."""
+        if self.block_n % 32 == 0:
+            return (32, D_STORE_ROWS), 128
+        return (self.block_n, D_STORE_ROWS), 0
 
     # --- shared-memory layout (byte offsets from the 1024-aligned base) ---
     @property

@@ -7,10 +7,10 @@
   epilogue).
 * `make_bounded_bf16_store(cfg)`: bf16 from registers to global memory, rows and columns
   bounded (the masked grouped GEMM, whose rows past a group's count stay untouched).
-* `make_f32_tma_epilogue(cfg)`: FP32 (the 1D1D kernel's "tma" epilogue) into swizzled shared
-  memory, then per 32-column panel one TMA store, or with C a TMA reduce-add (D += tile, the
-  addition done in L2): C is never read on the SM, and the stores drain while the next tile's
-  K loop runs.
+* `make_f32_tma_epilogue(cfg)`: FP32 (the 1D1D kernel's "tma" epilogue) into shared memory
+  (32-column swizzled panels, or row-major for BLOCK_N 8 modulo 16), then per box one TMA
+  store, or with C a TMA reduce-add (D += tile, the addition done in L2): C is never read on
+  the SM, and the stores drain while the next tile's K loop runs.
 * `make_split_k_reduction(cfg)`: split-K's FP32 partial tiles through a global workspace; the
   last CTA of a tile to finish adds them up (in split order: bitwise reproducible) and stores.
 """
@@ -27,7 +27,7 @@ from .ptx import (
 )
 from .tile import (
     fragment_add_global_v4, fragment_store_bf16, fragment_store_bf16_global,
-    fragment_store_f32_swizzled, fragment_store_global_v4, fragment_zeros,
+    fragment_store_f32_staged, fragment_store_global_v4, fragment_zeros,
 )
 
 EPILOGUE_BARRIER = 2            # named barriers 2, 3: one per math warpgroup (0 is syncthreads)
@@ -89,41 +89,44 @@ def make_bf16_epilogue(cfg):
 def make_f32_tma_epilogue(cfg):
     """`store(base, tmap_d, final, m_block, n_block, group, tid, warpgroup)`: each math
     warpgroup its own 64 rows, as the bf16 epilogue: wait until its previous TMA operations
-    have read the slab, write the fragment (fragment_store_f32_swizzled), then one thread per
-    32-column panel issues the store, or with cfg.accumulate the reduce-add, of a
-    {32, 64, 1} box of D's 3-D map (N, M, groups; out-of-bounds parts are dropped)."""
+    have read the slab, write the fragment (fragment_store_f32_staged), then one thread per
+    box (cfg.f32_store_box: 32-column swizzled panels, or one box of the whole width) issues
+    the store, or with cfg.accumulate the reduce-add, into D's 3-D map (N, M, groups;
+    out-of-bounds parts are dropped)."""
     inline = cuda.jit(device=True, inline="always")
     BM, BN = cfg.block_m, cfg.block_n
-    PANELS = BN // 32
+    (BOX_COLUMNS, BOX_ROWS), swizzle = cfg.f32_store_box
+    BOXES = BN // BOX_COLUMNS
+    BOX_BYTES = BOX_ROWS * BOX_COLUMNS * 4
     SLAB = 64 * BN * 4                     # one warpgroup's 64 rows
     SMEM_D = cfg.smem_offsets["d"]
     ACCUMULATE = cfg.accumulate
-    assert cfg.waves == 1 and BN % 32 == 0
-    write = fragment_store_f32_swizzled(BN // 2)
+    assert cfg.waves == 1 and BOX_ROWS == 64 and BN % BOX_COLUMNS == 0
+    write = fragment_store_f32_staged(BN // 2, swizzle == 128)
 
     @inline
     def store(base, tmap_d, final, m_block, n_block, group, tid, warpgroup):
         lane_in_group = tid % 128
         slab = base + SMEM_D + SLAB * warpgroup
-        if lane_in_group < PANELS:         # its previous box has left the slab
+        if lane_in_group < BOXES:          # its previous box has left the slab
             tma_store_wait_read()
         named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
         write(slab, final, 16 * (lane_in_group // 32) + (tid % 32) // 4, tid % 32)
         fence_proxy_async_smem()           # st.shared -> visible to the TMA unit
         named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
-        if lane_in_group < PANELS:         # one thread per panel
-            panel = slab + lane_in_group * (64 * 128)
-            column = n_block * BN + 32 * lane_in_group
+        if lane_in_group < BOXES:          # one thread per box
+            box = slab + lane_in_group * BOX_BYTES
+            column = n_block * BN + BOX_COLUMNS * lane_in_group
             row = m_block * BM + 64 * warpgroup
             if ACCUMULATE:
-                tma_reduce_add_3d(tmap_d, panel, column, row, group)
+                tma_reduce_add_3d(tmap_d, box, column, row, group)
             else:
-                tma_store_3d(tmap_d, panel, column, row, group)
+                tma_store_3d(tmap_d, box, column, row, group)
             tma_store_commit()
 
     @inline
     def drain(tid):
-        if tid % 128 < PANELS:
+        if tid % 128 < BOXES:
             tma_store_wait()
 
     return Epilogue(store, drain)

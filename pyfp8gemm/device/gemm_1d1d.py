@@ -83,7 +83,7 @@ def make_fp8_gemm_1d1d(cfg):
                      empty_arrivals=CLUSTER * MATH_THREADS // 32, cluster=CLUSTER)
     init_ring = ring.init
     schedule = make_schedule(cfg.schedule, BM, BN, CLUSTER_M, CLUSTER_N, cfg.group_m, False)
-    begin, count, tile, _ = schedule
+    begin, count, start, tile, _, next_unit = schedule
     tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_1d1d)
     TMA_D = cfg.epilogue == "tma"
     if TMA_D:
@@ -134,7 +134,8 @@ def make_fp8_gemm_1d1d(cfg):
 
     @inline
     def math_loop(base, d, c, m, n, work, tid, tmap_d):
-        unit, unit_step = work[3], work[4]
+        unit = work[3]
+        cursor = start(work)
         lane, row, sfa_row, warpgroup, descs = math_setup(base, tid)
         acc = zeros()
         acc_next = zeros()
@@ -142,13 +143,14 @@ def make_fp8_gemm_1d1d(cfg):
         phase = types.int32(0)
         num_units = count(work)
         while unit < num_units:
-            group, m_block, n_block, _, _, kb_begin, kb_end = tile(unit, work)
+            group, m_block, n_block, _, _, kb_begin, kb_end, cursor = tile(unit, work,
+                                                                           cursor)
             final = final_zeros()
             if not K_GROUPED or kb_begin < kb_end:     # an empty group: D = C (or zeros)
                 final, acc, acc_next, stage, phase = tile_k_loop(
                     BN // 8, base, final, acc, acc_next, descs, stage, phase, sfa_row, lane,
                     0, kb_begin, kb_end)
-            unit += unit_step
+            unit = next_unit(unit, work)
             if TMA_D:
                 store_tile_tma(base, tmap_d, final, m_block, n_block, group, tid, warpgroup)
             else:

@@ -86,7 +86,7 @@ def make_fp8_gemm_1d2d(cfg):
     schedule = make_schedule(cfg.schedule, BM, BN, CLUSTER_M, CLUSTER_N, cfg.group_m, SPLIT_K)
     # (numba inlines only functions it finds under plain names: parts are unpacked here)
     init_ring = ring.init
-    begin, count, tile, group_rows = schedule
+    begin, count, start, tile, group_rows, next_unit = schedule
     tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_1d2d)
     skip_k_blocks = make_ring_skipper(ring) if MASKED else None
     store_tile, drain_stores = make_bf16_epilogue(cfg)
@@ -155,7 +155,8 @@ def make_fp8_gemm_1d2d(cfg):
 
     @inline
     def math_loop(base, tmap_d, workspace, counters, work, m, n, d, tid):
-        unit, unit_step = work[3], work[4]
+        unit = work[3]
+        cursor = start(work)
         lane, row, sfa_row, warpgroup, descs = math_setup(base, tid)
         acc = zeros()
         acc_next = zeros()
@@ -163,7 +164,8 @@ def make_fp8_gemm_1d2d(cfg):
         phase = types.int32(0)
         num_units = count(work)
         while unit < num_units:
-            group, m_block, n_block, tile_unit, split, kb_begin, kb_end = tile(unit, work)
+            (group, m_block, n_block, tile_unit, split, kb_begin, kb_end,
+             cursor) = tile(unit, work, cursor)
             n0 = n_block * BN
             n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
             final = final_zeros()
@@ -176,7 +178,7 @@ def make_fp8_gemm_1d2d(cfg):
                 final, acc, acc_next, stage, phase = tile_k_loop(
                     min(n_first, N_GROUPS), base, final, acc, acc_next, descs, stage, phase,
                     sfa_row, lane, n_first, kb_begin, kb_end)
-            unit += unit_step
+            unit = next_unit(unit, work)
             if MASKED:            # D (groups, M_max, N): rows past the group's count untouched
                 rows = group_rows(work, group)
                 if row0 + BM <= rows:         # all of the tile's rows are the group's: TMA

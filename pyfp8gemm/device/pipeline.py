@@ -81,22 +81,25 @@ def make_ring_loader(ring, schedule, load_slot):
     it; for each K block, wait until ring slot `stage` is free and call
     `load_slot(base, operands, rank, stage, group, m_block, n_block, kb)` to fill it."""
     inline = cuda.jit(device=True, inline="always")
-    count, tile = schedule.count, schedule.tile
+    count, start, tile, next_unit = (schedule.count, schedule.start, schedule.tile,
+                                     schedule.next)
     next_slot, wait_empty = ring.next_slot, ring.wait_empty
 
     @inline
     def loader_loop(base, operands, work):
-        rank, unit, unit_step = work[2], work[3], work[4]
+        rank, unit = work[2], work[3]
+        cursor = start(work)
         stage = types.int32(0)
         phase = types.int32(0)
         # (The bound is recomputed per tile: one register less to keep live.)
         while unit < count(work):
-            group, m_block, n_block, _, _, kb_begin, kb_end = tile(unit, work)
+            group, m_block, n_block, _, _, kb_begin, kb_end, cursor = tile(unit, work,
+                                                                           cursor)
             for kb in range(kb_begin, kb_end):
                 wait_empty(base, stage, phase)
                 load_slot(base, operands, rank, stage, group, m_block, n_block, kb)
                 stage, phase = next_slot(stage, phase)
-            unit += unit_step
+            unit = next_unit(unit, work)
     return loader_loop
 
 

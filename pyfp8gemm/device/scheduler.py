@@ -3,7 +3,7 @@
 The grid is persistent: one CTA per SM (or per SM pair, in 2-CTA clusters). The output is cut
 into BLOCK_M x BLOCK_N tiles; a *unit* is what one cluster computes at once (one tile, or two
 tiles side by side that share the multicast operand, or one K share of a split tile). Cluster c
-takes units c, c + clusters, ...
+takes units c, c + clusters, ... (masked: in every other round the mirror unit, `next`).
 
 Units are visited in groups of `group_m` unit-rows (Triton's "grouped ordering"): inside a group
 the M index moves fastest, so the CTAs running at the same time touch `group_m` rows of A and a
@@ -41,10 +41,13 @@ class Schedule(NamedTuple):
                       #   the host twin's (cluster rank, first unit, unit step), ignored on the
                       #   GPU, which reads them from blockIdx, gridDim and %cluster_ctarank
     count: Callable   # count(work) -> number of units
-    tile: Callable    # tile(unit, work) -> (group, m_block, n_block, tile_unit, split,
-                      #   kb_begin, kb_end); tile_unit counts split tiles for the workspace
+    start: Callable   # start(work) -> cursor: where tile() starts looking (masked: group 0)
+    tile: Callable    # tile(unit, work, cursor) -> (group, m_block, n_block, tile_unit,
+                      #   split, kb_begin, kb_end, cursor); tile_unit counts split tiles for
+                      #   the workspace; pass the cursor back with the next, later unit
     rows: Callable    # rows(work, group) -> masked: the group's row count, clamped to
                       #   [0, M_max] (what the epilogue may write)
+    next: Callable    # next(unit, work) -> the unit this CTA takes after `unit`
 
 
 # The host twin's arithmetic: Python ints, `layout` a sequence, `where` given by the caller.
@@ -176,34 +179,44 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
                 i32(min(num_kb, kb_begin + per_split)))
 
     @jit
-    def masked_tile(unit, rank, num_kb, num_n_units, layout, groups, m_max):
+    def start(work):
+        """Masked: (group, units before it, its M units) of group 0; a cursor that only moves
+        forward, as a CTA's units increase (other schedules: unused zeros)."""
+        if MASKED:
+            grouping = work[7]
+            return (i32(0), i32(0), i32(masked_blocks(grouping[0], 0, grouping[3])))
+        return (i32(0), i32(0), i32(0))
+
+    @jit
+    def masked_tile(unit, rank, num_kb, num_n_units, layout, groups, m_max, cursor):
         """Group g's tiles come after those of groups < g; inside a group, in grouped order
         (M fastest: a group's few M blocks of one weight tile are consecutive units, run at
         once by neighbouring CTAs, so each of its B tiles streams from DRAM once; with N
         fastest, a wave boundary inside a group read its B tiles again for the later M blocks,
-        the weights being far larger than L2)."""
-        group = 0
-        blocks = masked_blocks(layout, 0, m_max)
-        in_group = unit
-        while in_group >= blocks * num_n_units and group + 1 < groups:
-            in_group -= blocks * num_n_units
+        the weights being far larger than L2). The group is found from the cursor forward (a
+        dependent load of masked_m per group passed: from group 0 on every tile, that walk
+        held up the math warps of every tile of a late group)."""
+        group, before, blocks = cursor
+        while unit - before >= blocks * num_n_units and group + 1 < groups:
+            before += blocks * num_n_units
             group += 1
             blocks = masked_blocks(layout, group, m_max)
-        m_block, n_block = tile_of(in_group, rank, blocks, num_n_units)
-        return i32(group), i32(m_block), i32(n_block), unit, 0, i32(0), num_kb
+        m_block, n_block = tile_of(unit - before, rank, blocks, num_n_units)
+        return (i32(group), i32(m_block), i32(n_block), unit, 0, i32(0), num_kb,
+                (i32(group), i32(before), i32(blocks)))
 
     @jit
-    def tile(unit, work):
+    def tile(unit, work, cursor):
         num_kb, splitting, rank, first, step, num_m_units, num_n_units, grouping = work
         if MASKED:
             return masked_tile(unit, rank, num_kb, num_n_units, grouping[0], grouping[1],
-                               grouping[3])
+                               grouping[3], cursor)
         if K_GROUPED:
             tiles = num_m_units * num_n_units
             group = div(unit, tiles)
             m_block, n_block = tile_of(unit - group * tiles, rank, num_m_units, num_n_units)
             return (i32(group), m_block, n_block, unit, 0, i32(load(grouping[0], group)),
-                    i32(load(grouping[0], group + 1)))
+                    i32(load(grouping[0], group + 1)), cursor)
         tile_unit, split, kb_begin, kb_end = unit_work(unit, num_kb, splitting)
         m_block, n_block = tile_of(tile_unit, rank, num_m_units, num_n_units)
         group = 0
@@ -212,14 +225,32 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
             if group < 0 or group >= grouping[1]:      # padding: nothing to compute
                 group = -1
                 kb_end = kb_begin
-        return i32(group), m_block, n_block, tile_unit, split, kb_begin, kb_end
+        return i32(group), m_block, n_block, tile_unit, split, kb_begin, kb_end, cursor
 
     @jit
     def rows(work, group):
         grouping = work[7]
         return masked_rows(grouping[0], group, grouping[3])
 
-    return Schedule(begin, count, tile, rows)
+    @jit
+    def next_unit(unit, work):
+        """A round is `step` consecutive units, one per cluster; a cluster takes one unit of
+        each round. Masked: in odd rounds the clusters take the round's units in reverse
+        ("snake"). With plain striding and an even step, a group of 2 M blocks (or any even
+        count) gave a cluster the same M block in every round: at ~192 rows per group half the
+        CTAs ran every whole tile and the others every partial one, and the kernel took as long
+        as the first half. Reversed, the same units run in each round (the same B tiles in L2
+        together), dealt out so each CTA alternates."""
+        first, step = work[3], work[4]
+        if not MASKED:
+            return unit + step
+        round_next = div(unit, step) + 1
+        position = first
+        if round_next & 1:
+            position = step - 1 - first
+        return i32(round_next * step + position)
+
+    return Schedule(begin, count, start, tile, rows, next_unit)
 
 
 # --- the host's view of the same schedule -------------------------------------------------------
@@ -271,10 +302,11 @@ def walk(cfg, m, n, k, grid, split_k=1, whole=None, layout=(), groups=1):
         work = schedule.begin(m, n, k, split_k, whole, layout, groups,
                               (cta % cluster, cta // cluster, grid // cluster))
         units = schedule.count(work)
-        unit, visited = cta // cluster, []
+        unit, visited, cursor = cta // cluster, [], schedule.start(work)
         while unit < units:
-            group, m_block, n_block, _, split, kb_begin, kb_end = schedule.tile(unit, work)
+            group, m_block, n_block, _, split, kb_begin, kb_end, cursor = schedule.tile(
+                unit, work, cursor)
             visited.append((group, m_block, n_block, split, kb_begin, kb_end))
-            unit += grid // cluster
+            unit = schedule.next(unit, work)
         out[cta] = visited
     return out

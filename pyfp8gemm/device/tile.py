@@ -283,40 +283,50 @@ def fragment_promote_per_column(n_acc, n_final=None, offset=0):
 
 
 @functools.cache
-def fragment_store_f32_swizzled(n_acc):
+def fragment_store_f32_staged(n_acc, swizzled):
     """Make `store(slab, fragment, row, lane)`: a math warpgroup's 64-row FP32 fragment into
-    shared memory as TMA's 128-byte swizzle expects it, for a TMA store or reduce-add.
+    shared memory in the layout of a TMA store or reduce-add box. `row` is the thread's first
+    fragment row within the warpgroup's 64 (16 * warp + lane / 4; the second is row + 8),
+    `lane` its lane; a column pair is one st.shared.v2.f32.
 
-    The 2 * n_acc columns are cut into panels 32 floats (128 bytes) wide, each 64 rows x 128
-    bytes, one after another from `slab`; in a panel, the 16-byte chunk c of row r sits at
-    chunk c ^ (r % 8). `row` is the thread's first fragment row within the warpgroup's 64
-    (16 * warp + lane / 4; the second is row + 8), `lane` its lane. A column pair is one
-    st.shared.v2.f32; a warp's 32 pairs fill the 32 banks twice (no conflict beyond that)."""
+    `swizzled`: the 2 * n_acc columns are cut into panels 32 floats (128 bytes) wide, each 64
+    rows x 128 bytes, one after another from `slab`; in a panel, the 16-byte chunk c of row r
+    sits at chunk c ^ (r % 8) (TMA's 128-byte swizzle). A warp's 32 pairs fill the 32 banks
+    twice (no conflict beyond that).
+    Otherwise one row-major panel, rows 2 * n_acc floats apart (a box of the whole tile width,
+    no swizzle): without bank conflicts when that width is 8 modulo 16 floats (the row pitch is
+    then 32 or 96 modulo 128 bytes, so a warp's 8 rows x 32 bytes fall on 4 distinct quarters
+    of the banks, twice), as DeepGEMM's 1D1D staging."""
     f32, u32 = types.float32, types.uint32
     store_asm = "st.shared.v2.f32 [$0], {$1, $2};"
+    row_bytes = 128 if swizzled else 8 * n_acc
 
     def codegen(context, builder, sig, args):
         slab, fragment, row, lane = args
         const = lambda v: ir.Constant(I32, v)  # noqa: E731
         quad = builder.and_(lane, const(3))
-        half_chunk = builder.lshr(quad, const(1))                # columns 4-7 of an 8-group
-        in_chunk = builder.mul(builder.and_(quad, const(1)), const(8))
         for half in range(2):
             r = builder.add(row, const(8 * half))
-            swizzle = builder.and_(r, const(7))
-            line = builder.add(slab, builder.mul(r, const(128)))
-            for i in range(n_acc // 4):
-                panel, group = divmod(i, 4)                        # 4 eight-column groups
-                chunk = builder.add(const(2 * group), half_chunk)
-                at = builder.add(builder.add(line, const(panel * 64 * 128)),
-                                 builder.add(builder.mul(builder.xor(chunk, swizzle),
-                                                         const(16)), in_chunk))
+            line = builder.add(slab, builder.mul(r, const(row_bytes)))
+            for i in range(n_acc // 4):                            # 8-column groups
+                if swizzled:
+                    panel, group = divmod(i, 4)                    # 4 groups per panel
+                    chunk = builder.add(const(2 * group), builder.lshr(quad, const(1)))
+                    at = builder.add(
+                        builder.add(line, const(panel * 64 * 128)),
+                        builder.add(builder.mul(builder.xor(chunk, builder.and_(r, const(7))),
+                                                const(16)),
+                                    builder.mul(builder.and_(quad, const(1)), const(8))))
+                else:
+                    at = builder.add(line, builder.add(const(32 * i),
+                                                       builder.mul(quad, const(8))))
                 v = [builder.extract_value(fragment, 4 * i + 2 * half + j) for j in range(2)]
                 emit_asm(builder, store_asm, (), (u32, f32, f32), [at] + v)
         return context.get_dummy_value()
 
     sig = types.void(u32, _fragment(n_acc), u32, u32)
-    return intrinsic(_typer(4, sig, codegen, f"fragment_store_f32_swizzled_{n_acc}"))
+    layout = "swizzled" if swizzled else "rows"
+    return intrinsic(_typer(4, sig, codegen, f"fragment_store_f32_{layout}_{n_acc}"))
 
 
 @functools.cache

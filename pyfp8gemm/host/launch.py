@@ -179,9 +179,11 @@ class Plan:
             (driver.c_int32, m), (driver.c_int32, n), (driver.c_int32, k),
             (driver.c_int64, layout_ptr), (driver.c_int32, p.groups),
             (driver.c_int64, tmaps_ptr)]
-        if cfg.epilogue == "tma":      # D (groups, M, N) FP32: 32 x 64 boxes, 128-byte swizzle
+        if cfg.epilogue == "tma":      # D (groups, M, N) FP32, in the epilogue's boxes
+            (box_columns, box_rows), swizzle = cfg.f32_store_box
             params.append(driver.tensormap_3d(driver.DTYPE_F32, key.out, (n, m, p.groups),
-                                              (n * 4, m * n * 4), (32, 64, 1), 128))
+                                              (n * 4, m * n * 4), (box_columns, box_rows, 1),
+                                              swizzle))
         block = driver.ParamBlock(tuple(params))
         block.keep = keep
         return block
