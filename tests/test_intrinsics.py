@@ -406,28 +406,20 @@ store_f32_rows_16 = fragment_store_f32_staged(16, False)
 
 
 @tiny_kernel("fragment_store_f32_staged")
-def swizzled_f32_tile(out):
-    """A 64 x 32 FP32 tile of a warpgroup into one 128-byte-swizzled panel."""
+def staged_f32_tiles(out):
+    """A 64 x 32 FP32 tile of a warpgroup into one 128-byte-swizzled panel, and into one
+    row-major box (rows 128 bytes apart) after it."""
     smem = cuda.shared.array(0, types.uint8, alignment=1024)
     tid = cuda.threadIdx.x
     frag = add_partial_8(zeros_8(), out + 16 * tid, 16 * 128)
     both = (frag[0], frag[1], frag[2], frag[3], frag[4], frag[5], frag[6], frag[7],
             frag[0], frag[1], frag[2], frag[3], frag[4], frag[5], frag[6], frag[7])
-    store_f32_swizzled_16(smem_base(smem), both, 16 * (tid // 32) + (tid % 32) // 4, tid % 32)
+    row, lane = 16 * (tid // 32) + (tid % 32) // 4, tid % 32
+    store_f32_swizzled_16(smem_base(smem), both, row, lane)
+    store_f32_rows_16(smem_base(smem) + 8192, both, row, lane)
     cuda.syncthreads()
-    st_global_u32(out + 4 * tid, ld_shared_u32(smem_base(smem) + 4 * tid))
-
-@tiny_kernel("fragment_store_f32_staged")
-def row_major_f32_tile(out):
-    """A 64 x 32 FP32 tile of a warpgroup into one row-major box (rows 128 bytes apart)."""
-    smem = cuda.shared.array(0, types.uint8, alignment=1024)
-    tid = cuda.threadIdx.x
-    frag = add_partial_8(zeros_8(), out + 16 * tid, 16 * 128)
-    both = (frag[0], frag[1], frag[2], frag[3], frag[4], frag[5], frag[6], frag[7],
-            frag[0], frag[1], frag[2], frag[3], frag[4], frag[5], frag[6], frag[7])
-    store_f32_rows_16(smem_base(smem), both, 16 * (tid // 32) + (tid % 32) // 4, tid % 32)
-    cuda.syncthreads()
-    st_global_u32(out + 4 * tid, ld_shared_u32(smem_base(smem) + 4 * tid))
+    st_global_u32(out + 4 * tid, ld_shared_u32(smem_base(smem) + 4 * tid)
+                  + ld_shared_u32(smem_base(smem) + 8192 + 4 * tid))
 
 
 @tiny_kernel("tma_store_wait_read")
@@ -588,8 +580,7 @@ SASS_OF = [
     ("tma_store_tile", r"UTMACMDFLUSH\b"),                        # commit_group
     ("tma_store_and_add_box_3d", r"UTMASTG\.3D\b"),
     ("tma_store_and_add_box_3d", r"UTMAREDG\.3D\.ADD\b"),         # reduce-add in L2
-    ("swizzled_f32_tile", r"STS\.64\b"),                           # st.shared.v2.f32
-    ("row_major_f32_tile", r"STS\.64\b"),
+    ("staged_f32_tiles", r"STS\.64\b"),                            # st.shared.v2.f32
     ("wait_stores_read_smem", r"DEPBAR\.LE SB0, 0x0\b"),          # wait_group.read 0
     ("wait_stores_done", r"DEPBAR\.LE SB0, 0x0\b"),               # wait_group 0
     ("store_one_8x8_matrix", r"STSM\.16\.M88 "),
