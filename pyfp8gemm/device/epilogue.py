@@ -39,6 +39,16 @@ class Epilogue(NamedTuple):
     drain: Callable    # drain(tid): the last stores must finish before the CTA exits
 
 
+def _make_drain(issuers):
+    """`drain(tid)`: the `issuers` threads of each math warpgroup that issued TMA stores wait
+    until they have completed (before the CTA exits)."""
+    @cuda.jit(device=True, inline="always")
+    def drain(tid):
+        if tid % 128 < issuers:
+            tma_store_wait()
+    return drain
+
+
 def make_bf16_epilogue(cfg):
     inline = cuda.jit(device=True, inline="always")
     BM, BN, WAVES = cfg.block_m, cfg.block_n, cfg.waves
@@ -78,12 +88,7 @@ def make_bf16_epilogue(cfg):
                 tma_store_2d(tmap_d, panel + 128 * SWIZZLE_D, column, row + 128)
             tma_store_commit()
 
-    @inline
-    def drain(tid):
-        if tid % 128 < D_PANELS:
-            tma_store_wait()
-
-    return Epilogue(store, drain)
+    return Epilogue(store, _make_drain(D_PANELS))
 
 
 def make_f32_tma_epilogue(cfg):
@@ -124,12 +129,7 @@ def make_f32_tma_epilogue(cfg):
                 tma_store_3d(tmap_d, box, column, row, group)
             tma_store_commit()
 
-    @inline
-    def drain(tid):
-        if tid % 128 < BOXES:
-            tma_store_wait()
-
-    return Epilogue(store, drain)
+    return Epilogue(store, _make_drain(BOXES))
 
 
 def make_bounded_bf16_store(cfg):

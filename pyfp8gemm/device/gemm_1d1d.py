@@ -54,7 +54,7 @@ TENSORMAP_BYTES = 128
 
 def params_of(cfg):
     """The kernel's parameters: PARAMS, and with the "tma" epilogue D's tensor map (by value,
-    last): a 3-D map (N, M, groups) of FP32 D, boxes of {32, 64, 1}, 128-byte swizzle."""
+    last): a 3-D map (N, M, groups) of FP32 D in the boxes of cfg.f32_store_box."""
     return PARAMS + ((("tmap_d", types.int64),) if cfg.epilogue == "tma" else ())
 
 

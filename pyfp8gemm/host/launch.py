@@ -81,6 +81,8 @@ class Plan:
         self.whole_tiles = scheduler.whole_tiles(self.cfg, problem.m, problem.n,
                                                  choice.split_k, choice.split_last_wave, grid)
         self.device_index = device_index
+        # The 1D1D "tma" epilogue adds the tile into D: a C other than D is copied into D first.
+        self.copies_c_into_d = problem.separate_c and self.cfg.epilogue == "tma"
         self._workspaces: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def workspace(self, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -361,6 +363,6 @@ def launch_1d1d(a_data, a_scale, b_data, b_scale, d, c, kind="dense", ks=(),
                     groups=groups, out_dtype="f32", c=0 if c is None else c.data_ptr(),
                     b_scale_stride=b_scale.stride(-1), ks=tuple(ks))
     bound = _bound.get(key) or _bind(key)
-    if key.c and key.c != key.out and bound.plan.cfg.epilogue == "tma":
-        d.copy_(c)            # the "tma" epilogue adds the tile into D: D must hold C first
+    if bound.plan.copies_c_into_d:
+        d.copy_(c)
     bound()
