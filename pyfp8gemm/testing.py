@@ -219,20 +219,31 @@ def _dequantize_rows(name: str, operand, ndim: int) -> torch.Tensor:
     return data.double() * scale.double().repeat_interleave(BLOCK, dim=-1)[..., :k]
 
 
-def _dequantize_grouped_weights(b) -> torch.Tensor:
-    """float64 (G, N, K) of grouped 128x128 weights (data (G, N, K), scale (G, ceil(N/128),
-    ceil(K/128)))."""
-    if not (isinstance(b, (tuple, list)) and len(b) == 2):
-        raise TypeError(f"b: expected a (data, scale) tuple, got {type(b).__name__}")
-    data, scale = b
-    checks.check_tensor("b[0] (data)", data, dtypes=(torch.float8_e4m3fn,), ndim=3)
-    checks.check_tensor("b[1] (scale)", scale, dtypes=(torch.float32,), ndim=3)
-    groups, n, k = data.shape
-    checks.check_shape("b[1] (scale)", scale, (groups, _ceil_div(n, BLOCK), _ceil_div(k, BLOCK)),
-                       why="128x128 scales of (G, N, K) weights")
-    expanded = scale.double().repeat_interleave(BLOCK, dim=1)[:, :n]
-    expanded = expanded.repeat_interleave(BLOCK, dim=2)[:, :, :k]
-    return data.double() * expanded
+class _GroupedWeights:
+    """Grouped 128x128 weights (data (G, N, K), scale (G, ceil(N/128), ceil(K/128))), dequantized
+    to float64 one group at a time: all G at once takes G*N*K*8 bytes (11 GiB at DeepGEMM's
+    32 x 6144 x 7168), more than a GPU spares beside a second test worker."""
+
+    def __init__(self, b):
+        if not (isinstance(b, (tuple, list)) and len(b) == 2):
+            raise TypeError(f"b: expected a (data, scale) tuple, got {type(b).__name__}")
+        self.data, self.scale = b
+        checks.check_tensor("b[0] (data)", self.data, dtypes=(torch.float8_e4m3fn,), ndim=3)
+        checks.check_tensor("b[1] (scale)", self.scale, dtypes=(torch.float32,), ndim=3)
+        self.groups, self.n, self.k = self.data.shape
+        checks.check_shape("b[1] (scale)", self.scale,
+                           (self.groups, _ceil_div(self.n, BLOCK), _ceil_div(self.k, BLOCK)),
+                           why="128x128 scales of (G, N, K) weights")
+
+        self._last = (None, None)
+
+    def __getitem__(self, g: int) -> torch.Tensor:
+        """float64 (N, K) of group g (the last one asked is kept: row blocks come in runs)."""
+        if self._last[0] != g:
+            expanded = self.scale[g].double().repeat_interleave(BLOCK, dim=0)[:self.n]
+            expanded = expanded.repeat_interleave(BLOCK, dim=1)[:, :self.k]
+            self._last = (g, self.data[g].double() * expanded)
+        return self._last[1]
 
 
 def reference_m_grouped_contiguous(a, b, m_indices: torch.Tensor, *, use_psum_layout: bool = False,
@@ -252,8 +263,8 @@ def reference_m_grouped_contiguous(a, b, m_indices: torch.Tensor, *, use_psum_la
     if alignment is None:
         alignment = get_mk_alignment_for_contiguous_layout()
     a64 = _dequantize_rows("a", a, 2)
-    b64 = _dequantize_grouped_weights(b)
-    m_sum, groups, n = a64.shape[0], b64.shape[0], b64.shape[1]
+    b64 = _GroupedWeights(b)
+    m_sum, groups, n = a64.shape[0], b64.groups, b64.n
     ids = m_indices.reshape(-1).tolist()
     if use_psum_layout:
         row_ids = [-1] * m_sum
@@ -280,9 +291,9 @@ def reference_m_grouped_masked(a, b, masked_m: torch.Tensor,
     ZEROS in rows at or past m_g (which the GEMM leaves untouched: compare rows below m_g only).
     Reads masked_m on the host (a sync on CUDA: fine for a reference)."""
     a64 = _dequantize_rows("a", a, 3)
-    b64 = _dequantize_grouped_weights(b)
+    b64 = _GroupedWeights(b)
     groups, m_max, _ = a64.shape
-    out = torch.zeros((groups, m_max, b64.shape[1]), dtype=torch.float64, device=a64.device)
+    out = torch.zeros((groups, m_max, b64.n), dtype=torch.float64, device=a64.device)
     for g, rows in enumerate(masked_m.reshape(-1).tolist()):
         rows = min(max(int(rows), 0), m_max)
         out[g, :rows] = a64[g, :rows] @ b64[g].t()

@@ -352,6 +352,22 @@ def test_small_m_multicast_b_choice():
     assert choose_config(128, 4096, 7168, 131).multicast == "none"    # odd SM count
 
 
+def test_narrow_tile_choice():
+    """Decode: M <= 16 loads 16 rows of A per slot (BLOCK_N at least 32), 17 <= M <= 32 loads 32
+    with the 64-row pick's BLOCK_N; M = 33 keeps 64 rows; split-K picks stay 64 rows."""
+    from pyfp8gemm.host.heuristics import all_configs, choose_dense
+
+    for m, n, k, tile in ((1, 2112, 7168, (16, 32)), (16, 4096, 7168, (16, 32)),
+                          (17, 2112, 7168, (32, 16)), (24, 4096, 7168, (32, 32)),
+                          (32, 7168, 16384, (32, 64)), (33, 4096, 7168, (64, 32))):
+        choice = choose_dense(m, n, k, 132)
+        assert (choice.config.block_m, choice.config.block_n) == tile, (m, n, k)
+        assert choice.split_k == 1 and choice.config.multicast == "none"
+        assert choice.config in all_configs()
+    split = choose_dense(32, 576, 7168, 132)
+    assert split.config.block_m == 64 and split.split_k > 1
+
+
 def test_block_m_256_multicast_choice():
     """BLOCK_M 256 shares A across two N-neighbour CTAs when the N tiles pair up (measured
     faster under sustained, power-capped load), and runs without a cluster otherwise."""
@@ -433,8 +449,8 @@ def test_1d1d_tma_epilogue_config_rules():
 
 
 def test_1d1d_choice_epilogue_follows_c(fake_gpu):
-    """128-row 1D1D tiles leave through the "tma" epilogue (BLOCK_N a multiple of 32), unless
-    C is a tensor other than D (the reduce-add would copy C into D first): then "direct".
+    """128-row 1D1D tiles leave through the "tma" epilogue (BLOCK_N a multiple of 32, or 136 /
+    152 in one row-major box), unless C is a tensor other than D (the reduce-add would copy C into D first): then "direct".
     The launch key says which: C's pointer against D's."""
     from pyfp8gemm.host.heuristics import all_configs, choose_1d1d
 
@@ -445,10 +461,15 @@ def test_1d1d_choice_epilogue_follows_c(fake_gpu):
     for m, n, k, kind, groups in ((4096, 7168, 4096, "dense", 1), (576, 7168, 4096, "dense", 1),
                                   (4096, 7168, 4 * 8192, "k_grouped", 4)):
         fast, with_copy = choice(m, n, k, False, kind, groups), choice(m, n, k, True, kind, groups)
-        assert fast.epilogue == "tma" and fast.block_n % 32 == 0 and fast.block_m == 128
+        assert fast.epilogue == "tma" and fast.block_m == 128
+        assert fast.block_n % 32 == 0 or fast.block_n in (136, 152)
         assert with_copy.epilogue == "direct"
         assert fast in all_configs() and with_copy in all_configs()
     assert choice(64, 7168, 4096, False).epilogue == "direct"         # 64-row tiles: not measured
+    # The cost model's waves (132 SMs), as measured: 136 at 2112x7168 (7 waves of narrower tiles
+    # than 152's 7, against 128's 8), 152 at 7168x16384 (46 waves against 136's 52).
+    assert choice(2112, 7168, 4096, False).block_n == 136
+    assert choice(7168, 16384, 4096, False).block_n == 152
     with pytest.raises(ValueError, match="separate_c"):
         GemmProblem(64, 64, 128, out_dtype="f32", separate_c=True)
 

@@ -28,8 +28,8 @@ to the larger tile. The constants come from side-by-side sweeps on the H200
   every M = 4096/8192 ANCHORS shape it applies to, where sharing B gained nothing.
   BLOCK_M 64 with an even number of M tiles (M = 65..128), BLOCK_N >= 64 and K >= 4096 shares
   B ("b").
-- M <= 16 (decode): the BLOCK_M 64 pick's tile with only 16 rows of A loaded per ring slot
-  (NARROW_MAX_M), where the pick runs without split-K or a cluster.
+- M <= 32 (decode): the BLOCK_M 64 pick's tile with only 16 (M <= 16) or 32 rows of A loaded
+  per ring slot (NARROW_MAX_M), where the pick runs without split-K or a cluster.
 """
 
 from __future__ import annotations
@@ -69,13 +69,22 @@ SMALL_M_MULTICAST_B_MIN_K = 4096
 # 16x576x2048 split 3 9.2 vs 7.9: with little K per split the partial-sum round trip (fence,
 # counter, reload) costs more than the idle SMs did.
 MIN_K_BLOCKS_PER_SPLIT = 12
-# Narrow A tiles for decode (BLOCK_M 16: the ring slot holds 16 rows of A instead of 64, so more
-# of B is in flight). Interleaved A/B against the BLOCK_M 64 pick (H100, session 11, ab_time.py):
-# 1x2112x7168 16x16 x1.29, 16x32 x1.39; 8x7168x16384 16x64 x1.06; 16x4096x7168 16x32 x1.03;
-# but 32x24576x1536 32x64 x0.996 and 16x64 x0.89: only M <= 16 takes them. A BLOCK_N 16 pick
-# becomes 16 x 32 (half the CTAs, twice the bytes per slot: x1.39 against x1.29).
-NARROW_MAX_M = 16
-NARROW_BLOCK_M = 16
+# Narrow A tiles for decode (BLOCK_M 16 / 32: the ring slot holds 16 / 32 rows of A instead of
+# 64, so no TMA box is mostly out of bounds and more of B is in flight; DeepGEMM does the same
+# for M <= 16 / 32). Interleaved A/B against the BLOCK_M 64 pick (H100, ab_time.py): sessions 11
+# (16 rows) 1x2112x7168 16x16 x1.29, 16x32 x1.39; 8x7168x16384 16x64 x1.06; 16x4096x7168 16x32
+# x1.03; and 13 (32 rows, the 64-row pick's BLOCK_N) 32x2112x7168 32x16 x1.107,
+# 24x4096x7168 32x32 x1.058, 32x4096x7168 32x32 x0.996, 32x7168x16384 32x64 x1.007. A
+# 16-row pick of BLOCK_N 16 becomes 16 x 32 (half the CTAs, twice the bytes per slot: x1.39
+# against x1.29).
+NARROW_MAX_M = 32
+
+
+def narrow_block_m(m: int) -> int:
+    """BLOCK_M of the narrow A tiles for M <= NARROW_MAX_M."""
+    return 16 if m <= 16 else 32
+
+
 # Splitting the last, partial wave's tiles (e.g. 4096x2112x7168: 544 tiles of 128x128 = 4 full
 # waves and 16 tiles): they take 1 / split of a tile time, plus the partial-sum round trip,
 # modelled as this fraction of a tile time.
@@ -196,7 +205,8 @@ def choose_dense(m: int, n: int, k: int, num_sms: int) -> KernelChoice:
     if multicast == "none":
         split_k = choose_split_k(_ceil_div(m, block_m) * _ceil_div(n, block_n), k, num_sms)
     if m <= NARROW_MAX_M and block_m == 64 and multicast == "none" and split_k == 1:
-        return make_choice(NARROW_BLOCK_M, max(block_n, 32))
+        narrow = narrow_block_m(m)
+        return make_choice(narrow, max(block_n, 32) if narrow == 16 else block_n)
     return make_choice(block_m, block_n, multicast, split_k)
 
 
@@ -229,9 +239,13 @@ def tile_cost(m_blocks: int, n_blocks: int, block_m: int, block_n: int, num_sms:
 # reduce-add into D; BLOCK_N a multiple of 32): x1.02-1.18 over the direct stores on an H100
 # (JOURNAL session 12), except where C is a tensor other than D, which the reduce-add would
 # first copy into D. 2-CTA clusters measured no faster (x0.98-1.00): none.
+# The TMA epilogue also takes DeepGEMM's 136 / 152 (8 modulo 16: one row-major box), whose
+# waves this model prices right (H100, ab_time.py --1d1d, C = D, against 128): 7168x16384x4096
+# 152 x1.082 (136 x1.038), 2112x7168x4096 136 x1.068 (152 x1.005), 4096x7168x4096 both
+# x1.04 (JOURNAL session 13).
 WGRAD_OVERLAP_MAX_N = 64
 WGRAD_BLOCK_N = tuple(range(16, 129, 16))
-WGRAD_TMA_BLOCK_N = tuple(range(32, 129, 32))
+WGRAD_TMA_BLOCK_N = tuple(range(32, 129, 32)) + (136, 152)
 
 
 def wgrad_epilogue(block_m: int, separate_c: bool = False) -> str:
@@ -329,8 +343,8 @@ def all_configs() -> list[GemmConfig]:
              and not (block_m == 64 and multicast == "b"
                       and block_n < SMALL_M_MULTICAST_B_MIN_N)
              and not (split_k and multicast != "none")]
-    narrow = [make_config(NARROW_BLOCK_M, block_n) for block_n in BLOCK_N_CANDIDATES[64]
-              if block_n >= 32]
+    narrow = [make_config(block_m, block_n) for block_m in (16, 32)
+              for block_n in BLOCK_N_CANDIDATES[64] if block_n >= 32 or block_m == 32]
     wgrad = [make_config(block_m, block_n, schedule=schedule, scaling="1d1d",
                          accumulate=accumulate, epilogue=epilogue)
              for schedule in ("dense", "k_grouped") for block_m in (64, 128)
