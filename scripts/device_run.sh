@@ -135,38 +135,34 @@ for step in "$@"; do
       tl 240 python3 -m pytest -q -m gpu -p no:cacheprovider -n 6 --timeout 180 \
           tests/test_gemm_gpu.py -k narrow > $OUT/gpu_tests_narrow.txt 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" $OUT/gpu_tests_narrow.txt | cut -c1-200 | tail -8
-      # M = 32: the 64-row kernel's A boxes are half out of bounds (slower than at M = 64)
-      cases=("32 2112 7168 64x16 32x16 32x32 16x32" "32 4096 7168 64x32 32x32 32x64 16x64"
-             "32 7168 16384 64x64 32x64 32x128 16x128" "24 4096 7168 64x32 32x32 32x64"
-             "16 4096 7168 64x32 16x32 16x64 32x32")
+      # Decode shapes where DeepGEMM led (H100, session 13): its picks, stage counts, clusters
+      cases=("128 2112 7168 64x32 64x32:::16 64x16" "128 4096 7168 64x64:b 64x64 64x32"
+             "32 7168 2048 32x64 64x64 32x32" "8 2112 7168 16x32 16x16"
+             "32 4096 7168 32x32 32x32:::16 64x32")
       (cd scripts && python3 precompile.py --jobs 16 $(for c in "${cases[@]}"; do echo $c | cut -d" " -f4-; done)) | tail -1
       for case in "${cases[@]}"; do
         tl 60 python3 scripts/ab_time.py $case --rounds 60 2>&1 | grep -v "using " \
             | tee -a $OUT/smallm_ab.txt | tail -6
       done ;;
-    wgradab)  # the 1D1D tile widths and epilogues side by side (DeepGEMM too where DG_OK):
-              # 128 columns in swizzled panels against 136 / 152 in one row-major box
-      for acc in --accumulate ""; do
-        for shape in "4096 7168 4096" "7168 16384 4096" "2112 7168 4096"; do
-          [ -z "$acc" ] && [ "$shape" != "4096 7168 4096" ] && continue
-          tl 90 python3 scripts/ab_time.py $shape 128x128t 128x152t 128x136t 128x152t:b \
-              128x152 128x128 --1d1d $acc \
-              --rounds 40 2>&1 | grep -v "using " | tee -a $OUT/wgradab.txt | tail -9
-        done
+    wgradab)  # 1D1D tile widths side by side (DeepGEMM too where DG_OK), where the cost model
+              # ties or DeepGEMM led (session 13)
+      for shape in "24576 1536 4096" "7168 2048 4096" "576 7168 4096"; do
+        tl 90 python3 scripts/ab_time.py $shape 128x152t 128x128t 128x136t 128x96t --1d1d \
+            --accumulate --rounds 40 2>&1 | grep -v "using " | tee -a $OUT/wgradab.txt | tail -8
       done ;;
     groupedab)  # grouped configs side by side (ab_grouped.py), DeepGEMM too where DG_OK
-      for case in "m-grouped-masked 0 128x128 64x128 64x192 128x192 128x128:b" \
-                  "m-grouped-masked 3 128x128 64x128 64x192 128x192" \
-                  "m-grouped-masked 5 128x192 128x128 128x160 128x128:b 128x192:b" \
-                  "m-grouped-masked 15 64x64 64x32 64x128" \
-                  "m-grouped-contiguous 2 128x128:a 128x192:a 128x192"; do
+      for case in "m-grouped-masked 0 128x192 128x192:b 128x128:b" \
+                  "m-grouped-masked 1 128x192 128x192:b" \
+                  "m-grouped-masked 4 128x192:b 128x128 128x128:b" \
+                  "m-grouped-contiguous 0 128x192 128x128:a" \
+                  "m-grouped-contiguous 2 128x192:a 128x192"; do
         tl 90 python3 scripts/ab_grouped.py $case --rounds 40 2>&1 | grep -v "using " \
             | tee -a $OUT/groupedab.txt | tail -7
       done ;;
     sanitize)  # compute-sanitizer on one small problem of every kernel family and variant
       S=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
       for tool in memcheck racecheck; do
-        for script in sanitize_small sanitize_quantize; do
+        for script in ${SANITIZE:-sanitize_small sanitize_quantize}; do
           tl 120 $S --tool $tool --report-api-errors no python3 scripts/$script.py 2>&1 \
               | grep -v "using " | tail -3
         done

@@ -3,11 +3,10 @@
     compute-sanitizer --tool memcheck --report-api-errors no python3 scripts/sanitize_small.py
     compute-sanitizer --tool racecheck --report-api-errors no python3 scripts/sanitize_small.py
 
-Dense (one tile with split-K and one with a cluster), m-grouped contiguous with a padding block,
+Dense (one tile with split-K, one with a cluster, 32-row A tiles), m-grouped contiguous with a padding block,
 m-grouped masked with an empty group, a partial block, a warpgroup past its rows and a whole
 tile (TMA store), 1D1D with accumulation, k-grouped with an empty group; on a GPU also the
-forced variants the heuristic does not pick yet (1D1D "tma" epilogue and clusters, masked in a
-cluster); each checked against its reference (calc_diff printed)."""
+forced variants (1D1D "tma" epilogue at 128 / 152 / 136 and clusters, masked in a cluster); each checked against its reference (calc_diff printed)."""
 import torch
 
 import pyfp8gemm
@@ -36,6 +35,10 @@ a, b = pyfp8gemm.quantize(randn(600, 512), "1x128"), pyfp8gemm.quantize(randn(51
 out = torch.empty(600, 512, device=dev, dtype=torch.bfloat16)
 pyfp8gemm.fp8_gemm_nt(a, b, out)
 report("dense", out, reference_gemm(a, b))
+a, b = pyfp8gemm.quantize(randn(20, 640), "1x128"), pyfp8gemm.quantize(randn(1000, 640), "128x128")
+out = torch.empty(20, 1000, device=dev, dtype=torch.bfloat16)
+pyfp8gemm.fp8_gemm_nt(a, b, out)               # 32-row A tiles (M <= 32), N and K tails
+report("dense, 32-row tiles", out, reference_gemm(a, b))
 
 groups, n, k = 3, 256, 512
 ids = torch.tensor([0] * 128 + [-1] * 128 + [2] * 256, device=dev, dtype=torch.int32)
@@ -75,14 +78,16 @@ if dev == "cuda":
     from pyfp8gemm.host import launch, launchers
     from pyfp8gemm.host.heuristics import make_config
 
-    for epilogue, mc in (("tma", "none"), ("tma", "b"), ("direct", "a")):
-        cfg = make_config(128, 128, mc, scaling="1d1d", accumulate=True, epilogue=epilogue)
-        x, y = randn(256, 384), randn(256, 384)
+    for epilogue, mc, block_n in (("tma", "none", 128), ("tma", "b", 128), ("direct", "a", 128),
+                                  ("tma", "none", 152), ("tma", "none", 136)):
+        cfg = make_config(128, block_n, mc, scaling="1d1d", accumulate=True, epilogue=epilogue)
+        n1 = 256 if block_n == 128 else 300          # 152 / 136: a partial last N tile
+        x, y = randn(256, 384), randn(n1, 384)
         a1, b1 = pyfp8gemm.quantize(x, "1x128"), pyfp8gemm.quantize(y, "1x128")
-        d = torch.randn(256, 256, device=dev)
+        d = torch.randn(256, n1, device=dev)
         c = d.clone()
         launch.launch_1d1d(a1.data, a1.scale, b1.data, b1.scale, d, d, config=cfg)
-        report(f"1D1D {epilogue} {mc}", d, reference_gemm_1d1d(a1, b1, c))
+        report(f"1D1D {epilogue} {mc} {block_n}", d, reference_gemm_1d1d(a1, b1, c))
 
     cfg = make_config(128, 128, "b", schedule="m_grouped_masked")
     launchers.m_grouped_masked = (
