@@ -368,6 +368,40 @@ def test_narrow_tile_choice():
     assert split.config.block_m == 64 and split.split_k > 1
 
 
+def test_masked_choice_shares_b_past_128_rows():
+    """Masked groups of more than 128 rows (two M blocks or more) run in 2-CTA clusters sharing
+    B, as DeepGEMM does, with 192-wide tiles on its shapes (measured 0.97x DeepGEMM against
+    0.84x for 128x128 alone); up to 128 rows a group, no cluster (a pair would be half idle)."""
+    from pyfp8gemm.host.heuristics import all_configs, choose_m_grouped
+
+    def choice(groups, rows, n, k, num_sms=132):
+        m_max = -(-rows * 13 // 10 // 64) * 64 + 64
+        return choose_m_grouped(GemmProblem(m_max, n, k, "m_grouped_masked", groups, rows),
+                                num_sms).config
+
+    for groups, rows in ((32, 192), (6, 1024)):
+        for n, k in ((6144, 7168), (7168, 3072), (4096, 4096)):
+            cfg = choice(groups, rows, n, k)
+            assert (cfg.block_m, cfg.block_n, cfg.multicast) == (128, 192, "b")
+            assert cfg in all_configs()
+    assert choice(8, 100, 6144, 7168).multicast == "none"
+    assert choice(32, 20, 6144, 7168).block_m == 64
+    assert choice(32, 192, 6144, 7168, num_sms=131).multicast == "none"
+
+
+def test_1d1d_row_major_widths_need_a_full_last_tile():
+    """136 / 152 only where their last N tile is nearly full (24576x1536: 152 pads 8.9% of the
+    columns and ran x0.93 against 128 where the cost model ties)."""
+    from pyfp8gemm.host.heuristics import choose_1d1d
+
+    def width(m, n, k=4096):
+        return choose_1d1d(GemmProblem(m, n, k, out_dtype="f32", accumulate=True), 132).config.block_n
+
+    assert width(24576, 1536) == 128
+    assert width(7168, 2048) == 152       # 3.9% padding: measured x1.02 against 128
+    assert width(64, 1000) % 16 == 0      # 64-row tiles: the direct epilogue's widths
+
+
 def test_block_m_256_multicast_choice():
     """BLOCK_M 256 shares A across two N-neighbour CTAs when the N tiles pair up (measured
     faster under sustained, power-capped load), and runs without a cluster otherwise."""

@@ -240,12 +240,15 @@ def tile_cost(m_blocks: int, n_blocks: int, block_m: int, block_n: int, num_sms:
 # (JOURNAL session 12), except where C is a tensor other than D, which the reduce-add would
 # first copy into D. 2-CTA clusters measured no faster (x0.98-1.00): none.
 # The TMA epilogue also takes DeepGEMM's 136 / 152 (8 modulo 16: one row-major box), whose
-# waves this model prices right (H100, ab_time.py --1d1d, C = D, against 128): 7168x16384x4096
-# 152 x1.082 (136 x1.038), 2112x7168x4096 136 x1.068 (152 x1.005), 4096x7168x4096 both
-# x1.04 (JOURNAL session 13).
+# waves this model prices right where their last N tile is nearly full (H100, ab_time.py
+# --1d1d, C = D, against 128): 7168x16384x4096 152 x1.082 (136 x1.038), 2112x7168x4096 136
+# x1.068 (152 x1.005), 4096x7168x4096 both x1.04, 7168x2048x4096 152 x1.02 (3.9% of its columns
+# padding); but not at 24576x1536x4096 (152: 8.9% padding, x0.93 where the model ties; 136:
+# 6.3%, x0.93): they need WGRAD_ROW_MAJOR_MAX_PAD or less (JOURNAL session 13).
 WGRAD_OVERLAP_MAX_N = 64
 WGRAD_BLOCK_N = tuple(range(16, 129, 16))
 WGRAD_TMA_BLOCK_N = tuple(range(32, 129, 32)) + (136, 152)
+WGRAD_ROW_MAJOR_MAX_PAD = 0.04
 
 
 def wgrad_epilogue(block_m: int, separate_c: bool = False) -> str:
@@ -263,7 +266,12 @@ def choose_1d1d(problem: GemmProblem, num_sms: int) -> KernelChoice:
         return tile_cost(groups * _ceil_div(problem.m, block_m), _ceil_div(problem.n, block_n),
                          block_m, block_n, num_sms, scaling="1d1d")
 
-    block_n = min(WGRAD_TMA_BLOCK_N if epilogue == "tma" else WGRAD_BLOCK_N, key=cost)
+    def fits(block_n):          # a row-major width's last N tile nearly full
+        padded = _ceil_div(problem.n, block_n) * block_n
+        return block_n % 16 == 0 or padded <= problem.n * (1 + WGRAD_ROW_MAJOR_MAX_PAD)
+
+    block_n = min((bn for bn in (WGRAD_TMA_BLOCK_N if epilogue == "tma" else WGRAD_BLOCK_N)
+                   if fits(bn)), key=cost)
     return KernelChoice(make_config(block_m, block_n, schedule=problem.kind, scaling="1d1d",
                                     accumulate=problem.accumulate, epilogue=epilogue))
 
@@ -272,10 +280,16 @@ def choose_1d1d(problem: GemmProblem, num_sms: int) -> KernelChoice:
 # schedule, so the dense cost model applies to their tiles, counted per group: a group of r
 # rows takes ceil(r / BLOCK_M) M blocks. BLOCK_M as for dense GEMMs of the expected rows per
 # group, at most the contiguous layout's segment alignment (a block must not span two groups;
-# 256 never), no split-K (MoE K is long: 2048-7168), and
-# clusters only as multicast A (two M neighbours may belong to different groups; masked runs
-# without clusters, its schedule takes each group's N tiles in turn).
+# 256 never), no split-K (MoE K is long: 2048-7168). Clusters: contiguous shares A (two M
+# neighbours may belong to different groups); masked shares B between a group's two M
+# neighbours where groups have more than 128 rows (DeepGEMM's pick too). H100, ab_grouped.py,
+# against DeepGEMM in the same rounds (JOURNAL session 13): G=32 x ~192 rows, 6144x7168:
+# 128x128 0.84x, 128x192 0.88x, 128x128:b 0.90x, 128x192:b 0.97x; G=6 x ~1024 rows: 128x192
+# 0.83x, 128x192:b 0.92x. Sharing B, a wide tile's unoverlapped promotion costs less than the
+# dense model's x1.10: x1.02-1.04 fits those two (MASKED_SHARED_B_NO_OVERLAP_PENALTY).
 GROUPED_BLOCK_N = tuple(n for n in range(16, 193, 16) if n != 176)
+MASKED_SHARED_B_MIN_ROWS = 129
+MASKED_SHARED_B_NO_OVERLAP_PENALTY = 1.04
 
 
 @functools.lru_cache(maxsize=1024)
@@ -286,17 +300,24 @@ def choose_m_grouped(problem: GemmProblem, num_sms: int) -> KernelChoice:
     # 64-row blocks for up to 64 rows a group, else 128 (the alignment permitting).
     block_ms = (64,) if rows <= 64 or (contiguous and problem.m_alignment < 128) else (128,)
     wants_multicast = contiguous and rows * groups >= MULTICAST_MIN_M and num_sms % 2 == 0
+    shares_b = not contiguous and rows >= MASKED_SHARED_B_MIN_ROWS and num_sms % 2 == 0
 
     def cost(block_m, block_n):
-        return tile_cost(groups * _ceil_div(rows, block_m), _ceil_div(n, block_n), block_m,
-                         block_n, num_sms, 1, wants_multicast)
+        time, *tie = tile_cost(groups * _ceil_div(rows, block_m), _ceil_div(n, block_n),
+                               block_m, block_n, num_sms, 1, wants_multicast)
+        if shares_b and block_n > 128:
+            time *= MASKED_SHARED_B_NO_OVERLAP_PENALTY / NO_OVERLAP_PENALTY[block_m]
+        return time, *tie
 
     block_m, block_n = min(((bm, bn) for bm in block_ms for bn in GROUPED_BLOCK_N
-                            if not (bm == 128 and bn > 128 and rows < WIDE_TILE_MIN_M)),
+                            if not (bm == 128 and bn > 128 and rows < WIDE_TILE_MIN_M
+                                    and not shares_b)),
                            key=lambda c: cost(*c))
     multicast = "none"
     if wants_multicast and block_m == 128 and _ceil_div(n, block_n) % 2 == 0:
         multicast = "a"
+    elif shares_b:
+        multicast = "b"
     return make_choice(block_m, block_n, multicast, schedule=problem.kind)
 
 
@@ -307,8 +328,9 @@ def grouped_configs() -> list[GemmConfig]:
         for block_m in (64, 128):
             for block_n in GROUPED_BLOCK_N:
                 out.append(make_config(block_m, block_n, schedule=schedule))
-                if schedule == "m_grouped_contiguous" and block_m == 128:
-                    out.append(make_config(block_m, block_n, "a", schedule=schedule))
+                if block_m == 128:
+                    shared = "a" if schedule == "m_grouped_contiguous" else "b"
+                    out.append(make_config(block_m, block_n, shared, schedule=schedule))
     return out
 
 
