@@ -285,11 +285,15 @@ def choose_1d1d(problem: GemmProblem, num_sms: int) -> KernelChoice:
 # neighbours where groups have more than 128 rows (DeepGEMM's pick too). H100, ab_grouped.py,
 # against DeepGEMM in the same rounds (JOURNAL session 13): G=32 x ~192 rows, 6144x7168:
 # 128x128 0.84x, 128x192 0.88x, 128x128:b 0.90x, 128x192:b 0.97x; G=6 x ~1024 rows: 128x192
-# 0.83x, 128x192:b 0.92x. Sharing B, a wide tile's unoverlapped promotion costs less than the
-# dense model's x1.10: x1.02-1.04 fits those two (MASKED_SHARED_B_NO_OVERLAP_PENALTY).
+# 0.83x, 128x192:b 0.92x; but at K = 2048 the cluster gained nothing or lost (x0.99 at 6 x
+# ~1024 rows, x0.91 with 3 of them empty; x1.00 at 32 x ~192): K >= MASKED_SHARED_B_MIN_K.
+# Past 128 rows a group, a wide tile's unoverlapped promotion costs less than the dense model's
+# x1.10 (x1.02-1.04 fits those shapes; 128x192 alone ran x1.03-1.06 over 128x128 at 32 x ~192
+# rows): MASKED_WIDE_NO_OVERLAP_PENALTY.
 GROUPED_BLOCK_N = tuple(n for n in range(16, 193, 16) if n != 176)
-MASKED_SHARED_B_MIN_ROWS = 129
-MASKED_SHARED_B_NO_OVERLAP_PENALTY = 1.04
+MASKED_WIDE_MIN_ROWS = 129
+MASKED_SHARED_B_MIN_K = 3072
+MASKED_WIDE_NO_OVERLAP_PENALTY = 1.04
 
 
 @functools.lru_cache(maxsize=1024)
@@ -300,23 +304,23 @@ def choose_m_grouped(problem: GemmProblem, num_sms: int) -> KernelChoice:
     # 64-row blocks for up to 64 rows a group, else 128 (the alignment permitting).
     block_ms = (64,) if rows <= 64 or (contiguous and problem.m_alignment < 128) else (128,)
     wants_multicast = contiguous and rows * groups >= MULTICAST_MIN_M and num_sms % 2 == 0
-    shares_b = not contiguous and rows >= MASKED_SHARED_B_MIN_ROWS and num_sms % 2 == 0
+    masked_wide = not contiguous and rows >= MASKED_WIDE_MIN_ROWS
 
     def cost(block_m, block_n):
         time, *tie = tile_cost(groups * _ceil_div(rows, block_m), _ceil_div(n, block_n),
                                block_m, block_n, num_sms, 1, wants_multicast)
-        if shares_b and block_n > 128:
-            time *= MASKED_SHARED_B_NO_OVERLAP_PENALTY / NO_OVERLAP_PENALTY[block_m]
+        if masked_wide and block_n > 128:
+            time *= MASKED_WIDE_NO_OVERLAP_PENALTY / NO_OVERLAP_PENALTY[block_m]
         return time, *tie
 
     block_m, block_n = min(((bm, bn) for bm in block_ms for bn in GROUPED_BLOCK_N
                             if not (bm == 128 and bn > 128 and rows < WIDE_TILE_MIN_M
-                                    and not shares_b)),
+                                    and not masked_wide)),
                            key=lambda c: cost(*c))
     multicast = "none"
     if wants_multicast and block_m == 128 and _ceil_div(n, block_n) % 2 == 0:
         multicast = "a"
-    elif shares_b:
+    elif masked_wide and problem.k >= MASKED_SHARED_B_MIN_K and num_sms % 2 == 0:
         multicast = "b"
     return make_choice(block_m, block_n, multicast, schedule=problem.kind)
 
