@@ -9,9 +9,8 @@
 #   qtest       the fused quantization kernel's GPU tests
 #   bench       dense ANCHORS shapes;  decode  the dense M <= 128 shapes
 #   grouped     the m-grouped kinds;   training  wgrad-1d1d, k-grouped, train-step ($TRAIN_KINDS)
-#   probe       small-M streaming probes;  smallm  narrow A tiles: GPU tests + A/B timings
-#   wgradab     the 1D1D kernel's epilogues side by side (ab_time.py --1d1d)
-#   swapab      decode: swap-AB through the 1D1D kernel against dense and DeepGEMM
+#   smallm      narrow A tiles: GPU tests + A/B timings of decode shapes
+#   wgradab     the 1D1D kernel's tile widths side by side (ab_time.py --1d1d)
 #   groupedab   m-grouped configs side by side (ab_grouped.py)
 #   sanitize    compute-sanitizer memcheck + racecheck (sanitize_small.py, sanitize_quantize.py)
 #   dgbuild     build DeepGEMM from .devcarry/ (scripts/deepgemm_source.sh), in the background
@@ -167,11 +166,6 @@ for step in "$@"; do
               | grep -v "using " | tail -3
         done
       done ;;
-    swapab)   # is a swap-AB kernel worth building? (the 1D1D kernel on (W, X), no new code)
-      tl 240 python3 scripts/swap_ab_probe.py --rounds 40 2>&1 | grep -v "using " \
-          | tee $OUT/swapab.txt | tail -80 ;;
-    probe)
-      tl 230 python3 scripts/probe_small_m.py ${PROBE_ARGS:-} 2>&1 | tail -40 ;;
     *) echo "unknown step $step" ;;
   esac
   echo "[$step: $(( $(date +%s) - start )) s]"

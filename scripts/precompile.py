@@ -38,7 +38,6 @@ def forced_configs():
                                       (152, "none", "tma"), (136, "none", "tma"),
                                       (152, "b", "tma"), (152, "none", "direct"))
              if not (schedule == "k_grouped" and mc == "a")]
-    wgrad += [make_config(64, bn, scaling="1d1d") for bn in (16, 32)]      # swap_ab_probe.py
     masked = [make_config(128, bn, mc, schedule="m_grouped_masked")
               for bn in (128, 192) for mc in ("none", "b")]
     contiguous = [make_config(128, bn, mc, schedule="m_grouped_contiguous")
