@@ -143,18 +143,20 @@ for step in "$@"; do
         tl 60 python3 scripts/ab_time.py $case --rounds 60 2>&1 | grep -v "using " \
             | tee -a $OUT/smallm_ab.txt | tail -6
       done ;;
-    wgradab)  # 1D1D tile widths side by side (DeepGEMM too where DG_OK), where the cost model
-              # ties or DeepGEMM led (session 13)
-      for shape in "24576 1536 4096" "7168 2048 4096" "576 7168 4096"; do
-        tl 90 python3 scripts/ab_time.py $shape 128x152t 128x128t 128x136t 128x96t --1d1d \
-            --accumulate --rounds 40 2>&1 | grep -v "using " | tee -a $OUT/wgradab.txt | tail -8
+    wgradab)  # 1D1D tiles side by side (DeepGEMM too where DG_OK) where DeepGEMM led (session
+              # 13): at 24576x1536 its pick, 152 sharing B, ran x1.10 over our 152t
+      for shape in "24576 1536 4096" "4096 7168 4096"; do
+        tl 90 python3 scripts/ab_time.py $shape 128x128t 128x152t 128x152t:b 128x128t:b \
+            --1d1d --accumulate --rounds 40 2>&1 | grep -v "using " | tee -a $OUT/wgradab.txt \
+            | tail -8
       done ;;
     groupedab)  # grouped configs side by side (ab_grouped.py), DeepGEMM too where DG_OK
-      for case in "m-grouped-masked 0 128x192 128x192:b 128x128:b" \
-                  "m-grouped-masked 1 128x192 128x192:b" \
-                  "m-grouped-masked 4 128x192:b 128x128 128x128:b" \
-                  "m-grouped-contiguous 0 128x192 128x128:a" \
-                  "m-grouped-contiguous 2 128x192:a 128x192"; do
+      # contiguous: B shared by a pair of one group's M blocks (DeepGEMM's pick), sharing A
+      for case in "m-grouped-contiguous 0 128x192:b 128x192:a" \
+                  "m-grouped-contiguous 2 128x192:b 128x128:b 128x192:a" \
+                  "m-grouped-contiguous 5 128x192:b 128x192:a" \
+                  "m-grouped-contiguous 7 128x192:b 128x128:b 128x192:a" \
+                  "m-grouped-masked 4 128x192:b 128x160:b"; do
         tl 90 python3 scripts/ab_grouped.py $case --rounds 40 2>&1 | grep -v "using " \
             | tee -a $OUT/groupedab.txt | tail -7
       done ;;

@@ -41,7 +41,7 @@ def forced_configs():
     masked = [make_config(128, bn, mc, schedule="m_grouped_masked")
               for bn in (128, 192) for mc in ("none", "b")]
     contiguous = [make_config(128, bn, mc, schedule="m_grouped_contiguous")
-                  for bn, mc in ((128, "a"), (192, "a"), (192, "none"))]
+                  for bn, mc in ((128, "a"), (192, "a"), (192, "none"), (128, "b"), (192, "b"))]
     return wgrad + masked + contiguous
 
 

@@ -6,7 +6,8 @@
 Dense (one tile with split-K, one with a cluster, 32-row A tiles), m-grouped contiguous with a padding block,
 m-grouped masked with an empty group, a partial block, a warpgroup past its rows and a whole
 tile (TMA store), 1D1D with accumulation, k-grouped with an empty group; on a GPU also the
-forced variants (1D1D "tma" epilogue at 128 / 152 / 136 and clusters, masked in a cluster); each checked against its reference (calc_diff printed)."""
+forced variants (1D1D "tma" epilogue at 128 / 152 / 136 and clusters, contiguous and masked in
+clusters sharing B); each checked against its reference (calc_diff printed)."""
 import torch
 
 import pyfp8gemm
@@ -88,6 +89,20 @@ if dev == "cuda":
         c = d.clone()
         launch.launch_1d1d(a1.data, a1.scale, b1.data, b1.scale, d, d, config=cfg)
         report(f"1D1D {epilogue} {mc} {block_n}", d, reference_gemm_1d1d(a1, b1, c))
+
+    cfg = make_config(128, 128, "b", schedule="m_grouped_contiguous")
+    launchers.m_grouped_contiguous = (
+        lambda a_data, a_scale, b_data, b_scale, d, m_indices, expected_m, alignment:
+        launch.launch_grouped("m_grouped_contiguous", a_data, a_scale, b_data, b_scale, d,
+                              m_indices, b_data.shape[0], expected_m, alignment, config=cfg))
+    # pairs: (0, padding) shared, (2, 2) shared, (2, 1) each its own, (1, past M)
+    pair_ids = torch.tensor([0] * 128 + [-1] * 128 + [2] * 256 + [2] * 128 + [1] * 256,
+                            device=dev, dtype=torch.int32)
+    a_pairs = pyfp8gemm.quantize(randn(pair_ids.numel(), k), "1x128")
+    d_pairs = torch.empty(pair_ids.numel(), n, device=dev, dtype=torch.bfloat16)
+    pyfp8gemm.m_grouped_fp8_gemm_nt_contiguous(a_pairs, b, d_pairs, pair_ids)
+    report("m-grouped contiguous, cluster", d_pairs,
+           reference_m_grouped_contiguous(a_pairs, b, pair_ids))
 
     cfg = make_config(128, 128, "b", schedule="m_grouped_masked")
     launchers.m_grouped_masked = (

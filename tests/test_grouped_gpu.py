@@ -389,6 +389,48 @@ def test_moe_example_on_gpu():
 
 
 @pytest.mark.parametrize("block_n", [128, 192])
+def test_contiguous_in_a_cluster_sharing_b(monkeypatch, block_n):
+    """The contiguous GEMM in 2-CTA clusters sharing B (DeepGEMM's pairing; forced here, the
+    heuristic does not pick it yet): M blocks 2u, 2u + 1 share a B tile where they are one
+    group's or one is padding (whose CTA takes the slots' turns and stores zeros, its A rows
+    NaN here), each CTA loads its own where they are two groups', an odd block count's last
+    block pairs with one past M. Same bits as without a cluster; padding rows zero."""
+    from pyfp8gemm.host import launch, launchers
+    from pyfp8gemm.host.heuristics import make_config
+
+    n, k = 768, 1024
+    a, b, m_indices, psum, x, w = make_contiguous(9, [1, 0, 77, 128, 0, 300, 3, 129], n, k, 128)
+    # 9 blocks, then 3 of padding (a pair of them: both padding) and one of group 5 (13 blocks:
+    # the last one's partner lies past M)
+    extra = 4 * 128
+    m_indices = torch.cat([m_indices, torch.tensor([-1] * 384 + [5] * 128, dtype=torch.int32,
+                                                   device="cuda")])
+    x = torch.cat([x, torch.full((384, k), float("nan"), dtype=torch.bfloat16, device="cuda"),
+                   torch.randn(128, k, dtype=torch.bfloat16, device="cuda")])
+    a = pyfp8gemm.quantize(x, "1x128")
+    assert (m_indices.numel() // 128) % 2 == 1
+    outs = []
+    for multicast in ("b", "none"):
+        cfg = make_config(128, block_n, multicast, schedule="m_grouped_contiguous")
+
+        def forced(a_data, a_scale, b_data, b_scale, d, m_indices, expected_m, alignment,
+                   cfg=cfg):
+            launch.launch_grouped("m_grouped_contiguous", a_data, a_scale, b_data, b_scale, d,
+                                  m_indices, b_data.shape[0], expected_m, alignment, config=cfg)
+
+        monkeypatch.setattr(launchers, "m_grouped_contiguous", forced)
+        outs.append(_nan(m_indices.numel(), n))
+        m_grouped_fp8_gemm_nt_contiguous(a, b, outs[-1], m_indices)
+    torch.cuda.synchronize()
+    d, plain = outs
+    assert not d.isnan().any()
+    assert torch.equal(d, plain)
+    assert torch.equal(d[-extra:-128], torch.zeros_like(d[-extra:-128]))
+    ref = reference_m_grouped_contiguous(a, b, m_indices)
+    assert calc_diff(d.float(), ref) < EXACT
+
+
+@pytest.mark.parametrize("block_n", [128, 192])
 def test_masked_in_a_cluster_sharing_b(monkeypatch, block_n):
     """The masked GEMM in 2-CTA clusters sharing B (DeepGEMM's choice; forced here, the
     heuristic does not pick it yet): a group's M blocks in pairs, an odd count's extra tile

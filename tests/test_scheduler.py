@@ -15,7 +15,8 @@ def ceil_div(a, b):
 
 
 def visits(cfg, m, n, k, grid, **kw):
-    """Every CTA's visits, flattened: [(cta, group, m_block, n_block, split, kb_begin, kb_end)]."""
+    """Every CTA's visits, flattened: [(cta, group, m_block, n_block, split, kb_begin, kb_end,
+    b_share)]."""
     walked = scheduler.walk(cfg, m, n, k, grid, **kw)
     return [(cta,) + v for cta, vs in walked.items() for v in vs]
 
@@ -23,7 +24,7 @@ def visits(cfg, m, n, k, grid, **kw):
 def covered_k(visited):
     """{(group, m_block, n_block): sorted K ranges}."""
     out = {}
-    for _, group, m_block, n_block, _, kb_begin, kb_end in visited:
+    for _, group, m_block, n_block, _, kb_begin, kb_end, _ in visited:
         out.setdefault((group, m_block, n_block), []).append((kb_begin, kb_end))
     return {tile: sorted(ranges) for tile, ranges in out.items()}
 
@@ -118,7 +119,44 @@ def test_m_grouped_contiguous_skips_padding_blocks(block_m, block_n, multicast):
             expected[(g, mb, nb)] = [(0, 0)] if g < 0 else [(0, num_kb)]
     assert tiles == {t: [(b, e) if e > b else (0, 0) for b, e in r] for t, r in tiles.items()}
     assert {t: [(0, 0) if e == b else (b, e) for b, e in r] for t, r in tiles.items()} == expected
-    assert all(kb_begin == kb_end for _, g, *_, kb_begin, kb_end in visited if g < 0)
+    assert all(kb_begin == kb_end for _, g, *_, kb_begin, kb_end, _ in visited if g < 0)
+
+
+@pytest.mark.parametrize("grid", [132, 10])
+@pytest.mark.parametrize("seed", range(4))
+def test_m_grouped_contiguous_pairs_share_b_only_within_a_group(grid, seed):
+    """Contiguous in a 2-CTA cluster sharing B (M blocks 2u, 2u + 1 at once, DeepGEMM's
+    pairing): both CTAs walk one K range (a ring slot's turn for each), empty only if both
+    blocks are padding; they share a B tile (b_share, the group rank 0 loads for both) when
+    both blocks are one group or one is padding, else each loads its own (b_share -1); a
+    padding block keeps group -1 (nothing computed, zeros stored). Odd block counts: the last
+    block's partner lies past M."""
+    rng = random.Random(seed)
+    groups, block_m, block_n = 6, 128, 192
+    rows = [rng.choice([0, 1, 127, 128, 129, 300, 511]) for _ in range(groups)]
+    ids = contiguous_layout(groups, rows, block_m, rng)
+    m, n, k = len(ids), 5 * block_n - 16, 1040
+    num_kb, m_blocks = ceil_div(k, BLOCK_K), ceil_div(m, block_m)
+    cfg = GemmConfig(block_m, block_n, 3, "b", schedule="m_grouped_contiguous")
+    walked = scheduler.walk(cfg, m, n, k, grid, layout=ids, groups=groups)
+
+    def group_of(mb):
+        g = ids[mb * block_m] if mb < m_blocks else -1
+        return g if 0 <= g < groups else -1
+
+    seen = set()
+    for cta in range(0, grid, 2):
+        assert len(walked[cta]) == len(walked[cta + 1])
+        for first, second in zip(walked[cta], walked[cta + 1]):
+            (g0, m0, n0, _, b0, e0, s0), (g1, m1, n1, _, b1, e1, s1) = first, second
+            assert (m0 % 2, m1, n1) == (0, m0 + 1, n0)
+            assert (g0, g1) == (group_of(m0), group_of(m1))
+            assert (b0, e0) == (b1, e1) == ((0, 0) if g0 < 0 and g1 < 0 else (0, num_kb))
+            shared = g0 if g1 in (g0, -1) else g1 if g0 < 0 else -1
+            assert s0 == s1 == shared
+            seen |= {(m0, n0), (m1, n1)}
+    assert seen == {(mb, nb) for mb in range(2 * ceil_div(m_blocks, 2))
+                    for nb in range(ceil_div(n, block_n))}
 
 
 @pytest.mark.parametrize("block_m, block_n, multicast", [(64, 128, "none"), (128, 64, "none"),
@@ -164,7 +202,7 @@ def test_loaders_and_math_walk_the_same_order():
     for cta in range(grid):
         work = schedule.begin(m, n, k, 1, 0, (), 1, (cta % 2, cta // 2, grid // 2))
         units = schedule.count(work)
-        math_order = [schedule.tile(u, work, schedule.start(work))[:7]
+        math_order = [schedule.tile(u, work, schedule.start(work))[:8]
                       for u in range(cta // 2, units, grid // 2)]
         loader_order, unit, cursor = [], cta // 2, schedule.start(work)
         while unit < schedule.count(work):

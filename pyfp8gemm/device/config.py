@@ -122,9 +122,6 @@ class GemmConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.schedule.startswith("m_grouped") and self.split_k:
             raise ValueError(f"schedule {self.schedule!r}: no split-K")
-        if self.schedule == "m_grouped_contiguous" and self.multicast == "b":
-            raise ValueError("schedule 'm_grouped_contiguous': no multicast 'b' (two M blocks "
-                             "of a cluster may belong to different groups)")
         if self.schedule == "m_grouped_masked" and self.multicast == "a":
             raise ValueError("schedule 'm_grouped_masked': multicast 'b' (a group's M blocks "
                              "share its weights) or none")

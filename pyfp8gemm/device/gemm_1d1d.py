@@ -112,9 +112,10 @@ def make_fp8_gemm_1d1d(cfg):
             tma_load_2d(scale_dst, tmap_scale, full, row, kb)
 
     @inline
-    def load_k_block(base, operands, rank, stage, group, m_block, n_block, kb):
+    def load_k_block(base, operands, rank, stage, group, b_share, m_block, n_block, kb):
         """TMA thread: A's and B's tiles and both scale vectors of K block kb (a global K block
-        index: the scales' coordinate) into slot `stage`."""
+        index: the scales' coordinate) into slot `stage` (a cluster sharing B always shares
+        it here: both CTAs are in one group; b_share is unused)."""
         tmap_a, tmap_b, tmap_sfa, tmap_sfb, layout, tmaps = operands
         full = base + FULL_BARS + 8 * stage
         mbarrier_arrive_expect_tx(full, STAGE_TX_BYTES)
@@ -143,8 +144,8 @@ def make_fp8_gemm_1d1d(cfg):
         phase = types.int32(0)
         num_units = count(work)
         while unit < num_units:
-            group, m_block, n_block, _, _, kb_begin, kb_end, cursor = tile(unit, work,
-                                                                           cursor)
+            group, m_block, n_block, _, _, kb_begin, kb_end, _, cursor = tile(unit, work,
+                                                                              cursor)
             final = final_zeros()
             if not K_GROUPED or kb_begin < kb_end:     # an empty group: D = C (or zeros)
                 final, acc, acc_next, stage, phase = tile_k_loop(

@@ -12,7 +12,8 @@ the parts in this package:
                        store, after the split-K reduction where K is split).
 
 With a 2-CTA cluster, one operand tile is loaded once and multicast to both CTAs: A when the two
-CTAs take neighbouring N tiles (multicast="a"), B when they take neighbouring M tiles.
+CTAs take neighbouring N tiles (multicast="a"), B when they take neighbouring M tiles (for
+m_grouped_contiguous only where both M blocks are one group's: the schedule's b_share).
 
 The same kernel serves the MoE grouped GEMMs (GemmConfig.schedule): B is then (groups * N, K)
 and the schedule says which group a tile belongs to: for m_grouped_contiguous a per-row group
@@ -78,6 +79,8 @@ def make_fp8_gemm_1d2d(cfg):
     GROUPED = cfg.schedule != "dense"
     MASKED = cfg.schedule == "m_grouped_masked"
     PADDING_BLOCKS = cfg.schedule == "m_grouped_contiguous"   # tiles with no K blocks
+    # Contiguous in a cluster sharing B: a pair's blocks may be two groups or one padding
+    PAIRED_GROUPS = PADDING_BLOCKS and MULTICAST_B
 
     ring = make_ring(STAGES, FULL_BARS, off["empty"],
                      full_arrivals=2,                      # the TMA and B-scale threads
@@ -88,7 +91,7 @@ def make_fp8_gemm_1d2d(cfg):
     init_ring = ring.init
     begin, count, start, tile, group_rows, next_unit = schedule
     tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_1d2d)
-    skip_k_blocks = make_ring_skipper(ring) if MASKED else None
+    skip_k_blocks = make_ring_skipper(ring) if MASKED or PAIRED_GROUPS else None
     store_tile, drain_stores = make_bf16_epilogue(cfg)
     store_rows = make_bounded_bf16_store(cfg) if MASKED else None
     reduce_split_k = make_split_k_reduction(cfg)
@@ -101,8 +104,10 @@ def make_fp8_gemm_1d2d(cfg):
     # ---- producer: what one K block of one tile puts into a ring slot ----------------------
 
     @inline
-    def load_tiles(base, operands, rank, stage, group, m_block, n_block, kb):
-        """TMA thread: A's and B's tiles and A's scales of K block kb into slot `stage`."""
+    def load_tiles(base, operands, rank, stage, group, b_share, m_block, n_block, kb):
+        """TMA thread: A's and B's tiles and A's scales of K block kb into slot `stage`; in a
+        cluster sharing B, rank 0 loads group b_share's B tile for both CTAs (b_share < 0:
+        the pair's blocks are two groups, each CTA loads its own)."""
         tmap_a, tmap_b, tmap_sfa, m, n = operands
         full = base + FULL_BARS + 8 * stage
         mbarrier_arrive_expect_tx(full, STAGE_TX_BYTES)
@@ -113,8 +118,8 @@ def make_fp8_gemm_1d2d(cfg):
         if MASKED:
             a_row += group * m            # A is (groups * M_max, K)
         b_row = n_block * BN
-        if GROUPED:
-            b_row += group * n            # B is (groups * N, K)
+        if GROUPED:                       # B is (groups * N, K)
+            b_row += (b_share if b_share >= 0 else group) * n
         if MULTICAST_A:           # rank 0 loads A (and its scales) for both CTAs
             if rank == 0:
                 tma_load_2d_multicast(a_dst, tmap_a, full, kb * BLOCK_K, a_row, CTA_MASK)
@@ -125,14 +130,15 @@ def make_fp8_gemm_1d2d(cfg):
         else:
             tma_load_2d(a_dst, tmap_a, full, kb * BLOCK_K, a_row)
             tma_load_2d(sfa_dst, tmap_sfa, full, a_row, kb)
-        if MULTICAST_B:           # rank 0 loads B for both CTAs
+        if MULTICAST_B and (not PAIRED_GROUPS or b_share >= 0):    # rank 0, for both CTAs
             if rank == 0:
                 tma_load_2d_multicast(b_dst, tmap_b, full, kb * BLOCK_K, b_row, CTA_MASK)
         else:
             tma_load_2d(b_dst, tmap_b, full, kb * BLOCK_K, b_row)
 
     @inline
-    def load_b_scales_into_slot(base, operands, rank, stage, group, m_block, n_block, kb):
+    def load_b_scales_into_slot(base, operands, rank, stage, group, b_share, m_block, n_block,
+                                kb):
         """B-scale thread: the one or two B scales of K block kb into slot `stage`, by
         cp.async (a TMA box is at least 16 bytes); the slot's full barrier expects this
         thread's arrival too, which cp.async makes once the copies have landed."""
@@ -140,7 +146,7 @@ def make_fp8_gemm_1d2d(cfg):
         n0 = n_block * BN
         first = sfb + 4 * (num_kb * (n0 // 128) + kb)
         if GROUPED:               # B's scales are (groups, ceil(N / 128), K blocks)
-            first += 4 * num_kb * ((n + 127) // 128) * group
+            first += 4 * num_kb * ((n + 127) // 128) * (b_share if b_share >= 0 else group)
         dst = base + SMEM_SFB + SFB_STAGE_BYTES * stage
         cp_async_4(dst, first)
         if STRADDLE:
@@ -164,7 +170,7 @@ def make_fp8_gemm_1d2d(cfg):
         phase = types.int32(0)
         num_units = count(work)
         while unit < num_units:
-            (group, m_block, n_block, tile_unit, split, kb_begin, kb_end,
+            (group, m_block, n_block, tile_unit, split, kb_begin, kb_end, _,
              cursor) = tile(unit, work, cursor)
             n0 = n_block * BN
             n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
@@ -173,6 +179,9 @@ def make_fp8_gemm_1d2d(cfg):
             if MASKED and row0 + 64 * warpgroup >= group_rows(work, group):
                 # This warpgroup's rows all lie past the group's count: no MMA, only its turn
                 # on each slot (the other warpgroup, or the cluster's partner, may need them).
+                stage, phase = skip_k_blocks(base, stage, phase, lane, kb_begin, kb_end)
+            elif PAIRED_GROUPS and group < 0:
+                # Padding beside a partner that computes: the slots' turns, zeros stored.
                 stage, phase = skip_k_blocks(base, stage, phase, lane, kb_begin, kb_end)
             elif not PADDING_BLOCKS or kb_begin < kb_end:
                 final, acc, acc_next, stage, phase = tile_k_loop(

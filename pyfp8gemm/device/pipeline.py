@@ -79,7 +79,8 @@ def make_ring(stages, full_offset, empty_offset, full_arrivals, empty_arrivals, 
 def make_ring_loader(ring, schedule, load_slot):
     """A loader thread's loop: walk this CTA's work in the order the math warpgroups consume
     it; for each K block, wait until ring slot `stage` is free and call
-    `load_slot(base, operands, rank, stage, group, m_block, n_block, kb)` to fill it."""
+    `load_slot(base, operands, rank, stage, group, b_share, m_block, n_block, kb)` to fill it
+    (b_share: the schedule's, see scheduler.Schedule.tile)."""
     inline = cuda.jit(device=True, inline="always")
     count, start, tile, next_unit = (schedule.count, schedule.start, schedule.tile,
                                      schedule.next)
@@ -93,11 +94,11 @@ def make_ring_loader(ring, schedule, load_slot):
         phase = types.int32(0)
         # (The bound is recomputed per tile: one register less to keep live.)
         while unit < count(work):
-            group, m_block, n_block, _, _, kb_begin, kb_end, cursor = tile(unit, work,
-                                                                           cursor)
+            group, m_block, n_block, _, _, kb_begin, kb_end, b_share, cursor = tile(
+                unit, work, cursor)
             for kb in range(kb_begin, kb_end):
                 wait_empty(base, stage, phase)
-                load_slot(base, operands, rank, stage, group, m_block, n_block, kb)
+                load_slot(base, operands, rank, stage, group, b_share, m_block, n_block, kb)
                 stage, phase = next_slot(stage, phase)
             unit = next_unit(unit, work)
     return loader_loop
@@ -105,8 +106,8 @@ def make_ring_loader(ring, schedule, load_slot):
 
 def make_ring_skipper(ring):
     """`skip(base, stage, phase, lane, kb_begin, kb_end) -> (stage, phase)`: a math warp that
-    has nothing to compute for these K blocks (its rows all lie past a masked group's count)
-    still takes its turn on each slot: wait until the block has landed (the producer must not
+    has nothing to compute for these K blocks (its rows all lie past a masked group's count, or
+    a contiguous padding block whose cluster partner computes) still takes its turn on each slot: wait until the block has landed (the producer must not
     refill a slot its TMA is still writing), release it."""
     inline = cuda.jit(device=True, inline="always")
     next_slot, wait_full, release = ring.next_slot, ring.wait_full, ring.release

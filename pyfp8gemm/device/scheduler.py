@@ -14,7 +14,11 @@ Schedules (GemmConfig.schedule):
   every later tile is `split_k` consecutive units, each a contiguous share of its K blocks.
 * m_grouped_contiguous: the rows of A are grouped; the group of an M block is read from the
   per-row layout tensor (`m_indices[m_block * BLOCK_M]`). Blocks of padding (-1, or an id that
-  is not a group) get an empty K range: no loads, no MMA, zero rows stored.
+  is not a group) get an empty K range: no loads, no MMA, zero rows stored. In a 2-CTA cluster
+  sharing B (M blocks 2u, 2u + 1, DeepGEMM's pairing) the pair walks one K range: empty only if
+  both blocks are padding; the pair shares a B tile only if both blocks are the same group, or
+  one is padding (its CTA then loads and releases the slots, computes nothing, stores zeros);
+  two groups: each CTA loads its own B tile.
 * m_grouped_masked: A is (groups, M_max, K); group g has `masked_m[g]` rows (read on the GPU),
   so ceil(masked_m[g] / BLOCK_M) M blocks: empty groups and blocks past the count cost nothing.
   Group after group, each in grouped order (its M blocks of a weight tile together).
@@ -43,8 +47,11 @@ class Schedule(NamedTuple):
     count: Callable   # count(work) -> number of units
     start: Callable   # start(work) -> cursor: where tile() starts looking (masked: group 0)
     tile: Callable    # tile(unit, work, cursor) -> (group, m_block, n_block, tile_unit,
-                      #   split, kb_begin, kb_end, cursor); tile_unit counts split tiles for
-                      #   the workspace; pass the cursor back with the next, later unit
+                      #   split, kb_begin, kb_end, b_share, cursor); tile_unit counts split
+                      #   tiles for the workspace; b_share: in a cluster sharing B, the group
+                      #   whose B tile the pair shares (rank 0 loads it for both), -1 where
+                      #   each CTA loads its own (contiguous, two groups; no such cluster);
+                      #   pass the cursor back with the next, later unit
     rows: Callable    # rows(work, group) -> masked: the group's row count, clamped to
                       #   [0, M_max] (what the epilogue may write)
     next: Callable    # next(unit, work) -> the unit this CTA takes after `unit`
@@ -203,7 +210,18 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
             blocks = masked_blocks(layout, group, m_max)
         m_block, n_block = tile_of(unit - before, rank, blocks, num_n_units)
         return (i32(group), i32(m_block), i32(n_block), unit, 0, i32(0), num_kb,
-                (i32(group), i32(before), i32(blocks)))
+                i32(group if cluster_m == 2 else -1), (i32(group), i32(before), i32(blocks)))
+
+    @jit
+    def contiguous_group(layout, groups, m, m_block):
+        """The group of a contiguous layout's M block; -1 for padding or (in a pair: the
+        partner of an odd count's last block) past M."""
+        group = -1
+        if cluster_m == 1 or m_block * BM < m:
+            group = load(layout, m_block * BM)
+            if group < 0 or group >= groups:
+                group = -1
+        return i32(group)
 
     @jit
     def tile(unit, work, cursor):
@@ -216,16 +234,27 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
             group = div(unit, tiles)
             m_block, n_block = tile_of(unit - group * tiles, rank, num_m_units, num_n_units)
             return (i32(group), m_block, n_block, unit, 0, i32(load(grouping[0], group)),
-                    i32(load(grouping[0], group + 1)), cursor)
+                    i32(load(grouping[0], group + 1)), i32(group if cluster_m == 2 else -1),
+                    cursor)
         tile_unit, split, kb_begin, kb_end = unit_work(unit, num_kb, splitting)
         m_block, n_block = tile_of(tile_unit, rank, num_m_units, num_n_units)
         group = 0
+        b_share = 0 if cluster_m == 2 else -1
         if GROUPED_CONTIGUOUS:
-            group = load(grouping[0], m_block * BM)
-            if group < 0 or group >= grouping[1]:      # padding: nothing to compute
-                group = -1
+            group = contiguous_group(grouping[0], grouping[1], grouping[3], m_block)
+            b_share = -1
+            if cluster_m == 2:    # the pair: one K range; B shared where one group's
+                peer = contiguous_group(grouping[0], grouping[1], grouping[3], m_block ^ 1)
+                if group < 0 or peer == group:
+                    b_share = peer
+                elif peer < 0:
+                    b_share = group
+                if group < 0 and peer < 0:
+                    kb_end = kb_begin
+            elif group < 0:       # padding: nothing to compute
                 kb_end = kb_begin
-        return i32(group), m_block, n_block, tile_unit, split, kb_begin, kb_end, cursor
+        return (i32(group), m_block, n_block, tile_unit, split, kb_begin, kb_end, i32(b_share),
+                cursor)
 
     @jit
     def rows(work, group):
@@ -293,7 +322,7 @@ def grid_size(cfg, units, num_sms):
 
 def walk(cfg, m, n, k, grid, split_k=1, whole=None, layout=(), groups=1):
     """Every CTA's work in the order it runs it: {cta: [(group, m_block, n_block, split,
-    kb_begin, kb_end), ...]} (the host twin, step by step as the kernel's loops go)."""
+    kb_begin, kb_end, b_share), ...]} (the host twin, step by step as the kernel's loops go)."""
     schedule = host_schedule(cfg)
     whole = tiles(cfg, m, n) if whole is None else whole
     cluster = cfg.cluster_size
@@ -304,9 +333,9 @@ def walk(cfg, m, n, k, grid, split_k=1, whole=None, layout=(), groups=1):
         units = schedule.count(work)
         unit, visited, cursor = cta // cluster, [], schedule.start(work)
         while unit < units:
-            group, m_block, n_block, _, split, kb_begin, kb_end, cursor = schedule.tile(
-                unit, work, cursor)
-            visited.append((group, m_block, n_block, split, kb_begin, kb_end))
+            group, m_block, n_block, _, split, kb_begin, kb_end, b_share, cursor = (
+                schedule.tile(unit, work, cursor))
+            visited.append((group, m_block, n_block, split, kb_begin, kb_end, b_share))
             unit = schedule.next(unit, work)
         out[cta] = visited
     return out

@@ -276,8 +276,10 @@ def _plan(problem: GemmProblem, device_index: int, num_sms: int,
         raise ValueError(f"{cfg.name} cannot run {problem}")
     if cfg.multicast == "a" and -(-problem.n // cfg.block_n) % 2:
         raise ValueError(f"{cfg.name}: multicast 'a' needs an even number of N tiles")
-    if cfg.multicast == "b" and -(-problem.m // cfg.block_m) % 2 \
-            and problem.kind != "m_grouped_masked":     # (masked: pairs within each group)
+    # (The m-grouped schedules pair M blocks themselves: masked within each group, contiguous
+    # taking a partner past M as padding.)
+    if (cfg.multicast == "b" and problem.kind in ("dense", "k_grouped")
+            and -(-problem.m // cfg.block_m) % 2):
         raise ValueError(f"{cfg.name}: multicast 'b' needs an even number of M tiles")
     if not split_k_fits(choice.split_k, problem.k):
         raise ValueError(f"{choice.name}: split_k={choice.split_k} leaves a split without K "
