@@ -234,7 +234,6 @@ class _GroupedWeights:
         checks.check_shape("b[1] (scale)", self.scale,
                            (self.groups, _ceil_div(self.n, BLOCK), _ceil_div(self.k, BLOCK)),
                            why="128x128 scales of (G, N, K) weights")
-
         self._last = (None, None)
 
     def __getitem__(self, g: int) -> torch.Tensor:

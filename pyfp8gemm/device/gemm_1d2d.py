@@ -176,12 +176,11 @@ def make_fp8_gemm_1d2d(cfg):
             n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
             final = final_zeros()
             row0 = m_block * BM
-            if MASKED and row0 + 64 * warpgroup >= group_rows(work, group):
-                # This warpgroup's rows all lie past the group's count: no MMA, only its turn
-                # on each slot (the other warpgroup, or the cluster's partner, may need them).
-                stage, phase = skip_k_blocks(base, stage, phase, lane, kb_begin, kb_end)
-            elif PAIRED_GROUPS and group < 0:
-                # Padding beside a partner that computes: the slots' turns, zeros stored.
+            if ((MASKED and row0 + 64 * warpgroup >= group_rows(work, group))
+                    or (PAIRED_GROUPS and group < 0)):
+                # Nothing to compute (this warpgroup's rows all lie past a masked group's count,
+                # or padding beside a cluster partner that computes): no MMA, only its turn on
+                # each slot (the other warpgroup, or the partner, needs them); zeros stored.
                 stage, phase = skip_k_blocks(base, stage, phase, lane, kb_begin, kb_end)
             elif not PADDING_BLOCKS or kb_begin < kb_end:
                 final, acc, acc_next, stage, phase = tile_k_loop(

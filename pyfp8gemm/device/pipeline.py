@@ -107,8 +107,9 @@ def make_ring_loader(ring, schedule, load_slot):
 def make_ring_skipper(ring):
     """`skip(base, stage, phase, lane, kb_begin, kb_end) -> (stage, phase)`: a math warp that
     has nothing to compute for these K blocks (its rows all lie past a masked group's count, or
-    a contiguous padding block whose cluster partner computes) still takes its turn on each slot: wait until the block has landed (the producer must not
-    refill a slot its TMA is still writing), release it."""
+    a contiguous padding block whose cluster partner computes) still takes its turn on each
+    slot: wait until the block has landed (the producer must not refill a slot its TMA is still
+    writing), release it."""
     inline = cuda.jit(device=True, inline="always")
     next_slot, wait_full, release = ring.next_slot, ring.wait_full, ring.release
 

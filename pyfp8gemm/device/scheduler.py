@@ -210,7 +210,13 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
             blocks = masked_blocks(layout, group, m_max)
         m_block, n_block = tile_of(unit - before, rank, blocks, num_n_units)
         return (i32(group), i32(m_block), i32(n_block), unit, 0, i32(0), num_kb,
-                i32(group if cluster_m == 2 else -1), (i32(group), i32(before), i32(blocks)))
+                own_b_share(group), (i32(group), i32(before), i32(blocks)))
+
+    @jit
+    def own_b_share(group):
+        """b_share where a pair's two blocks are always one group's (dense, masked, k-grouped):
+        that group in a cluster sharing B, else -1."""
+        return i32(group if cluster_m == 2 else -1)
 
     @jit
     def contiguous_group(layout, groups, m, m_block):
@@ -234,12 +240,11 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
             group = div(unit, tiles)
             m_block, n_block = tile_of(unit - group * tiles, rank, num_m_units, num_n_units)
             return (i32(group), m_block, n_block, unit, 0, i32(load(grouping[0], group)),
-                    i32(load(grouping[0], group + 1)), i32(group if cluster_m == 2 else -1),
-                    cursor)
+                    i32(load(grouping[0], group + 1)), own_b_share(group), cursor)
         tile_unit, split, kb_begin, kb_end = unit_work(unit, num_kb, splitting)
         m_block, n_block = tile_of(tile_unit, rank, num_m_units, num_n_units)
         group = 0
-        b_share = 0 if cluster_m == 2 else -1
+        b_share = own_b_share(group)
         if GROUPED_CONTIGUOUS:
             group = contiguous_group(grouping[0], grouping[1], grouping[3], m_block)
             b_share = -1

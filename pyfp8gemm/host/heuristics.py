@@ -211,9 +211,11 @@ def choose_dense(m: int, n: int, k: int, num_sms: int) -> KernelChoice:
 
 
 def tile_cost(m_blocks: int, n_blocks: int, block_m: int, block_n: int, num_sms: int,
-              last_wave_split: int = 1, wants_multicast: bool = False, scaling: str = "1d2d"):
+              last_wave_split: int = 1, wants_multicast: bool = False, scaling: str = "1d2d",
+              no_overlap_penalty: float | None = None):
     """The cost model (module docstring) of m_blocks x n_blocks tiles; smaller is faster, ties
-    go to the larger tile."""
+    go to the larger tile. `no_overlap_penalty`: the factor of a tile too wide to overlap its
+    promotion (default NO_OVERLAP_PENALTY[block_m])."""
     tiles = m_blocks * n_blocks
     waves = _ceil_div(tiles, num_sms)
     if last_wave_split > 1:
@@ -222,7 +224,7 @@ def tile_cost(m_blocks: int, n_blocks: int, block_m: int, block_n: int, num_sms:
     if block_m == 256:
         time *= BLOCK_M_256_SPEEDUP
     elif block_n > (128 if scaling == "1d2d" else WGRAD_OVERLAP_MAX_N):
-        time *= NO_OVERLAP_PENALTY[block_m]     # promotion not overlapped (registers)
+        time *= no_overlap_penalty or NO_OVERLAP_PENALTY[block_m]   # promotion not overlapped
     if (wants_multicast and block_m == 128 and (
             last_wave_split > 1 or _multicast_for(m_blocks, n_blocks) == "none")):
         time *= NO_MULTICAST_PENALTY
@@ -307,11 +309,10 @@ def choose_m_grouped(problem: GemmProblem, num_sms: int) -> KernelChoice:
     masked_wide = not contiguous and rows >= MASKED_WIDE_MIN_ROWS
 
     def cost(block_m, block_n):
-        time, *tie = tile_cost(groups * _ceil_div(rows, block_m), _ceil_div(n, block_n),
-                               block_m, block_n, num_sms, 1, wants_multicast)
-        if masked_wide and block_n > 128:
-            time *= MASKED_WIDE_NO_OVERLAP_PENALTY / NO_OVERLAP_PENALTY[block_m]
-        return time, *tie
+        return tile_cost(groups * _ceil_div(rows, block_m), _ceil_div(n, block_n), block_m,
+                         block_n, num_sms, 1, wants_multicast,
+                         no_overlap_penalty=MASKED_WIDE_NO_OVERLAP_PENALTY if masked_wide
+                         else None)
 
     block_m, block_n = min(((bm, bn) for bm in block_ms for bn in GROUPED_BLOCK_N
                             if not (bm == 128 and bn > 128 and rows < WIDE_TILE_MIN_M
