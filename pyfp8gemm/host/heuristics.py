@@ -282,20 +282,22 @@ def choose_1d1d(problem: GemmProblem, num_sms: int) -> KernelChoice:
 # schedule, so the dense cost model applies to their tiles, counted per group: a group of r
 # rows takes ceil(r / BLOCK_M) M blocks. BLOCK_M as for dense GEMMs of the expected rows per
 # group, at most the contiguous layout's segment alignment (a block must not span two groups;
-# 256 never), no split-K (MoE K is long: 2048-7168). Clusters: contiguous shares A (two M
-# neighbours may belong to different groups); masked shares B between a group's two M
-# neighbours where groups have more than 128 rows (DeepGEMM's pick too). H100, ab_grouped.py,
-# against DeepGEMM in the same rounds (JOURNAL session 13): G=32 x ~192 rows, 6144x7168:
-# 128x128 0.84x, 128x192 0.88x, 128x128:b 0.90x, 128x192:b 0.97x; G=6 x ~1024 rows: 128x192
-# 0.83x, 128x192:b 0.92x; but at K = 2048 the cluster gained nothing or lost (x0.99 at 6 x
-# ~1024 rows, x0.91 with 3 of them empty; x1.00 at 32 x ~192): K >= MASKED_SHARED_B_MIN_K.
+# 256 never), no split-K (MoE K is long: 2048-7168). Clusters share B between two M neighbours
+# of one group (DeepGEMM's pick; contiguous pairs a block with padding where the neighbour is
+# another group's). H100, ab_grouped.py, against DeepGEMM in the same rounds (JOURNAL sessions
+# 13-14): masked G=32 x ~192 rows, 6144x7168: 128x128 0.84x, 128x192 0.88x, 128x128:b 0.90x,
+# 128x192:b 0.97x; G=6 x ~1024 rows: 128x192 0.83x, 128x192:b 0.92x; but at K = 2048 the masked
+# cluster gained nothing or lost (x0.99 at 6 x ~1024 rows, x0.91 with 3 of them empty; x1.00 at
+# 32 x ~192): K >= MASKED_SHARED_B_MIN_K. Contiguous, 128x192:b against 128x192:a (sharing A)
+# x1.01 / x1.02 / x1.08 / x1.00 at 4x8192 6144x7168, 4x8192 4096x4096, 8x4096 7168x3072 and
+# 8x4096 4096x2048, and x1.10 / x1.04 over the 128x128:a the model picked at N = 4096 / 2048.
 # Past 128 rows a group, a wide tile's unoverlapped promotion costs less than the dense model's
 # x1.10 (x1.02-1.04 fits those shapes; 128x192 alone ran x1.03-1.06 over 128x128 at 32 x ~192
-# rows): MASKED_WIDE_NO_OVERLAP_PENALTY.
+# rows): GROUPED_WIDE_NO_OVERLAP_PENALTY.
 GROUPED_BLOCK_N = tuple(n for n in range(16, 193, 16) if n != 176)
-MASKED_WIDE_MIN_ROWS = 129
+GROUPED_WIDE_MIN_ROWS = 129
 MASKED_SHARED_B_MIN_K = 3072
-MASKED_WIDE_NO_OVERLAP_PENALTY = 1.04
+GROUPED_WIDE_NO_OVERLAP_PENALTY = 1.04
 
 
 @functools.lru_cache(maxsize=1024)
@@ -306,22 +308,19 @@ def choose_m_grouped(problem: GemmProblem, num_sms: int) -> KernelChoice:
     # 64-row blocks for up to 64 rows a group, else 128 (the alignment permitting).
     block_ms = (64,) if rows <= 64 or (contiguous and problem.m_alignment < 128) else (128,)
     wants_multicast = contiguous and rows * groups >= MULTICAST_MIN_M and num_sms % 2 == 0
-    masked_wide = not contiguous and rows >= MASKED_WIDE_MIN_ROWS
+    wide = rows >= GROUPED_WIDE_MIN_ROWS
 
     def cost(block_m, block_n):
         return tile_cost(groups * _ceil_div(rows, block_m), _ceil_div(n, block_n), block_m,
-                         block_n, num_sms, 1, wants_multicast,
-                         no_overlap_penalty=MASKED_WIDE_NO_OVERLAP_PENALTY if masked_wide
-                         else None)
+                         block_n, num_sms, 1,   # (any M blocks pair up: no penalty)
+                         no_overlap_penalty=GROUPED_WIDE_NO_OVERLAP_PENALTY if wide else None)
 
     block_m, block_n = min(((bm, bn) for bm in block_ms for bn in GROUPED_BLOCK_N
-                            if not (bm == 128 and bn > 128 and rows < WIDE_TILE_MIN_M
-                                    and not masked_wide)),
+                            if not (bm == 128 and bn > 128 and not wide)),
                            key=lambda c: cost(*c))
     multicast = "none"
-    if wants_multicast and block_m == 128 and _ceil_div(n, block_n) % 2 == 0:
-        multicast = "a"
-    elif masked_wide and problem.k >= MASKED_SHARED_B_MIN_K and num_sms % 2 == 0:
+    if block_m == 128 and num_sms % 2 == 0 and (
+            wants_multicast if contiguous else wide and problem.k >= MASKED_SHARED_B_MIN_K):
         multicast = "b"
     return make_choice(block_m, block_n, multicast, schedule=problem.kind)
 
@@ -334,8 +333,7 @@ def grouped_configs() -> list[GemmConfig]:
             for block_n in GROUPED_BLOCK_N:
                 out.append(make_config(block_m, block_n, schedule=schedule))
                 if block_m == 128:
-                    shared = "a" if schedule == "m_grouped_contiguous" else "b"
-                    out.append(make_config(block_m, block_n, shared, schedule=schedule))
+                    out.append(make_config(block_m, block_n, "b", schedule=schedule))
     return out
 
 
