@@ -9,7 +9,7 @@
 #   qtest       the fused quantization kernel's GPU tests
 #   bench       dense ANCHORS shapes;  decode  the dense M <= 128 shapes
 #   grouped     the m-grouped kinds;   training  wgrad-1d1d, k-grouped, train-step ($TRAIN_KINDS)
-#   smallm      narrow A tiles: GPU tests + A/B timings of decode shapes
+#   swapab      swap-AB: GPU tests + A/B against the heuristic's pick and DeepGEMM
 #   wgradab     the 1D1D kernel's tile widths side by side (ab_time.py --1d1d)
 #   groupedab   m-grouped configs side by side (ab_grouped.py)
 #   sanitize    compute-sanitizer memcheck + racecheck (sanitize_small.py, sanitize_quantize.py)
@@ -130,22 +130,24 @@ for step in "$@"; do
           tar -cJf /tmp/devcarry/deepgemm-C.tar.xz .dg/deep_gemm/_C*.so
       [ -d /tmp/dgcache ] && tar -C /tmp -cJf /tmp/devcarry/dgcache.tar.xz dgcache
       tar -C /tmp/devcarry -cf $RESULTS/devcarry.tar . && ls -la /tmp/devcarry ;;
-    smallm)   # narrow A tiles (BLOCK_M 16/32): GPU tests, then A/B against the M = 64 kernel
-      tl 240 python3 -m pytest -q -m gpu -p no:cacheprovider -n 6 --timeout 180 \
-          tests/test_gemm_gpu.py -k narrow > $OUT/gpu_tests_narrow.txt 2>&1
-      grep -E "^(FAILED|ERROR)|passed|failed" $OUT/gpu_tests_narrow.txt | cut -c1-200 | tail -8
-      # Decode shapes where DeepGEMM led (H100, session 13): its picks, stage counts, clusters
-      cases=("128 2112 7168 64x32 64x32:::16 64x16" "128 4096 7168 64x64:b 64x64 64x32"
-             "32 7168 2048 32x64 64x64 32x32" "8 2112 7168 16x32 16x16"
-             "32 4096 7168 32x32 32x32:::16 64x32")
-      (cd scripts && python3 precompile.py --jobs 16 $(for c in "${cases[@]}"; do echo $c | cut -d" " -f4-; done)) | tail -1
-      for case in "${cases[@]}"; do
-        tl 60 python3 scripts/ab_time.py $case --rounds 60 2>&1 | grep -v "using " \
-            | tee -a $OUT/smallm_ab.txt | tail -6
+    swapab)   # swap-AB: GPU tests, then the heuristic's pick, swap_ab_choice's and DeepGEMM on
+              # the decode shapes (one process), and masked decode cases forced swapped
+      tl 150 python3 -m pytest -q -m gpu -p no:cacheprovider -n 4 --timeout 120 \
+          tests/test_gemm_gpu.py tests/test_grouped_gpu.py -k swap_ab > $OUT/gpu_tests_swap.txt 2>&1
+      grep -E "^(FAILED|ERROR)|passed|failed|Error" $OUT/gpu_tests_swap.txt | cut -c1-300 | tail -12
+      shapes=$(python3 -c "from bench.shapes import DECODE_SHAPES as S
+print(','.join(f'{s.m}x{s.n}x{s.k}' for s in S))")
+      tl 200 python3 scripts/ab_time.py $shapes auto swap --rounds 50 2>&1 | grep -v "using " \
+          > $OUT/swapab.txt
+      sed -n '/^summary/,$p' $OUT/swapab.txt
+      for case in "8 s64x32 s64x24" "9 s64x32 s64x24" "12 s64x32 s64x24" "14 s64x32 s64x24" \
+                  "8 s64x8 --rows 4" "8 s64x8 s64x16 --rows 8" "12 s64x8 --rows 1"; do
+        tl 40 python3 scripts/ab_grouped.py m-grouped-masked $case --rounds 40 2>&1 \
+            | grep -v "using " | tee -a $OUT/swapab_masked.txt | tail -5
       done ;;
     wgradab)  # 1D1D tiles side by side (DeepGEMM too where DG_OK) where DeepGEMM led (session
               # 13): at 24576x1536 its pick, 152 sharing B, ran x1.10 over our 152t
-      for shape in "24576 1536 4096" "4096 7168 4096"; do
+      for shape in 24576x1536x4096 4096x7168x4096; do
         tl 90 python3 scripts/ab_time.py $shape 128x128t 128x152t 128x152t:b 128x128t:b \
             --1d1d --accumulate --rounds 40 2>&1 | grep -v "using " | tee -a $OUT/wgradab.txt \
             | tail -8

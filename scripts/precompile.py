@@ -42,7 +42,8 @@ def forced_configs():
               for bn in (128, 192) for mc in ("none", "b")]
     contiguous = [make_config(128, bn, mc, schedule="m_grouped_contiguous")
                   for bn, mc in ((128, "a"), (192, "a"), (192, "none"), (128, "b"), (192, "b"))]
-    return wgrad + masked + contiguous
+    from pyfp8gemm.host.heuristics import swap_ab_configs
+    return wgrad + masked + contiguous + swap_ab_configs()
 
 
 def main():

@@ -443,6 +443,55 @@ def test_narrow_block_m(cfg):
 
 
 # ---------------------------------------------------------------------------------------------
+# Swap-AB (decode batches): D^T = B A^T, 64 weight rows x BLOCK_N tokens per tile, D stored
+# transposed from registers, bounded by M and N; with split-K where few weight tiles.
+# ---------------------------------------------------------------------------------------------
+
+
+def _swap_ab_cases():
+    try:
+        from pyfp8gemm.host.heuristics import make_config
+        from pyfp8gemm.host.problem import KernelChoice
+    except Exception:
+        return []
+    plain = [(make_config(64, bn, swap_ab=True), (m, n, k))
+             for bn in (8, 16, 24, 32)
+             for m, n, k in ((1, 2112, 7168), (bn - 3 if bn > 8 else 5, 264, 1600),
+                             (bn, 576, 1040), (bn + 1, 4104, 2048), (100, 200, 512))]
+    split = [(KernelChoice(make_config(64, bn, split_k=True, swap_ab=True), splits), shape)
+             for bn, splits, shape in ((8, 4, (3, 2112, 7168)), (16, 7, (16, 576, 7168)),
+                                       (32, 3, (29, 1544, 4000)), (24, 16, (24, 64, 16384)))]
+    return plain + split
+
+
+SWAP_AB_CASES = _swap_ab_cases()
+
+
+@pytest.mark.skipif(not SWAP_AB_CASES, reason="the launcher cannot be imported")
+@pytest.mark.parametrize("choice, shape", SWAP_AB_CASES,
+                         ids=[f"{getattr(c, 'name', '')}_{m}x{n}x{k}"
+                              for c, (m, n, k) in SWAP_AB_CASES])
+def test_swap_ab(choice, shape):
+    """Every element written once (NaN-poisoned output), rows past M and columns past N never
+    (D is allocated with a NaN margin around the view the kernel gets), correct to the
+    dequantized product; split-K twice, bit for bit."""
+    from pyfp8gemm.host.launch import fp8_gemm_nt_launch
+
+    m, n, k = shape
+    x, w = random_bf16(m, k), random_bf16(n, k)
+    a, b = quantize(x, "1x128"), quantize(w, "128x128")
+    outs = []
+    for _ in range(2):
+        storage = nan_filled(m + 3, n)
+        out = storage[:m]
+        fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out, config=choice)
+        assert storage[m:].isnan().all(), "a row past M was written"
+        assert_correct(out, x, w, a, b)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+
+
+# ---------------------------------------------------------------------------------------------
 # Split-K: fewer tiles than SMs, K shared by several CTAs per tile, partials summed in FP32.
 # ---------------------------------------------------------------------------------------------
 

@@ -457,3 +457,28 @@ def test_masked_in_a_cluster_sharing_b(monkeypatch, block_n):
     check_masked(d, a, b, masked_m, x, w)
     assert torch.equal(d.isnan(), plain.isnan())
     assert torch.equal(d.nan_to_num(), plain.nan_to_num())
+
+
+@pytest.mark.parametrize("block_n", [8, 16, 32])
+def test_masked_swap_ab(monkeypatch, block_n):
+    """The masked GEMM swapped (decode: a few tokens per expert fill the wgmma's N side):
+    forced, on groups of 0 to 40 rows (past BLOCK_N: several token blocks) and N with a weight
+    tile tail; rows past masked_m untouched."""
+    from pyfp8gemm.host import launch, launchers
+    from pyfp8gemm.host.heuristics import make_config
+
+    groups, m_max, n, k = 7, 40, 1096, 1600
+    a, b, x, w = make_masked(11, groups, m_max, n, k)
+    masked_m = torch.tensor([0, 1, 40, block_n, block_n + 1, 7, 0], dtype=torch.int32,
+                            device="cuda")
+    cfg = make_config(64, block_n, schedule="m_grouped_masked", swap_ab=True)
+
+    def forced(a_data, a_scale, b_data, b_scale, d, masked_m, expected_m):
+        launch.launch_grouped("m_grouped_masked", a_data, a_scale, b_data, b_scale, d,
+                              masked_m, b_data.shape[0], expected_m, config=cfg)
+
+    monkeypatch.setattr(launchers, "m_grouped_masked", forced)
+    d = _nan(groups, m_max, n)
+    m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, 16)
+    torch.cuda.synchronize()
+    check_masked(d, a, b, masked_m, x, w)

@@ -47,6 +47,7 @@ from pyfp8gemm.device.ptx import (
 from pyfp8gemm.device.tile import (
     fragment_add_global_v4, fragment_fence, fragment_promote, fragment_store_bf16,
     fragment_column_scales, fragment_promote_per_column, fragment_store_bf16_global,
+    fragment_store_bf16_transposed_global,
     fragment_store_f32_global, fragment_store_global_v4, fragment_zeros,
     fragment_store_f32_staged,
 )
@@ -228,6 +229,17 @@ def bounded_bf16_store(out):
     tid = cuda.threadIdx.x
     frag = add_partial_8(zeros_8(), out + 16 * tid, 16 * 128)
     store_bounded_8(out + 8192 + 4 * tid, frag, 256, 40 - tid // 4, 16 - 2 * (tid % 4))
+
+
+store_transposed_8 = fragment_store_bf16_transposed_global(8)
+
+
+@tiny_kernel("fragment_store_bf16_transposed_global")
+def transposed_bf16_store(out):
+    """A swap-AB tile's way out: element (r, c) to D[c, r], bounded (rows: D's columns)."""
+    tid = cuda.threadIdx.x
+    frag = add_partial_8(zeros_8(), out + 16 * tid, 16 * 128)
+    store_transposed_8(out + 8192 + 2 * tid, frag, 256, 40 - tid // 4, 16 - 2 * (tid % 4))
 
 
 column_scales_8 = fragment_column_scales(8)
@@ -551,6 +563,7 @@ SASS_OF = [
     ("read_only_global_int", r"LDG\.E\.CONSTANT\b"),
     ("bounded_bf16_store", r"F2FP\.BF16\.F32\.PACK_AB\b"),
     ("bounded_bf16_store", r"STG\.E\b"),
+    ("transposed_bf16_store", r"STG\.E\.U16\b"),                   # one bf16 per element
     ("promote_per_column_and_accumulate", r"LDS\.64\b"),            # ld.shared.v2.f32
     ("promote_per_column_and_accumulate", r"FFMA\b"),
     ("promote_per_column_and_accumulate", r"LDG\.E\.64\b"),          # C, two floats

@@ -251,3 +251,48 @@ def test_masked_kernel_with_the_dead_warpgroup_branch_is_not_serialized():
     assert toolchain.count_opcodes(toolchain.sass(kernel.cubin))["QGMMA"] == 16
     info = _ptxas_info(cfg)
     assert "C7514" not in info and "serialized" not in info
+
+
+# ---------------------------------------------------------------------------------------------
+# Swap-AB: D^T = B A^T (64 weight rows x 8-32 tokens per tile), stored transposed from registers
+# ---------------------------------------------------------------------------------------------
+
+
+def test_swap_ab_layout():
+    """D's view of a tile is (tokens, weight rows); A's scales are per token (column) and no
+    D staging tile is needed (stored from registers); tiles never straddle a scale block."""
+    cfg = GemmConfig(64, 8, 24, swap_ab=True)
+    assert cfg.d_tile == (8, 64) and GemmConfig(64, 8 * 2, 4).d_tile == (64, 16)
+    assert cfg.a_stage_bytes == 64 * 128 and cfg.b_stage_bytes == 8 * 128
+    assert cfg.sfa_stage_bytes == 128 and cfg.d_stage_bytes == 0
+    assert not cfg.straddles and cfg.overlap_promotion and cfg.math_warpgroups == 1
+    off = cfg.smem_offsets
+    assert off["a"] % 1024 == 0 and off["b"] % 1024 == 0
+    assert cfg.name.endswith("_swapab") and cfg.name != GemmConfig(64, 8 * 2, 4).name
+    assert GemmConfig.max_stages(64, 8, swap_ab=True) > GemmConfig.max_stages(64, 16)
+
+
+@pytest.mark.parametrize("kwargs, block_m, block_n", [
+    (dict(multicast="b"), 64, 16), (dict(schedule="m_grouped_contiguous"), 64, 16),
+    (dict(scaling="1d1d"), 64, 16), ({}, 128, 16), ({}, 64, 12), ({}, 64, 72)])
+def test_swap_ab_runs_dense_or_masked_1d2d_with_64_weight_rows(kwargs, block_m, block_n):
+    with pytest.raises(ValueError, match="swap_ab runs"):
+        GemmConfig(block_m, block_n, 4, swap_ab=True, **kwargs)
+
+
+@pytest.mark.parametrize("block_n, split_k, schedule", [
+    (8, False, "dense"), (24, True, "dense"), (16, False, "m_grouped_masked")])
+def test_swap_ab_builds_m64nN_wgmmas_and_transposed_stores(block_n, split_k, schedule):
+    """0 spills; the wgmma is m64 x BLOCK_N tokens; D leaves as one predicated 2-byte store per
+    fragment element (no stmatrix, no TMA store)."""
+    from pyfp8gemm.host.heuristics import make_config
+
+    cfg = make_config(64, block_n, split_k=split_k, schedule=schedule, swap_ab=True)
+    kernel = compiler.compile_kernel(kernel_spec(cfg))
+    check_register_budget(cfg, kernel.meta["registers"])
+    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+    sass = toolchain.sass(kernel.cubin)
+    ops = toolchain.count_opcodes(sass)
+    assert ops["QGMMA"] > 0 and f"QGMMA.64x{block_n}x32" in sass
+    assert "STSM" not in sass and ops["UTMASTG"] == 0
+    assert sass.count("STG.E.U16") == block_n // 2

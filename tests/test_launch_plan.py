@@ -523,3 +523,40 @@ def test_1d1d_choice_epilogue_follows_c(fake_gpu):
             launch.launch_1d1d(a.data, a.scale, b.data, b.scale, d, c)
         problem, = planned.value.args
         assert problem.separate_c is separate and problem.accumulate is (c is not None)
+
+
+@pytest.mark.parametrize("block_n", [8, 24])
+def test_swap_ab_parameters(fake_gpu, monkeypatch, block_n):
+    """Swap-AB: A's box (and its scales') is BLOCK_N token rows, B's 64 weight rows; the kernel
+    takes the masked parameter list (layout 0, one group, D's address: D is stored from
+    registers)."""
+    from pyfp8gemm.host.heuristics import make_config
+
+    kernel, encoded, plans = fake_gpu
+    cfg = make_config(64, block_n, swap_ab=True)
+    monkeypatch.setattr(launch, "_plan", lambda problem, device_index, num_sms, choice:
+                        launch.Plan(KernelChoice(cfg), kernel, 4, problem))
+    a, b, out = operands(5, 256, 512)
+    launch.fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out)
+    a_map, b_map, sfa_map, d_map = encoded[-4:]
+    assert a_map[-2:] == (block_n, 128) and b_map[-2:] == (64, 128)
+    assert sfa_map[-2:] == (block_n, 1)
+    pointers = (ctypes.c_void_p * 15).from_address(kernel.launches[-1][2])
+    assert [ctypes.c_int32.from_address(pointers[i]).value for i in (7, 8, 9)] == [5, 256, 512]
+    assert ctypes.c_int64.from_address(pointers[12]).value == 0                    # layout
+    assert ctypes.c_int32.from_address(pointers[13]).value == 1                    # groups
+    assert ctypes.c_int64.from_address(pointers[14]).value == out.data_ptr()       # D
+
+
+def test_swap_ab_choice():
+    """Tokens rounded up to 8 (at most 32) per tile, split-K where the 64-row weight tiles
+    are too few for the SMs."""
+    from pyfp8gemm.host.heuristics import swap_ab_choice
+
+    for m, block_n in ((1, 8), (8, 8), (9, 16), (20, 24), (32, 32), (64, 32)):
+        choice = swap_ab_choice(m, 7168, 2048, 132)
+        assert choice.config.swap_ab and choice.config.block_n == block_n
+    assert swap_ab_choice(1, 2112, 7168, 132).split_k == 4           # 33 weight tiles
+    assert swap_ab_choice(1, 24576, 1536, 132).split_k == 1          # 384
+    masked = swap_ab_choice(4, 4096, 7168, 132, "m_grouped_masked")
+    assert masked.split_k == 1 and masked.config.schedule == "m_grouped_masked"

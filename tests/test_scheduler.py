@@ -258,3 +258,27 @@ def test_m_grouped_masked_deals_whole_and_partial_blocks_to_every_cta(grid):
             units.append(unit)
             unit = schedule.next(unit, work)
         assert [u // grid for u in units] == list(range(len(units)))      # one per round
+
+
+@pytest.mark.parametrize("block_n, split_k", [(8, 1), (32, 1), (16, 4)])
+def test_swap_ab_walks_d_tiles_of_tokens_by_weight_rows(block_n, split_k):
+    """A swap-AB config's schedule walks D's tiles (BLOCK_N tokens x 64 weight rows): every one
+    once, each K range partitioned, as the host's tile count and grid say."""
+    cfg = GemmConfig(64, block_n, 3, split_k=split_k > 1, swap_ab=True)
+    m, n, k = 37, 2112 + 8, 7168
+    assert scheduler.tiles(cfg, m, n) == ceil_div(m, block_n) * ceil_div(n, 64)
+    visited = visits(cfg, m, n, k, 132, split_k=split_k, whole=0 if split_k > 1 else None)
+    tiles = covered_k(visited)
+    assert set(tiles) == {(0, mb, nb) for mb in range(ceil_div(m, block_n))
+                          for nb in range(ceil_div(n, 64))}
+    for ranges in tiles.values():
+        assert_partition(ranges, ceil_div(k, BLOCK_K))
+
+
+def test_swap_ab_masked_visits_only_counted_token_blocks():
+    masked_m = [0, 1, 40, 16, 17, 0]
+    cfg = GemmConfig(64, 16, 3, schedule="m_grouped_masked", swap_ab=True)
+    m_max, n, k = 40, 1096, 1600
+    tiles = covered_k(visits(cfg, m_max, n, k, 132, layout=masked_m, groups=len(masked_m)))
+    assert set(tiles) == {(g, mb, nb) for g, rows in enumerate(masked_m)
+                          for mb in range(ceil_div(rows, 16)) for nb in range(ceil_div(n, 64))}

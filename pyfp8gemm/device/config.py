@@ -32,6 +32,10 @@ SFB_STAGE_BYTES = 16            # a ring slot's B scales: the tile's one or two 
 # and those rows are never stored (the epilogue's warps past BLOCK_M skip their stmatrix and
 # the TMA store box is BLOCK_M rows).
 NARROW_BLOCK_M = (16, 32)
+# Swap-AB (DeepGEMM's users' ask for decode batches): the tile is D^T, so the weight rows fill
+# the wgmma's 64-row side (BLOCK_M 64: one math warpgroup) and the tokens its N side, as few as
+# 8 (m64n8 instead of computing 64 token rows of which at most 32 are real).
+SWAP_AB_BLOCK_N = tuple(range(8, 65, 8))
 # Straddling BLOCK_N with at most this many scale splits get one K loop per split (constant
 # split, see k_loop.py); the others select scales per 8-column group at run time.
 MAX_K_LOOP_COPIES = 4
@@ -77,6 +81,10 @@ class GemmConfig:
     accumulate: bool = False    # 1d1d: D = C + A @ B^T (C read in the epilogue)
     epilogue: str = "direct"    # 1d1d: "direct" (FP32 from registers to global memory) or
                                 # "tma" (through shared memory: TMA store / reduce-add)
+    swap_ab: bool = False       # 1d2d: compute D^T = B A^T: block_m rows of B (weights, the
+                                # wgmma's M side) x block_n rows of A (tokens, its N side);
+                                # A's 1x128 scales per column, B's 128x128 scale per tile; D
+                                # stored transposed from registers (`d_tile` is D's view)
 
     def __post_init__(self):
         if self.block_m not in (16, 32, 64, 128, 256):
@@ -88,7 +96,16 @@ class GemmConfig:
         if self.block_m == 256 and self.block_n > BLOCK_M_256_MAX_N:
             raise ValueError(f"block_m=256 needs block_n <= {BLOCK_M_256_MAX_N} (two final "
                              f"fragments per warpgroup must fit in registers), got {self.block_n}")
-        if self.block_n % 8 or not 16 <= self.block_n <= 256:
+        if self.swap_ab:
+            if (self.scaling != "1d2d" or self.schedule not in ("dense", "m_grouped_masked")
+                    or self.block_m != 64 or self.block_n not in SWAP_AB_BLOCK_N
+                    or self.multicast != "none"):
+                raise ValueError(
+                    "swap_ab runs the 1D2D dense or m_grouped_masked schedule, block_m 64 (B's "
+                    f"rows) and block_n in {SWAP_AB_BLOCK_N} (A's rows), without clusters; got "
+                    f"{self.scaling}, {self.schedule}, {self.block_m}x{self.block_n}, "
+                    f"multicast {self.multicast!r}")
+        elif self.block_n % 8 or not 16 <= self.block_n <= 256:
             raise ValueError(f"block_n must be a multiple of 8 in [16, 256], got {self.block_n}")
         if self.scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
@@ -133,7 +150,7 @@ class GemmConfig:
         """Two fragments in flight (promote K block i while i+1's wgmmas run): only where the
         registers hold them (BLOCK_N <= 128, one wave per warpgroup; 1D1D keeps BLOCK_N / 4
         column scales per thread as well: BLOCK_N <= 64)."""
-        widest = 128 if self.scaling == "1d2d" else 64
+        widest = 128 if self.scaling == "1d2d" and not self.swap_ab else 64
         return self.block_n <= widest and self.waves == 1
 
     @property
@@ -149,7 +166,7 @@ class GemmConfig:
     def straddles(self):
         """Whether a tile can cross a 128-column B-scale block boundary (1D2D only: 1D1D has
         a scale per column)."""
-        return self.scaling == "1d2d" and 128 % self.block_n != 0
+        return self.scaling == "1d2d" and not self.swap_ab and 128 % self.block_n != 0
 
     @property
     def static_scale_splits(self):
@@ -163,6 +180,13 @@ class GemmConfig:
     def max_scale_offset(self):
         """Largest column offset of a tile inside its first 128-column B-scale block."""
         return 128 - math.gcd(self.block_n, 128)
+
+    @property
+    def d_tile(self):
+        """(rows, columns) of D a tile covers: (block_m, block_n), swapped for swap_ab. The
+        schedule walks D's tiles in this view (scheduler.py; the kernel computes a swap_ab
+        tile transposed)."""
+        return (self.block_n, self.block_m) if self.swap_ab else (self.block_m, self.block_n)
 
     # --- shape of the CTA ---
     @property
@@ -226,7 +250,8 @@ class GemmConfig:
 
     @property
     def sfa_stage_bytes(self):
-        return align(self.block_m * 4, 128)
+        """A's 1x128 scales of the tile's rows of A: block_m, or block_n with swap_ab."""
+        return align(self.d_tile[0] * 4, 128)
 
     @property
     def sfb_stage_bytes(self):
@@ -239,6 +264,8 @@ class GemmConfig:
         epilogue; its "direct" one stores from registers), rounded up to 1024 bytes: A's slots
         after it need that alignment for the 128-byte swizzle (only the narrow tiles' are not
         multiples of it already)."""
+        if self.swap_ab:            # stored transposed from registers
+            return 0
         if self.scaling == "1d2d":
             return align(self.block_m * self.block_n * 2, 1024)
         return self.block_m * self.block_n * 4 if self.epilogue == "tma" else 0
@@ -269,13 +296,14 @@ class GemmConfig:
         split = "_splitk" if self.split_k else ""
         acc = "_acc" if self.accumulate else ""
         tma_d = "_tmad" if self.epilogue == "tma" else ""
+        swap = "_swapab" if self.swap_ab else ""
         return (f"fp8_gemm_{self.scaling}{kind}_m{self.block_m}_n{self.block_n}_k{BLOCK_K}"
-                f"_s{self.stages}{mc}_g{self.group_m}{overlap}{split}{acc}{tma_d}")
+                f"_s{self.stages}{mc}_g{self.group_m}{overlap}{split}{acc}{tma_d}{swap}")
 
     @staticmethod
-    def max_stages(block_m, block_n, scaling="1d2d", epilogue="direct"):
+    def max_stages(block_m, block_n, scaling="1d2d", epilogue="direct", swap_ab=False):
         cfg = GemmConfig(block_m, block_n, 1, scaling=scaling, schedule="dense",
-                         epilogue=epilogue)                 # its layout, with one stage
+                         epilogue=epilogue, swap_ab=swap_ab)   # its layout, with one stage
         per_stage = (block_m * BLOCK_K + block_n * BLOCK_K + cfg.sfa_stage_bytes
                      + cfg.sfb_stage_bytes + 16)
         return (SMEM_LIMIT - cfg.d_stage_bytes) // per_stage

@@ -11,6 +11,7 @@
   (32-column swizzled panels, or row-major for BLOCK_N 8 modulo 16), then per box one TMA
   store, or with C a TMA reduce-add (D += tile, the addition done in L2): C is never read on
   the SM, and the stores drain while the next tile's K loop runs.
+* `make_transposed_bf16_store(cfg)`: a swap-AB tile (D^T in registers) to D, bounded.
 * `make_split_k_reduction(cfg)`: split-K's FP32 partial tiles through a global workspace; the
   last CTA of a tile to finish adds them up (in split order: bitwise reproducible) and stores.
 """
@@ -18,6 +19,7 @@
 from typing import Callable, NamedTuple
 
 from numba import cuda
+from numba.cuda import types
 
 from .config import D_STORE_ROWS
 from .ptx import (
@@ -27,7 +29,8 @@ from .ptx import (
 )
 from .tile import (
     fragment_add_global_v4, fragment_store_bf16, fragment_store_bf16_global,
-    fragment_store_f32_staged, fragment_store_global_v4, fragment_zeros,
+    fragment_store_bf16_transposed_global, fragment_store_f32_staged, fragment_store_global_v4,
+    fragment_zeros,
 )
 
 EPILOGUE_BARRIER = 2            # named barriers 2, 3: one per math warpgroup (0 is syncthreads)
@@ -149,6 +152,27 @@ def make_bounded_bf16_store(cfg):
         row = row0 + 16 * (tid // 32) + lane // 4          # this thread's first row
         col = n_block * BN + 2 * (lane % 4)                  # and first column
         store_fragment(d + 2 * (row * n + col), final, 2 * n, rows - row, n - col)
+
+    return store
+
+
+def make_transposed_bf16_store(cfg):
+    """`store(d, final, row0, rows, col0, n, tid)`: a swap-AB tile (its fragment rows are D's
+    columns col0.., its fragment columns D's rows row0..) as bf16 from registers to D (row
+    stride n), writing only D rows < `rows` and columns < `n`. D's tile is a few rows of
+    BLOCK_M columns: too thin for a TMA store box to pay, and rows past `rows` (a masked
+    group's count) stay untouched."""
+    inline = cuda.jit(device=True, inline="always")
+    assert cfg.swap_ab and cfg.math_warpgroups == 1
+    store_fragment = fragment_store_bf16_transposed_global(cfg.block_n // 2)
+
+    @inline
+    def store(d, final, row0, rows, col0, n, tid):
+        lane = tid % 32
+        column = col0 + 16 * (tid // 32) + lane // 4        # this thread's first fragment row
+        row = row0 + 2 * (lane % 4)                          # and first fragment column
+        at = d + 2 * (types.int64(row) * n + column)          # (64-bit: M x N may pass 2^31)
+        store_fragment(at, final, 2 * n, n - column, rows - row)
 
     return store
 

@@ -23,6 +23,13 @@ group g has masked_m[g] rows: a tile whose rows are all below that count is stor
 a dense one; the group's last, partial block from registers, rows bounded by the count (rows
 past it stay untouched).
 
+Swap-AB (cfg.swap_ab, for decode batches of 1-32 tokens): the tile is computed as D^T = B A^T,
+64 weight rows (the wgmma's M side: B's tile is its A operand) by BLOCK_N tokens (its N side,
+as few as 8, instead of a 64-row wgmma with at most 32 real rows). The schedule still walks D's
+tiles (cfg.d_tile: tokens x weight rows); A's scales become per-column (k_loop's swap-AB
+scaling part), B's block scale one per tile, and the epilogue stores the tile transposed from
+registers, bounded by M (or a masked group's count) and N.
+
 Reading order: the producer's slot fillers `load_tiles` and `load_b_scales_into_slot`, then
 `math_loop` (tiles -> K loop -> epilogue), then the kernel entry.
 """
@@ -31,8 +38,11 @@ from numba import cuda
 from numba.cuda import types
 
 from .config import BLOCK_K, MATH_REGISTERS, PRODUCER_REGISTERS, SFB_STAGE_BYTES
-from .epilogue import make_bf16_epilogue, make_bounded_bf16_store, make_split_k_reduction
-from .k_loop import fragments, make_math_setup, make_scaling_1d2d, make_tile_k_loop
+from .epilogue import (
+    make_bf16_epilogue, make_bounded_bf16_store, make_split_k_reduction,
+    make_transposed_bf16_store,
+)
+from .k_loop import fragments, make_math_setup, make_scaling_for, make_tile_k_loop
 from .pipeline import make_ring, make_ring_loader, make_ring_skipper
 from .ptx import (
     cluster_sync, cp_async_4, cp_async_mbarrier_arrive_noinc, elect_one,
@@ -56,7 +66,10 @@ TENSORMAP_PARAMS = (0, 1, 2, 3)
 
 
 def params_of(cfg):
-    """The kernel's (name, numba type) parameters."""
+    """The kernel's (name, numba type) parameters (swap_ab: the masked list, as it stores D
+    from registers; dense: layout 0, 1 group)."""
+    if cfg.swap_ab:
+        return MASKED_PARAMS
     return {"dense": PARAMS, "m_grouped_contiguous": GROUPED_PARAMS,
             "m_grouped_masked": MASKED_PARAMS}[cfg.schedule]
 
@@ -72,7 +85,11 @@ def make_fp8_gemm_1d2d(cfg):
     SMEM_A, SMEM_B, SMEM_SFA, SMEM_SFB = off["a"], off["b"], off["sfa"], off["sfb"]
     FULL_BARS = off["full"]
     A_BYTES, B_BYTES, SFA_BYTES = cfg.a_stage_bytes, cfg.b_stage_bytes, cfg.sfa_stage_bytes
-    STAGE_TX_BYTES = A_BYTES + B_BYTES + BM * 4      # what TMA delivers per stage
+    # Swap-AB: the wgmma's A operand is B's tile (weights) and its B operand A's (tokens), so
+    # the schedule, the loads and the epilogue see D's view of the tile: ROWS x COLUMNS.
+    SWAP = cfg.swap_ab
+    ROWS, COLUMNS = cfg.d_tile
+    STAGE_TX_BYTES = A_BYTES + B_BYTES + ROWS * 4    # what TMA delivers per stage
     STRADDLE = cfg.straddles          # a BLOCK_N tile may cross two 128-column B-scale blocks
     N_GROUPS = BN // 8                # 8-column groups of a tile
     SPLIT_K = cfg.split_k             # split-K code in (the split count is a kernel parameter)
@@ -86,14 +103,17 @@ def make_fp8_gemm_1d2d(cfg):
                      full_arrivals=2,                      # the TMA and B-scale threads
                      empty_arrivals=CLUSTER * MATH_THREADS // 32,   # each math warp of each CTA
                      cluster=CLUSTER)
-    schedule = make_schedule(cfg.schedule, BM, BN, CLUSTER_M, CLUSTER_N, cfg.group_m, SPLIT_K)
+    schedule = make_schedule(cfg.schedule, ROWS, COLUMNS, CLUSTER_M, CLUSTER_N, cfg.group_m,
+                             SPLIT_K)
     # (numba inlines only functions it finds under plain names: parts are unpacked here)
     init_ring = ring.init
     begin, count, start, tile, group_rows, next_unit = schedule
-    tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_1d2d)
-    skip_k_blocks = make_ring_skipper(ring) if MASKED or PAIRED_GROUPS else None
-    store_tile, drain_stores = make_bf16_epilogue(cfg)
-    store_rows = make_bounded_bf16_store(cfg) if MASKED else None
+    tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_for(cfg))
+    skip_k_blocks = (make_ring_skipper(ring) if (MASKED and not SWAP) or PAIRED_GROUPS
+                     else None)
+    store_tile, drain_stores = make_bf16_epilogue(cfg) if not SWAP else (None, None)
+    store_rows = make_bounded_bf16_store(cfg) if MASKED and not SWAP else None
+    store_transposed = make_transposed_bf16_store(cfg) if SWAP else None
     reduce_split_k = make_split_k_reduction(cfg)
     zeros, final_zeros = fragments(cfg)
     math_setup = make_math_setup(cfg)
@@ -107,17 +127,21 @@ def make_fp8_gemm_1d2d(cfg):
     def load_tiles(base, operands, rank, stage, group, b_share, m_block, n_block, kb):
         """TMA thread: A's and B's tiles and A's scales of K block kb into slot `stage`; in a
         cluster sharing B, rank 0 loads group b_share's B tile for both CTAs (b_share < 0:
-        the pair's blocks are two groups, each CTA loads its own)."""
+        the pair's blocks are two groups, each CTA loads its own). Swap-AB: A's tile goes
+        to the wgmma's B operand, B's to its A operand."""
         tmap_a, tmap_b, tmap_sfa, m, n = operands
         full = base + FULL_BARS + 8 * stage
         mbarrier_arrive_expect_tx(full, STAGE_TX_BYTES)
         a_dst = base + SMEM_A + A_BYTES * stage
         b_dst = base + SMEM_B + B_BYTES * stage
+        if SWAP:
+            a_dst = base + SMEM_B + B_BYTES * stage
+            b_dst = base + SMEM_A + A_BYTES * stage
         sfa_dst = base + SMEM_SFA + SFA_BYTES * stage
-        a_row = m_block * BM
+        a_row = m_block * ROWS
         if MASKED:
             a_row += group * m            # A is (groups * M_max, K)
-        b_row = n_block * BN
+        b_row = n_block * COLUMNS
         if GROUPED:                       # B is (groups * N, K)
             b_row += (b_share if b_share >= 0 else group) * n
         if MULTICAST_A:           # rank 0 loads A (and its scales) for both CTAs
@@ -126,7 +150,7 @@ def make_fp8_gemm_1d2d(cfg):
                 tma_load_2d_multicast(sfa_dst, tmap_sfa, full, a_row, kb, CTA_MASK)
         elif MASKED:              # A's scales are (groups, K blocks, align(M_max, 4))
             tma_load_2d(a_dst, tmap_a, full, kb * BLOCK_K, a_row)
-            tma_load_3d(sfa_dst, tmap_sfa, full, m_block * BM, kb, group)
+            tma_load_3d(sfa_dst, tmap_sfa, full, m_block * ROWS, kb, group)
         else:
             tma_load_2d(a_dst, tmap_a, full, kb * BLOCK_K, a_row)
             tma_load_2d(sfa_dst, tmap_sfa, full, a_row, kb)
@@ -143,14 +167,14 @@ def make_fp8_gemm_1d2d(cfg):
         cp.async (a TMA box is at least 16 bytes); the slot's full barrier expects this
         thread's arrival too, which cp.async makes once the copies have landed."""
         sfb, n, num_kb = operands
-        n0 = n_block * BN
+        n0 = n_block * COLUMNS
         first = sfb + 4 * (num_kb * (n0 // 128) + kb)
         if GROUPED:               # B's scales are (groups, ceil(N / 128), K blocks)
             first += 4 * num_kb * ((n + 127) // 128) * (b_share if b_share >= 0 else group)
         dst = base + SMEM_SFB + SFB_STAGE_BYTES * stage
         cp_async_4(dst, first)
         if STRADDLE:
-            second_row = min((n0 + BN - 1) // 128, (n + 127) // 128 - 1)
+            second_row = min((n0 + COLUMNS - 1) // 128, (n + 127) // 128 - 1)
             cp_async_4(dst + 4, first + 4 * num_kb * (second_row - n0 // 128))
         cp_async_mbarrier_arrive_noinc(base + FULL_BARS + 8 * stage)
 
@@ -158,6 +182,18 @@ def make_fp8_gemm_1d2d(cfg):
     b_scale_loader_loop = make_ring_loader(ring, schedule, load_b_scales_into_slot)
 
     # ---- math warpgroups: tiles -> K loop -> epilogue ------------------------------------
+
+    @inline
+    def reduce_if_split(base, final, workspace, counters, work, tile_unit, split, tid):
+        """Split-K: (the tile's sum, 1) in the last of a split tile's CTAs, (final, 0) in the
+        others; (final, 1) for a whole tile."""
+        reduces = 1
+        if SPLIT_K:
+            split_k, whole_tiles = work[1]
+            if tile_unit >= whole_tiles:
+                final, reduces = reduce_split_k(base, final, workspace, counters, split_k,
+                                                tile_unit - whole_tiles, split, tid)
+        return final, reduces
 
     @inline
     def math_loop(base, tmap_d, workspace, counters, work, m, n, d, tid):
@@ -172,11 +208,11 @@ def make_fp8_gemm_1d2d(cfg):
         while unit < num_units:
             (group, m_block, n_block, tile_unit, split, kb_begin, kb_end, _,
              cursor) = tile(unit, work, cursor)
-            n0 = n_block * BN
+            n0 = n_block * COLUMNS
             n_first = (128 - n0 % 128) // 8       # 8-column groups left of the block boundary
             final = final_zeros()
-            row0 = m_block * BM
-            if ((MASKED and row0 + 64 * warpgroup >= group_rows(work, group))
+            row0 = m_block * ROWS
+            if ((MASKED and not SWAP and row0 + 64 * warpgroup >= group_rows(work, group))
                     or (PAIRED_GROUPS and group < 0)):
                 # Nothing to compute (this warpgroup's rows all lie past a masked group's count,
                 # or padding beside a cluster partner that computes): no MMA, only its turn on
@@ -187,23 +223,28 @@ def make_fp8_gemm_1d2d(cfg):
                     min(n_first, N_GROUPS), base, final, acc, acc_next, descs, stage, phase,
                     sfa_row, lane, n_first, kb_begin, kb_end)
             unit = next_unit(unit, work)
-            if MASKED:            # D (groups, M_max, N): rows past the group's count untouched
+            if SWAP:              # D^T in registers: stored transposed, rows bounded
+                final, reduces = reduce_if_split(base, final, workspace, counters, work,
+                                                 tile_unit, split, tid)
+                if reduces:
+                    if MASKED:    # D (groups, M_max, N): rows past the group's count untouched
+                        store_transposed(d + 2 * (group * m) * n, final, row0,
+                                         group_rows(work, group), n0, n, tid)
+                    else:
+                        store_transposed(d, final, row0, m, n0, n, tid)
+            elif MASKED:          # D (groups, M_max, N): rows past the group's count untouched
                 rows = group_rows(work, group)
                 if row0 + BM <= rows:         # all of the tile's rows are the group's: TMA
                     store_tile(base, tmap_d, final, group * m + row0, n_block, tid, warpgroup)
                 else:                         # the group's last block: rows bounded
                     store_rows(d + 2 * (group * m) * n, final, row0, rows, n_block, n, tid)
-            elif not SPLIT_K:
-                store_tile(base, tmap_d, final, row0, n_block, tid, warpgroup)
             else:
-                split_k, whole_tiles = work[1]
-                reduces = 1
-                if tile_unit >= whole_tiles:
-                    final, reduces = reduce_split_k(base, final, workspace, counters, split_k,
-                                                    tile_unit - whole_tiles, split, tid)
+                final, reduces = reduce_if_split(base, final, workspace, counters, work,
+                                                 tile_unit, split, tid)
                 if reduces:     # a whole tile, or the last of a split tile's CTAs: store
                     store_tile(base, tmap_d, final, row0, n_block, tid, warpgroup)
-        drain_stores(tid)
+        if not SWAP:
+            drain_stores(tid)
 
     # ---- the kernel ------------------------------------------------------------------------
 
@@ -218,7 +259,8 @@ def make_fp8_gemm_1d2d(cfg):
             prefetch_tensormap(tmap_a)
             prefetch_tensormap(tmap_b)
             prefetch_tensormap(tmap_sfa)
-            prefetch_tensormap(tmap_d)
+            if not SWAP:
+                prefetch_tensormap(tmap_d)
             init_ring(base)
         if CLUSTER > 1:
             cluster_sync()
@@ -242,7 +284,7 @@ def make_fp8_gemm_1d2d(cfg):
         if CLUSTER > 1:           # no CTA may leave while its peer can still signal its smem
             cluster_sync()
 
-    if MASKED:
+    if MASKED or SWAP:
         def fp8_gemm_1d2d(tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, workspace, counters, m, n, k,
                           split_k, whole_tiles, layout, groups, d):
             smem = cuda.shared.array(0, types.uint8, alignment=1024)

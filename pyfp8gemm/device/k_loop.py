@@ -9,6 +9,8 @@ K block separately in FP32 is DeepSeek-V3's fix). The scales are the promotion p
   blocks per tile: a tile may straddle a 128-column boundary), the forward/dgrad recipe.
 * `make_scaling_1d1d(cfg)`: A's per-row scale x B's per-row scale, i.e. a scale per output
   column (the weight-gradient recipe: both operands are activations or gradients).
+* `make_scaling_swap_ab(cfg)`: the 1D2D recipe on a swapped tile (D^T: B's rows x A's rows):
+  B's block scale per tile x A's scale per output column.
 
 A part is a `Scaling` of device functions the loop calls at fixed points: `block_scales` once
 per K block (before the slot is released), `row_scales` per wave before its wgmmas, `combine`
@@ -132,6 +134,44 @@ def make_scaling_1d1d(cfg, first_groups=None):
 
     return Scaling(block_scales, make_row_scales(cfg), combine, promotion(0),
                    promotion(waves - 1))
+
+
+def make_scaling_swap_ab(cfg, first_groups=None):
+    """Swap-AB (D^T = B A^T, the tile's rows are B's): element (r, c) takes sb * sa[c], B's
+    one 128x128 block scale (a 64-row tile lies in one block) times A's scale of column c (a
+    token), read from the slot as the 1D1D part reads its column scales."""
+    inline = cuda.jit(device=True, inline="always")
+    n_acc = cfg.block_n // 2
+    off = cfg.smem_offsets
+    sfa_base, sfa_bytes, sfb_base = off["sfa"], cfg.sfa_stage_bytes, off["sfb"]
+    load_columns = fragment_column_scales(n_acc)
+    promote = fragment_promote_per_column(n_acc)
+
+    @inline
+    def block_scales(base, stage):
+        sb = ld_shared_f32(base + sfb_base + SFB_STAGE_BYTES * stage)
+        return sb, load_columns(base + sfa_base + sfa_bytes * stage + 8 * (cuda.threadIdx.x % 4))
+
+    @inline
+    def row_scales(sfa_row, stage, wave):
+        return 0                # (no per-row scale: B's is one per tile)
+
+    @inline
+    def combine(rows, scales):
+        sb, columns = scales
+        return sb, columns
+
+    @inline
+    def promote_scaled(final, acc, scales, n_first):
+        sb, columns = scales
+        return promote(final, acc, sb, sb, columns)
+
+    return Scaling(block_scales, row_scales, combine, promote_scaled, promote_scaled)
+
+
+def make_scaling_for(cfg):
+    """The scaling part of a 1D2D kernel: per row of A, or swapped."""
+    return make_scaling_swap_ab if cfg.swap_ab else make_scaling_1d2d
 
 
 def make_k_loop(cfg, ring, scaling):

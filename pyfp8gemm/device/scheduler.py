@@ -292,13 +292,14 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
 def host_schedule(cfg):
     """The host twin of `cfg`'s schedule."""
     cluster_m, cluster_n = cfg.cluster_shape
-    return make_schedule(cfg.schedule, cfg.block_m, cfg.block_n, cluster_m, cluster_n,
-                         cfg.group_m, cfg.split_k, device=False)
+    return make_schedule(cfg.schedule, *cfg.d_tile, cluster_m, cluster_n, cfg.group_m,
+                         cfg.split_k, device=False)
 
 
 def tiles(cfg, m, n):
     """Output tiles of an (M, N) problem (one group's M for grouped schedules)."""
-    return -(-m // cfg.block_m) * -(-n // cfg.block_n)
+    rows, columns = cfg.d_tile
+    return -(-m // rows) * -(-n // columns)
 
 
 def whole_tiles(cfg, m, n, split_k, split_last_wave, num_sms):

@@ -236,6 +236,42 @@ def fragment_store_bf16_global(n_acc, n_final=None, offset=0):
 
 
 @functools.cache
+def fragment_store_bf16_transposed_global(n_acc):
+    """Make `store(address, fragment, row_bytes, rows, cols)`: the fragment transposed, as bf16
+    straight to global memory, only inside a bound: element (r, c) goes to D[c, r] (a swap-AB
+    tile: its rows are D's columns).
+
+    `address` is D's element (this thread's first column, its first row), `row_bytes` D's row
+    stride, `rows` how many fragment rows from the thread's first may be written (its rows are
+    r and r + 8: D's columns), `cols` how many fragment columns from its first (D's rows). One
+    predicated st.global.b16 per element: the 8 lanes of a quad column write 16 contiguous
+    bytes of one D row."""
+    u64, i32 = types.uint64, types.int32
+    store_asm = ("{ .reg .pred p; .reg .b16 h; setp.ne.u32 p, $2, 0; "
+                 "cvt.rn.bf16.f32 h, $1; @p st.global.b16 [$0], h; }")
+
+    def codegen(context, builder, sig, args):
+        address, fragment, row_bytes, rows, cols = args
+        i64 = ir.IntType(64)
+        row_ok = (builder.icmp_signed(">", rows, ir.Constant(I32, 0)),
+                  builder.icmp_signed(">", rows, ir.Constant(I32, 8)))
+        for i in range(n_acc // 4):
+            for j in range(4):
+                column = 8 * i + j % 2
+                col_ok = builder.icmp_signed(">", cols, ir.Constant(I32, column))
+                ok = builder.zext(builder.and_(row_ok[j // 2], col_ok), I32)
+                at = builder.add(builder.add(address, builder.mul(row_bytes,
+                                                                  ir.Constant(i64, column))),
+                                 ir.Constant(i64, 16 * (j // 2)))
+                emit_asm(builder, store_asm, (), (u64, types.float32, types.uint32),
+                         [at, builder.extract_value(fragment, 4 * i + j), ok])
+        return context.get_dummy_value()
+
+    sig = types.void(u64, _fragment(n_acc), u64, i32, i32)
+    return intrinsic(_typer(5, sig, codegen, f"fragment_store_bf16_transposed_global_{n_acc}"))
+
+
+@functools.cache
 def fragment_column_scales(n_acc):
     """Make `load(address) -> scales`: the per-column scales of this thread's fragment columns
     from shared memory (1D1D: B's scale per output column), n_acc / 2 floats: column pair i

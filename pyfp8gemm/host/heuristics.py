@@ -28,7 +28,9 @@ to the larger tile. The constants come from side-by-side sweeps on the H200
   every M = 4096/8192 ANCHORS shape it applies to, where sharing B gained nothing.
   BLOCK_M 64 with an even number of M tiles (M = 65..128), BLOCK_N >= 64 and K >= 4096 shares
   B ("b").
-- M <= 32 (decode): the BLOCK_M 64 pick's tile with only 16 (M <= 16) or 32 rows of A loaded
+- M <= 16 (decode): swap-AB, 64 weight rows x M tokens rounded up to 8 per tile
+  (SWAP_AB_MAX_M), unless its 64-row weight tiles would be split in two.
+- otherwise M <= 32: the BLOCK_M 64 pick's tile with only 16 (M <= 16) or 32 rows of A loaded
   per ring slot (NARROW_MAX_M), where the pick runs without split-K or a cluster.
 """
 
@@ -85,6 +87,42 @@ def narrow_block_m(m: int) -> int:
     return 16 if m <= 16 else 32
 
 
+# Swap-AB (GemmConfig.swap_ab; issue 22): D^T = B A^T, tiles of 64 weight rows x the tokens
+# rounded up to 8, split-K where the weight tiles leave SMs idle. H100, ab_time.py, the 36
+# decode shapes (M = 1..32 x DeepSeek-V3's N, K), against the narrow tiles the heuristic picked
+# before, in the same rounds (JOURNAL session 14): x1.006-1.058 at M <= 16 on 26 of 30 shapes;
+# the exceptions are all 4096x7168, where 64 weight tiles split in two (x0.92-1.01); at M = 32
+# x0.88-1.005. So the heuristic swaps for M <= SWAP_AB_MAX_M unless the split would be 2.
+# Masked groups of 1-8 rows ran x1.01 swapped: not picked (expected_m is only a hint, and a
+# group far larger than it would re-read the weights every 8 rows).
+SWAP_AB_MAX_M = 16
+SWAP_AB_BLOCK_N_MAX = 32         # what a forced swap-AB config takes (swap_ab_choice)
+SWAP_AB_LOSING_SPLIT = 2
+
+
+def swap_ab_choice(m: int, n: int, k: int, num_sms: int,
+                   schedule: str = "dense") -> KernelChoice:
+    """The swap-AB kernel for an M-token problem: BLOCK_N the tokens rounded up to 8 (at most
+    SWAP_AB_BLOCK_N_MAX), split-K (dense) as for any tiles too few for the SMs."""
+    block_n = min(_ceil_div(m, 8) * 8, SWAP_AB_BLOCK_N_MAX)
+    split_k = 1
+    if schedule == "dense":
+        split_k = choose_split_k(_ceil_div(m, block_n) * _ceil_div(n, 64), k, num_sms)
+    return KernelChoice(make_config(64, block_n, split_k=split_k > 1, schedule=schedule,
+                                    swap_ab=True), split_k)
+
+
+def swap_ab_configs(picked_only: bool = False) -> list[GemmConfig]:
+    """The swap-AB kernels swap_ab_choice can give (`picked_only`: those choose_dense picks)."""
+    if picked_only:
+        return [make_config(64, block_n, split_k=split_k, swap_ab=True)
+                for block_n in range(8, SWAP_AB_MAX_M + 1, 8) for split_k in (False, True)]
+    return [make_config(64, block_n, split_k=split_k, schedule=schedule, swap_ab=True)
+            for block_n in range(8, SWAP_AB_BLOCK_N_MAX + 1, 8)
+            for schedule, split_k in (("dense", False), ("dense", True),
+                                      ("m_grouped_masked", False))]
+
+
 # Splitting the last, partial wave's tiles (e.g. 4096x2112x7168: 544 tiles of 128x128 = 4 full
 # waves and 16 tiles): they take 1 / split of a tile time, plus the partial-sum round trip,
 # modelled as this fraction of a tile time.
@@ -112,11 +150,13 @@ def stages_for(block_m: int, block_n: int) -> int:
 
 def make_config(block_m: int, block_n: int, multicast: str = "none", split_k: bool = False,
                 schedule: str = "dense", scaling: str = "1d2d",
-                accumulate: bool = False, epilogue: str = "direct") -> GemmConfig:
+                accumulate: bool = False, epilogue: str = "direct",
+                swap_ab: bool = False) -> GemmConfig:
     """The kernel of a tile shape, with the deepest ring shared memory holds."""
-    stages = min(MAX_STAGES, GemmConfig.max_stages(block_m, block_n, scaling, epilogue))
+    stages = min(MAX_STAGES, GemmConfig.max_stages(block_m, block_n, scaling, epilogue, swap_ab))
     return GemmConfig(block_m, block_n, stages, multicast, split_k=split_k, schedule=schedule,
-                      scaling=scaling, accumulate=accumulate, epilogue=epilogue)
+                      scaling=scaling, accumulate=accumulate, epilogue=epilogue,
+                      swap_ab=swap_ab)
 
 
 def make_choice(block_m: int, block_n: int, multicast: str = "none", split_k: int = 1,

@@ -114,18 +114,19 @@ class Plan:
         tensormap = driver.tensormap_2d
         a_rows = m * g if p.kind == "m_grouped_masked" else m
         b_rows = n * g if p.kind != "dense" else n
-        a = tensormap(driver.DTYPE_FP8, key.a, k, a_rows, k, BLOCK_K, cfg.block_m, 128)
-        b = tensormap(driver.DTYPE_FP8, key.b, k, b_rows, k, BLOCK_K, cfg.block_n, 128)
+        tile_rows, tile_columns = cfg.d_tile        # A's and B's rows per tile (swap_ab too)
+        a = tensormap(driver.DTYPE_FP8, key.a, k, a_rows, k, BLOCK_K, tile_rows, 128)
+        b = tensormap(driver.DTYPE_FP8, key.b, k, b_rows, k, BLOCK_K, tile_columns, 128)
         if p.kind == "m_grouped_masked":
             # A's scales (groups, K blocks, align(M_max, 4)): a 3-D map, so that no box reaches
             # into the next group's rows. (D's 2-D map over all groups' rows serves the tiles
             # whose rows are all valid: the masked epilogue stores the rest from registers.)
             pad = key.a_scale_stride
             sfa = driver.tensormap_3d(driver.DTYPE_F32, key.a_scale, (m, kb, g),
-                                      (pad * 4, pad * kb * 4), (cfg.block_m, 1, 1))
+                                      (pad * 4, pad * kb * 4), (tile_rows, 1, 1))
         else:
             sfa = tensormap(driver.DTYPE_F32, key.a_scale, m, kb, key.a_scale_stride * 4,
-                            cfg.block_m, 1)
+                            tile_rows, 1)
         d = tensormap(driver.DTYPE_BF16, key.out, n, a_rows, n * 2, cfg.swizzle_d // 2,
                       cfg.store_rows, cfg.swizzle_d)
         params = [
@@ -135,9 +136,9 @@ class Plan:
             (driver.c_int32, m), (driver.c_int32, n), (driver.c_int32, k),
             (driver.c_int32, self.choice.split_k), (driver.c_int32, self.whole_tiles),
         ]
-        if p.kind != "dense":
+        if p.kind != "dense" or cfg.swap_ab:
             params += [(driver.c_int64, key.layout), (driver.c_int32, g)]
-        if p.kind == "m_grouped_masked":
+        if p.kind == "m_grouped_masked" or cfg.swap_ab:    # D stored from registers
             params += [(driver.c_int64, key.out)]
         return driver.ParamBlock(tuple(params))
 
