@@ -3,11 +3,11 @@
     compute-sanitizer --tool memcheck --report-api-errors no python3 scripts/sanitize_small.py
     compute-sanitizer --tool racecheck --report-api-errors no python3 scripts/sanitize_small.py
 
-Dense (one tile with split-K, one with a cluster, 32-row A tiles), m-grouped contiguous with a padding block,
-m-grouped masked with an empty group, a partial block, a warpgroup past its rows and a whole
+Dense (one tile with split-K, one with a cluster, 32-row A tiles, swap-AB alone and split),
+m-grouped contiguous with a padding block, m-grouped masked with an empty group, a partial block, a warpgroup past its rows and a whole
 tile (TMA store), 1D1D with accumulation, k-grouped with an empty group; on a GPU also the
 forced variants (1D1D "tma" epilogue at 128 / 152 / 136 and clusters, contiguous and masked in
-clusters sharing B); each checked against its reference (calc_diff printed)."""
+clusters sharing B, masked swap-AB); each checked against its reference (calc_diff printed)."""
 import torch
 
 import pyfp8gemm
@@ -40,6 +40,14 @@ a, b = pyfp8gemm.quantize(randn(20, 640), "1x128"), pyfp8gemm.quantize(randn(100
 out = torch.empty(20, 1000, device=dev, dtype=torch.bfloat16)
 pyfp8gemm.fp8_gemm_nt(a, b, out)               # 32-row A tiles (M <= 32), N and K tails
 report("dense, 32-row tiles", out, reference_gemm(a, b))
+a, b = pyfp8gemm.quantize(randn(5, 640), "1x128"), pyfp8gemm.quantize(randn(1000, 640), "128x128")
+out = torch.empty(5, 1000, device=dev, dtype=torch.bfloat16)
+pyfp8gemm.fp8_gemm_nt(a, b, out)               # swap-AB (M <= 16), N and K tails
+report("dense, swap-AB", out, reference_gemm(a, b))
+a, b = pyfp8gemm.quantize(randn(3, 6144), "1x128"), pyfp8gemm.quantize(randn(256, 6144), "128x128")
+out = torch.empty(3, 256, device=dev, dtype=torch.bfloat16)
+pyfp8gemm.fp8_gemm_nt(a, b, out)               # swap-AB, 4 weight tiles split 4 ways
+report("dense, swap-AB split-K", out, reference_gemm(a, b))
 
 groups, n, k = 3, 256, 512
 ids = torch.tensor([0] * 128 + [-1] * 128 + [2] * 256, device=dev, dtype=torch.int32)
@@ -113,5 +121,11 @@ if dev == "cuda":
     pyfp8gemm.m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, 100)
     valid = torch.cat([d[0, :40], d[2]]).float()
     report("m-grouped masked, cluster", valid, torch.cat([ref[0, :40], ref[2]]))
+
+    cfg = make_config(64, 16, schedule="m_grouped_masked", swap_ab=True)
+    d = torch.full((groups, m_max, n), float("nan"), device=dev, dtype=torch.bfloat16)
+    pyfp8gemm.m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, 100)
+    valid = torch.cat([d[0, :40], d[2]]).float()
+    report("m-grouped masked, swap-AB", valid, torch.cat([ref[0, :40], ref[2]]))
     torch.cuda.synchronize()
 print("done")

@@ -352,20 +352,24 @@ def test_small_m_multicast_b_choice():
     assert choose_config(128, 4096, 7168, 131).multicast == "none"    # odd SM count
 
 
-def test_narrow_tile_choice():
-    """Decode: M <= 16 loads 16 rows of A per slot (BLOCK_N at least 32), 17 <= M <= 32 loads 32
-    with the 64-row pick's BLOCK_N; M = 33 keeps 64 rows; split-K picks stay 64 rows."""
+def test_decode_tile_choice():
+    """Decode: M <= 16 swaps A and B (64 weight rows x M tokens rounded up to 8), except where
+    its weight tiles would split K in two (then 16 rows of A per slot, BLOCK_N at least 32);
+    17 <= M <= 32 loads 32 rows with the 64-row pick's BLOCK_N; M = 33 keeps 64 rows; split-K
+    picks stay 64 rows."""
     from pyfp8gemm.host.heuristics import all_configs, choose_dense
 
-    for m, n, k, tile in ((1, 2112, 7168, (16, 32)), (16, 4096, 7168, (16, 32)),
-                          (17, 2112, 7168, (32, 16)), (24, 4096, 7168, (32, 32)),
-                          (32, 7168, 16384, (32, 64)), (33, 4096, 7168, (64, 32))):
+    for m, n, k, tile, swapped, split in (
+            (1, 2112, 7168, (64, 8), True, 4), (9, 7168, 16384, (64, 16), True, 1),
+            (16, 4096, 7168, (16, 32), False, 1), (17, 2112, 7168, (32, 16), False, 1),
+            (24, 4096, 7168, (32, 32), False, 1), (32, 7168, 16384, (32, 64), False, 1),
+            (33, 4096, 7168, (64, 32), False, 1)):
         choice = choose_dense(m, n, k, 132)
         assert (choice.config.block_m, choice.config.block_n) == tile, (m, n, k)
-        assert choice.split_k == 1 and choice.config.multicast == "none"
-        assert choice.config in all_configs()
+        assert choice.config.swap_ab == swapped and choice.split_k == split, (m, n, k)
+        assert choice.config.multicast == "none" and choice.config in all_configs()
     split = choose_dense(32, 576, 7168, 132)
-    assert split.config.block_m == 64 and split.split_k > 1
+    assert split.config.block_m == 64 and split.split_k > 1 and not split.config.swap_ab
 
 
 def test_masked_choice_shares_b_past_128_rows():

@@ -208,6 +208,10 @@ def choose_config(problem: GemmProblem, num_sms: int) -> KernelChoice:
 @functools.lru_cache(maxsize=1024)
 def choose_dense(m: int, n: int, k: int, num_sms: int) -> KernelChoice:
     """The configuration pyfp8gemm launches for an (M, N, K) GEMM on `num_sms` SMs."""
+    if m <= SWAP_AB_MAX_M:
+        swapped = swap_ab_choice(m, n, k, num_sms)
+        if swapped.split_k != SWAP_AB_LOSING_SPLIT:
+            return swapped
     wants_multicast = m >= MULTICAST_MIN_M and num_sms % 2 == 0
 
     def cost(block_m, block_n, last_wave_split):
@@ -416,4 +420,4 @@ def all_configs() -> list[GemmConfig]:
              for accumulate in (False, True)
              for epilogue in {wgrad_epilogue(block_m), wgrad_epilogue(block_m, accumulate)}
              for block_n in (WGRAD_TMA_BLOCK_N if epilogue == "tma" else WGRAD_BLOCK_N)]
-    return dense + narrow + grouped_configs() + wgrad
+    return dense + narrow + swap_ab_configs(picked_only=True) + grouped_configs() + wgrad
