@@ -35,7 +35,7 @@ NARROW_BLOCK_M = (16, 32)
 # Swap-AB (DeepGEMM's users' ask for decode batches): the tile is D^T, so the weight rows fill
 # the wgmma's 64-row side (BLOCK_M 64: one math warpgroup) and the tokens its N side, as few as
 # 8 (m64n8 instead of computing 64 token rows of which at most 32 are real).
-SWAP_AB_BLOCK_N = tuple(range(8, 65, 8))
+SWAP_AB_BLOCK_N = tuple(range(8, 33, 8))
 # Straddling BLOCK_N with at most this many scale splits get one K loop per split (constant
 # split, see k_loop.py); the others select scales per 8-column group at run time.
 MAX_K_LOOP_COPIES = 4
@@ -70,7 +70,8 @@ class GemmConfig:
     """One kernel specialization. Everything derived from it is a compile-time constant."""
     block_m: int                # 64 (one math warpgroup), 128 (two), 256 (two, 2 waves each);
                                 # 16 or 32: narrow A tiles for small M (see NARROW_BLOCK_M)
-    block_n: int                # multiple of 16 in [16, 256] (register budget permitting)
+    block_n: int                # multiple of 8 in [16, 256] (register budget permitting);
+                                # 8-32 with swap_ab (tokens)
     stages: int                 # depth of the TMA ring
     multicast: str = "none"     # "none", "a" (2 CTAs along N share A), "b" (along M share B)
     group_m: int = 16           # rasterization group height, in cluster units

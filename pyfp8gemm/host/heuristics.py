@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 
-from ..device.config import BLOCK_K, MAX_SPLIT_K, GemmConfig
+from ..device.config import BLOCK_K, MAX_SPLIT_K, SWAP_AB_BLOCK_N, GemmConfig
 from .problem import GemmProblem, KernelChoice
 
 MAX_STAGES = 32                 # i.e. no cap below what shared memory holds
@@ -96,15 +96,14 @@ def narrow_block_m(m: int) -> int:
 # Masked groups of 1-8 rows ran x1.01 swapped: not picked (expected_m is only a hint, and a
 # group far larger than it would re-read the weights every 8 rows).
 SWAP_AB_MAX_M = 16
-SWAP_AB_BLOCK_N_MAX = 32         # what a forced swap-AB config takes (swap_ab_choice)
 SWAP_AB_LOSING_SPLIT = 2
 
 
 def swap_ab_choice(m: int, n: int, k: int, num_sms: int,
                    schedule: str = "dense") -> KernelChoice:
     """The swap-AB kernel for an M-token problem: BLOCK_N the tokens rounded up to 8 (at most
-    SWAP_AB_BLOCK_N_MAX), split-K (dense) as for any tiles too few for the SMs."""
-    block_n = min(_ceil_div(m, 8) * 8, SWAP_AB_BLOCK_N_MAX)
+    the widest of SWAP_AB_BLOCK_N), split-K (dense) as for any tiles too few for the SMs."""
+    block_n = min(_ceil_div(m, 8) * 8, max(SWAP_AB_BLOCK_N))
     split_k = 1
     if schedule == "dense":
         split_k = choose_split_k(_ceil_div(m, block_n) * _ceil_div(n, 64), k, num_sms)
@@ -118,7 +117,7 @@ def swap_ab_configs(picked_only: bool = False) -> list[GemmConfig]:
         return [make_config(64, block_n, split_k=split_k, swap_ab=True)
                 for block_n in range(8, SWAP_AB_MAX_M + 1, 8) for split_k in (False, True)]
     return [make_config(64, block_n, split_k=split_k, schedule=schedule, swap_ab=True)
-            for block_n in range(8, SWAP_AB_BLOCK_N_MAX + 1, 8)
+            for block_n in SWAP_AB_BLOCK_N
             for schedule, split_k in (("dense", False), ("dense", True),
                                       ("m_grouped_masked", False))]
 
