@@ -4,10 +4,10 @@ the heuristic's pick and DeepGEMM, launches interleaved in rounds (ab_time.py's 
     python scripts/ab_grouped.py KIND INDEX [SPEC ...] [--rounds R]
 
 KIND: m-grouped-contiguous or m-grouped-masked; INDEX: the case's position in
-`bench.grouped.make_cases(KIND)` (printed with --list); SPEC: [s]BMxBN[:mc] (mc: a or b, a
-2-CTA cluster sharing A or B). Each config goes through the public function (the same layout
-preparation), with the launcher told to use it. sBMxBN: swap-AB (masked; BM weight rows x BN
-tokens). Printed: median microseconds, TFLOPS of the
+`bench.grouped.make_cases(KIND)` (printed with --list); SPEC: scripts/config_spec.py's (e.g.
+128x192:b, a 2-CTA cluster sharing B; 128x192:b::3, three stages; s64x8, swap-AB). Each config
+goes through the public function (the same layout preparation), with the launcher told to use
+it. Printed: median microseconds, TFLOPS of the
 valid rows, and DeepGEMM's time over each contender's.
 """
 import argparse
@@ -16,8 +16,8 @@ import statistics
 
 from bench import grouped
 from bench.timing import interleaved_times
+from config_spec import parse
 from pyfp8gemm.host import launch, launchers
-from pyfp8gemm.host.heuristics import make_config
 
 FORCED = {"config": None}
 
@@ -68,10 +68,7 @@ def main():
 
     contenders["heuristic"] = forced(None, grouped.prepare_pyfp8gemm(case, inputs))
     for spec in args.specs:
-        tile, _, mc = spec.partition(":")
-        bm, bn = map(int, tile.lstrip("s").split("x"))
-        config = make_config(bm, bn, mc or "none", schedule=schedule,
-                             swap_ab=tile.startswith("s"))
+        config = parse(spec, schedule).config
         contenders[spec] = forced(config, grouped.prepare_pyfp8gemm(case, inputs))
     try:
         contenders["DeepGEMM"] = grouped.prepare_deepgemm(case, inputs)

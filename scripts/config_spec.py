@@ -9,7 +9,8 @@ from pyfp8gemm.host.heuristics import MAX_STAGES
 from pyfp8gemm.host.problem import KernelChoice
 
 
-def parse(spec: str) -> KernelChoice:
+def parse(spec: str, schedule: str = "dense") -> KernelChoice:
+    """The KernelChoice of `spec` (module docstring) for a kernel of `schedule`."""
     parts = spec.split(":")
     swap_ab = parts[0].startswith("s")
     bm, bn = map(int, parts[0].lstrip("s").split("x"))
@@ -19,5 +20,6 @@ def parse(spec: str) -> KernelChoice:
               else min(MAX_STAGES, GemmConfig.max_stages(bm, bn, swap_ab=swap_ab)))
     split = parts[4] if len(parts) > 4 and parts[4] else "1"
     split_k = int(split.rstrip("w"))
-    cfg = GemmConfig(bm, bn, stages, mc, group, split_k=split_k > 1, swap_ab=swap_ab)
+    cfg = GemmConfig(bm, bn, stages, mc, group, split_k=split_k > 1, schedule=schedule,
+                     swap_ab=swap_ab)
     return KernelChoice(cfg, split_k, split.endswith("w"))

@@ -152,15 +152,15 @@ print(','.join(f'{s.m}x{s.n}x{s.k}' for s in S))")
             --1d1d --accumulate --rounds 40 2>&1 | grep -v "using " | tee -a $OUT/wgradab.txt \
             | tail -8
       done ;;
-    groupedab)  # grouped configs side by side (ab_grouped.py), DeepGEMM too where DG_OK
-      # contiguous: B shared by a pair of one group's M blocks (DeepGEMM's pick), sharing A
-      for case in "m-grouped-contiguous 0 128x192:b 128x192:a" \
-                  "m-grouped-contiguous 2 128x192:b 128x128:b 128x192:a" \
-                  "m-grouped-contiguous 5 128x192:b 128x192:a" \
-                  "m-grouped-contiguous 7 128x192:b 128x128:b 128x192:a" \
-                  "m-grouped-masked 4 128x192:b 128x160:b"; do
+    groupedab)  # grouped configs side by side (ab_grouped.py), DeepGEMM too where DG_OK, where
+                # DeepGEMM leads (session 14): masked at K = 2048 runs without a cluster (does
+                # sharing B pay there after all?); contiguous 6144x7168 with fewer stages
+      for case in "m-grouped-masked 3 128x192:b" "m-grouped-masked 7 128x192:b" \
+                  "m-grouped-masked 19 128x192:b" "m-grouped-masked 23 128x192:b" \
+                  "m-grouped-contiguous 0 128x192:b::3 128x160:b" \
+                  "m-grouped-contiguous 4 128x192:b::3 128x160:b"; do
         tl 90 python3 scripts/ab_grouped.py $case --rounds 40 2>&1 | grep -v "using " \
-            | tee -a $OUT/groupedab.txt | tail -7
+            | tee -a $OUT/groupedab.txt | tail -6
       done ;;
     sanitize)  # compute-sanitizer on one small problem of every kernel family and variant
       S=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

@@ -27,7 +27,8 @@ def _compile(cfg):
 def forced_configs():
     """Configurations the heuristic does not pick but the GPU tests and the A/B steps of
     scripts/device_run.sh launch (so that no test worker compiles them one after another)."""
-    from pyfp8gemm.host.heuristics import make_config
+    from pyfp8gemm.device.config import GemmConfig
+    from pyfp8gemm.host.heuristics import make_config, swap_ab_configs
     wgrad = [make_config(128, bn, mc, schedule=schedule, scaling="1d1d", accumulate=acc,
                          epilogue=epilogue)
              for schedule in ("dense", "k_grouped") for acc in (False, True)
@@ -41,8 +42,8 @@ def forced_configs():
     masked = [make_config(128, bn, mc, schedule="m_grouped_masked")
               for bn in (128, 192) for mc in ("none", "b")]
     contiguous = [make_config(128, bn, mc, schedule="m_grouped_contiguous")
-                  for bn, mc in ((128, "a"), (192, "a"), (192, "none"), (128, "b"), (192, "b"))]
-    from pyfp8gemm.host.heuristics import swap_ab_configs
+                  for bn, mc in ((128, "none"), (192, "none"), (128, "b"), (192, "b"))]
+    contiguous.append(GemmConfig(128, 192, 3, "b", schedule="m_grouped_contiguous"))
     return wgrad + masked + contiguous + swap_ab_configs()
 
 

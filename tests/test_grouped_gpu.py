@@ -390,11 +390,11 @@ def test_moe_example_on_gpu():
 
 @pytest.mark.parametrize("block_n", [128, 192])
 def test_contiguous_in_a_cluster_sharing_b(monkeypatch, block_n):
-    """The contiguous GEMM in 2-CTA clusters sharing B (DeepGEMM's pairing; forced here, the
-    heuristic does not pick it yet): M blocks 2u, 2u + 1 share a B tile where they are one
-    group's or one is padding (whose CTA takes the slots' turns and stores zeros, its A rows
-    NaN here), each CTA loads its own where they are two groups', an odd block count's last
-    block pairs with one past M. Same bits as without a cluster; padding rows zero."""
+    """The contiguous GEMM in 2-CTA clusters sharing B (DeepGEMM's pairing, the heuristic's pick
+    for 128-row blocks; forced here, against no cluster): M blocks 2u, 2u + 1 share a B tile
+    where they are one group's or one is padding (whose CTA takes the slots' turns and stores
+    zeros, its A rows NaN here), each CTA loads its own where they are two groups', an odd
+    block count's last block pairs with one past M. Same bits as without a cluster; padding rows zero."""
     from pyfp8gemm.host import launch, launchers
     from pyfp8gemm.host.heuristics import make_config
 
@@ -432,8 +432,8 @@ def test_contiguous_in_a_cluster_sharing_b(monkeypatch, block_n):
 
 @pytest.mark.parametrize("block_n", [128, 192])
 def test_masked_in_a_cluster_sharing_b(monkeypatch, block_n):
-    """The masked GEMM in 2-CTA clusters sharing B (DeepGEMM's choice; forced here, the
-    heuristic does not pick it yet): a group's M blocks in pairs, an odd count's extra tile
+    """The masked GEMM in 2-CTA clusters sharing B (DeepGEMM's choice, the heuristic's past 128
+    rows a group at K >= 3072; forced here, against no cluster): a group's M blocks in pairs, an odd count's extra tile
     stores nothing. Same bits as without a cluster; rows past masked_m untouched."""
     from pyfp8gemm.host import launch, launchers
     from pyfp8gemm.host.heuristics import make_config
