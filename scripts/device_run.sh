@@ -161,7 +161,11 @@ print(','.join(f'{s.m}x{s.n}x{s.k}' for s in S))")
                   "m-grouped-contiguous 4 128x192:b::3 128x160:b"; do
         tl 90 python3 scripts/ab_grouped.py $case --rounds 40 2>&1 | grep -v "using " \
             | tee -a $OUT/groupedab.txt | tail -6
-      done ;;
+      done
+      # The contiguous gap grows with K (0.99x at K = 2048, 0.94x at 7168): the K loop's. The
+      # same tile in the dense kernel, against DeepGEMM's dense kernel, on the same rows:
+      tl 60 python3 scripts/ab_time.py 32768x6144x7168,32768x6144x2048 auto 128x192:b 128x192 \
+          --rounds 30 2>&1 | grep -v "using " | tee -a $OUT/groupedab.txt | tail -4 ;;
     sanitize)  # compute-sanitizer on one small problem of every kernel family and variant
       S=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
       for tool in memcheck racecheck; do
