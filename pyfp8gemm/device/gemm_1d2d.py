@@ -89,6 +89,9 @@ def make_fp8_gemm_1d2d(cfg):
     # the schedule, the loads and the epilogue see D's view of the tile: ROWS x COLUMNS.
     SWAP = cfg.swap_ab
     ROWS, COLUMNS = cfg.d_tile
+    # Where A's and B's tiles land in a slot: the wgmma's A and B operand slots, swapped.
+    A_TILE, A_TILE_BYTES = (SMEM_B, B_BYTES) if SWAP else (SMEM_A, A_BYTES)
+    B_TILE, B_TILE_BYTES = (SMEM_A, A_BYTES) if SWAP else (SMEM_B, B_BYTES)
     STAGE_TX_BYTES = A_BYTES + B_BYTES + ROWS * 4    # what TMA delivers per stage
     STRADDLE = cfg.straddles          # a BLOCK_N tile may cross two 128-column B-scale blocks
     N_GROUPS = BN // 8                # 8-column groups of a tile
@@ -132,11 +135,8 @@ def make_fp8_gemm_1d2d(cfg):
         tmap_a, tmap_b, tmap_sfa, m, n = operands
         full = base + FULL_BARS + 8 * stage
         mbarrier_arrive_expect_tx(full, STAGE_TX_BYTES)
-        a_dst = base + SMEM_A + A_BYTES * stage
-        b_dst = base + SMEM_B + B_BYTES * stage
-        if SWAP:
-            a_dst = base + SMEM_B + B_BYTES * stage
-            b_dst = base + SMEM_A + A_BYTES * stage
+        a_dst = base + A_TILE + A_TILE_BYTES * stage
+        b_dst = base + B_TILE + B_TILE_BYTES * stage
         sfa_dst = base + SMEM_SFA + SFA_BYTES * stage
         a_row = m_block * ROWS
         if MASKED:

@@ -103,23 +103,24 @@ def swap_ab_choice(m: int, n: int, k: int, num_sms: int,
                    schedule: str = "dense") -> KernelChoice:
     """The swap-AB kernel for an M-token problem: BLOCK_N the tokens rounded up to 8 (at most
     the widest of SWAP_AB_BLOCK_N), split-K (dense) as for any tiles too few for the SMs."""
-    block_n = min(_ceil_div(m, 8) * 8, max(SWAP_AB_BLOCK_N))
+    block_m, block_n = 64, min(_ceil_div(m, 8) * 8, max(SWAP_AB_BLOCK_N))   # weights, tokens
     split_k = 1
     if schedule == "dense":
-        split_k = choose_split_k(_ceil_div(m, block_n) * _ceil_div(n, 64), k, num_sms)
-    return KernelChoice(make_config(64, block_n, split_k=split_k > 1, schedule=schedule,
+        split_k = choose_split_k(_ceil_div(m, block_n) * _ceil_div(n, block_m), k, num_sms)
+    return KernelChoice(make_config(block_m, block_n, split_k=split_k > 1, schedule=schedule,
                                     swap_ab=True), split_k)
 
 
 def swap_ab_configs(picked_only: bool = False) -> list[GemmConfig]:
     """The swap-AB kernels swap_ab_choice can give (`picked_only`: those choose_dense picks)."""
+    configs = [make_config(64, block_n, split_k=split_k, schedule=schedule, swap_ab=True)
+               for block_n in SWAP_AB_BLOCK_N
+               for schedule, split_k in (("dense", False), ("dense", True),
+                                         ("m_grouped_masked", False))]
     if picked_only:
-        return [make_config(64, block_n, split_k=split_k, swap_ab=True)
-                for block_n in range(8, SWAP_AB_MAX_M + 1, 8) for split_k in (False, True)]
-    return [make_config(64, block_n, split_k=split_k, schedule=schedule, swap_ab=True)
-            for block_n in SWAP_AB_BLOCK_N
-            for schedule, split_k in (("dense", False), ("dense", True),
-                                      ("m_grouped_masked", False))]
+        return [cfg for cfg in configs
+                if cfg.schedule == "dense" and cfg.block_n <= SWAP_AB_MAX_M]
+    return configs
 
 
 # Splitting the last, partial wave's tiles (e.g. 4096x2112x7168: 544 tiles of 128x128 = 4 full
