@@ -553,3 +553,54 @@ def test_split_k_chosen_for_few_tiles_and_on_a_side_stream():
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     assert_correct(out, x, w, a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Unrolled ring rounds (GemmConfig.unroll_rounds): the one-fragment K loop runs each whole round
+# of the ring with constant slot indices. The same arithmetic in the same order as the plain
+# loop, so the same bits. K block counts: a multiple of the ring (every tile starts at slot 0),
+# one past it (each tile of a persistent CTA starts one slot further on: single steps until
+# slot 0, then rounds, then a tail), fewer than the stages (no round at all); split-K (rounds
+# inside each split's share).
+# ---------------------------------------------------------------------------------------------
+
+
+def _unrolled_rounds_cases():
+    try:
+        from pyfp8gemm.host.heuristics import make_choice
+    except Exception:
+        return []
+    return [(make_choice(128, 192, "b"), (1000, 2 * 1152 - 8, 7168)),
+            (make_choice(128, 192, "b"), (4096, 2112, 13 * 128 - 16)),
+            (make_choice(256, 128, "a"), (4096, 4096, 7168)),
+            (make_choice(256, 128, "none"), (600, 2048, 5 * 128)),
+            (make_choice(128, 160), (1000, 1000, 3 * 128)),
+            (make_choice(64, 192), (300, 4608, 9 * 128)),
+            (make_choice(128, 192, "none", 5), (256, 768, 7168)),
+            (make_choice(256, 128, "none", 4, split_last_wave=True), (4096, 2112, 7168))]
+
+
+UNROLLED_ROUNDS_CASES = _unrolled_rounds_cases()
+
+
+@pytest.mark.skipif(not UNROLLED_ROUNDS_CASES, reason="the launcher cannot be imported")
+@pytest.mark.parametrize("choice, shape", UNROLLED_ROUNDS_CASES,
+                         ids=[f"{c.config.name}_{m}x{n}x{k}" for c, (m, n, k)
+                              in UNROLLED_ROUNDS_CASES])
+def test_unrolled_rounds_match_plain_loop(choice, shape):
+    import dataclasses
+
+    from pyfp8gemm.host.launch import fp8_gemm_nt_launch
+
+    m, n, k = shape
+    x, w = random_bf16(m, k), random_bf16(n, k)
+    a, b = quantize(x, "1x128"), quantize(w, "128x128")
+    outs = []
+    for unroll in (True, False):
+        cfg = dataclasses.replace(choice.config, unroll_rounds=unroll)
+        out = nan_filled(m, n)
+        fp8_gemm_nt_launch(a.data, a.scale, b.data, b.scale, out,
+                           config=dataclasses.replace(choice, config=cfg))
+        outs.append(out)
+    assert_correct(outs[0], x, w, a, b)
+    assert torch.equal(outs[0], outs[1])

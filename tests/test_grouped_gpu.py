@@ -482,3 +482,49 @@ def test_masked_swap_ab(monkeypatch, block_n):
     m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, 16)
     torch.cuda.synchronize()
     check_masked(d, a, b, masked_m, x, w)
+
+
+@pytest.mark.parametrize("kind", ["m_grouped_contiguous", "m_grouped_masked"])
+def test_unrolled_rounds_match_plain_loop(monkeypatch, kind):
+    """Both m-grouped kernels with the one-fragment K loop's whole ring rounds unrolled
+    (GemmConfig.unroll_rounds), in clusters sharing B, against the plain loop: the same bits.
+    K = 13 blocks, so each tile of a persistent CTA starts at another ring slot."""
+    import dataclasses
+
+    from pyfp8gemm.host import launch, launchers
+    from pyfp8gemm.host.heuristics import make_config
+
+    n, k = 1152, 13 * 128 - 16
+    masked = kind == "m_grouped_masked"
+    if masked:
+        groups, m_max = 6, 300
+        a, b, x, w = make_masked(7, groups, m_max, n, k)
+        layout = torch.tensor([0, 300, 129, 128, 1, 257], dtype=torch.int32, device="cuda")
+    else:
+        a, b, layout, _, x, w = make_contiguous(8, [1, 0, 77, 128, 300, 3, 129], n, k, 128)
+    outs = []
+    for unroll in (True, False):
+        cfg = dataclasses.replace(make_config(128, 192, "b", schedule=kind),
+                                  unroll_rounds=unroll)
+
+        def forced(a_data, a_scale, b_data, b_scale, d, layout, expected_m, *alignment,
+                   cfg=cfg):
+            launch.launch_grouped(kind, a_data, a_scale, b_data, b_scale, d, layout,
+                                  b_data.shape[0], expected_m, *alignment, config=cfg)
+
+        monkeypatch.setattr(launchers, kind, forced)
+        if masked:
+            outs.append(_nan(groups, m_max, n))
+            m_grouped_fp8_gemm_nt_masked(a, b, outs[-1], layout, 192)
+        else:
+            outs.append(_nan(layout.numel(), n))
+            m_grouped_fp8_gemm_nt_contiguous(a, b, outs[-1], layout)
+    torch.cuda.synchronize()
+    d, plain = outs
+    if masked:
+        check_masked(d, a, b, layout, x, w)
+    else:
+        assert not d.isnan().any()
+        assert calc_diff(d.float(), reference_m_grouped_contiguous(a, b, layout)) < EXACT
+    assert torch.equal(d.isnan(), plain.isnan())
+    assert torch.equal(d.nan_to_num(), plain.nan_to_num())
