@@ -302,28 +302,32 @@ def make_k_loop(cfg, ring, scaling):
     one_block = make_one_block(issue_wave)
     one_block_constant_slot = make_one_block(issue_wave_constant_slot)
 
-    def make_ring_round(first):
-        """The K blocks of ring slots first..STAGES-1 (one round from slot 0: make_ring_round(0)),
-        each step with its slot a constant. Returns (final, acc, ready)."""
-        STAGE = first
-        if first == STAGES - 1:
+    def make_ring_steps(first, end):
+        """The K blocks of ring slots first..end-1, each step with its slot a constant; halves
+        of the range nest, not each step in the one before it (numba names an inlined
+        variable after every function it passed through, and LLVM cuts names at 1024
+        characters: a chain of 10 steps under 4 scale-split dispatches collided)."""
+        if end - first == 1:
+            STAGE = first
+
             @inline
-            def last_step(base, final, acc, descs, phase, sfa_row, lane, n_first, ready):
+            def one_step(base, final, acc, descs, phase, sfa_row, lane, n_first, ready):
                 final, acc, _, _, ready = one_block_constant_slot(
                     base, final, acc, descs, types.int32(STAGE), phase, sfa_row, lane, n_first,
                     ready)
                 return final, acc, ready
-            return last_step
-        later_steps = make_ring_round(first + 1)
+            return one_step
+        middle = (first + end) // 2
+        first_half, second_half = make_ring_steps(first, middle), make_ring_steps(middle, end)
 
         @inline
-        def step(base, final, acc, descs, phase, sfa_row, lane, n_first, ready):
-            final, acc, _, _, ready = one_block_constant_slot(
-                base, final, acc, descs, types.int32(STAGE), phase, sfa_row, lane, n_first, ready)
-            return later_steps(base, final, acc, descs, phase, sfa_row, lane, n_first, ready)
-        return step
+        def steps(base, final, acc, descs, phase, sfa_row, lane, n_first, ready):
+            final, acc, ready = first_half(base, final, acc, descs, phase, sfa_row, lane,
+                                           n_first, ready)
+            return second_half(base, final, acc, descs, phase, sfa_row, lane, n_first, ready)
+        return steps
 
-    ring_round = make_ring_round(0) if UNROLL_ROUNDS else None
+    ring_round = make_ring_steps(0, STAGES) if UNROLL_ROUNDS else None
 
     @inline
     def k_loop(base, final, acc, acc_next, descs, stage, phase, sfa_row, lane, n_first,
