@@ -184,6 +184,8 @@ print(','.join(f'{s.m}x{s.n}x{s.k}' for s in S))")
       done
       tl 90 python3 scripts/ab_time.py 4096x4096x7168,4096x7168x16384 256x128:a 256x128u:a \
           --rounds 40 2>&1 | grep -v "using " | tee -a $OUT/unrollab.txt | tail -6
+      tl 60 python3 scripts/ab_time.py 4096x2112x7168 128x192:b 128x192u:b \
+          --rounds 40 2>&1 | grep -v "using " | tee -a $OUT/unrollab.txt | tail -5
       tl 60 python3 scripts/ab_time.py 24576x1536x4096 128x128t 128x128tu --1d1d --accumulate \
           --rounds 40 2>&1 | grep -v "using " | tee -a $OUT/unrollab.txt | tail -5 ;;
     sanitize)  # compute-sanitizer on one small problem of every kernel family and variant
