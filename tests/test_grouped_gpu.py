@@ -430,15 +430,17 @@ def test_contiguous_in_a_cluster_sharing_b(monkeypatch, block_n):
     assert calc_diff(d.float(), ref) < EXACT
 
 
-@pytest.mark.parametrize("block_n", [128, 192])
-def test_masked_in_a_cluster_sharing_b(monkeypatch, block_n):
+@pytest.mark.parametrize("block_n, n", [(128, 768), (192, 768), (192, 5 * 192), (128, 5 * 128)])
+def test_masked_in_a_cluster_sharing_b(monkeypatch, block_n, n):
     """The masked GEMM in 2-CTA clusters sharing B (DeepGEMM's choice, the heuristic's past 128
-    rows a group at K >= 3072; forced here, against no cluster): a group's M blocks in pairs, an odd count's extra tile
-    stores nothing. Same bits as without a cluster; rows past masked_m untouched."""
+    rows a group at K >= 3072; forced here, against no cluster): a group's M blocks in pairs,
+    an odd count's last block as two weight tiles at a time, each CTA loading its own B (with
+    an odd tile count, the last tile twice). Same bits as without a cluster; rows past
+    masked_m untouched."""
     from pyfp8gemm.host import launch, launchers
     from pyfp8gemm.host.heuristics import make_config
 
-    groups, m_max, n, k = 6, 300, 768, 1024
+    groups, m_max, k = 6, 300, 1024
     a, b, x, w = make_masked(5, groups, m_max, n, k)
     masked_m = torch.tensor([0, 300, 129, 128, 1, 257], dtype=torch.int32, device="cuda")
     outs = []

@@ -159,37 +159,48 @@ def test_m_grouped_contiguous_pairs_share_b_only_within_a_group(grid, seed):
                     for nb in range(ceil_div(n, block_n))}
 
 
-@pytest.mark.parametrize("block_m, block_n, multicast", [(64, 128, "none"), (128, 64, "none"),
-                                                         (128, 64, "b")])
+@pytest.mark.parametrize("block_m, block_n, multicast, n", [
+    (64, 128, "none", 4096 + 64), (128, 64, "none", 4096 + 64), (128, 64, "b", 4096 + 64),
+    (128, 64, "b", 4096 + 128)])
 @pytest.mark.parametrize("grid", [132, 8])
-def test_m_grouped_masked_visits_only_counted_rows(block_m, block_n, multicast, grid):
-    """Every M block of every group's rows once, nothing of an empty group; in a cluster
-    sharing B (M blocks in pairs) a group with an odd block count adds one tile past its
-    rows, which stores nothing (its partner needs the shared B tile)."""
+def test_m_grouped_masked_visits_only_counted_rows(block_m, block_n, multicast, n, grid):
+    """Every M block of every group's rows, nothing of an empty group, nothing past a group's
+    rows. In a cluster sharing B (M blocks in pairs), an odd block count's last block runs as
+    units of two neighbouring weight tiles, each CTA its own B (b_share -1; DeepGEMM's fix
+    for the idle partner), the last of an odd tile count's twice (the clamp); the pair's
+    CTAs take one group, one K range."""
     rng = random.Random(1)
-    m_max, n, k = 300, 4096 + 64, 2048
+    m_max, k = 300, 2048
     masked_m = [rng.randrange(0, m_max + 1) for _ in range(9)]
     masked_m[0] = masked_m[4] = 0                                 # empty groups
     masked_m[5] = m_max
+    masked_m[6] = 129                                             # 2 blocks
+    masked_m[7] = 100                                             # 1 block
     cfg = GemmConfig(block_m, block_n, 3, multicast, schedule="m_grouped_masked")
     visited = visits(cfg, m_max, n, k, grid, layout=masked_m, groups=len(masked_m))
     tiles = covered_k(visited)
-    pair = 2 if multicast == "b" else 1
-    expected = {(g, mb, nb) for g, rows in enumerate(masked_m)
-                for mb in range(ceil_div(rows, block_m)) for nb in range(ceil_div(n, block_n))}
-    phantom = {(g, mb, nb) for g, rows in enumerate(masked_m)
-               for mb in range(ceil_div(rows, block_m), ceil_div(rows, block_m * pair) * pair)
-               for nb in range(ceil_div(n, block_n))}
-    assert set(tiles) == expected | phantom        # nothing of an empty group
-    assert all(mb * block_m >= masked_m[g] for g, mb, _ in phantom)
-    assert len(visited) == len(expected) + len(phantom)           # each once
-    assert all(r == [(0, ceil_div(k, BLOCK_K))] for r in tiles.values())
-    if multicast == "b":          # a cluster's two CTAs: one group's M blocks 2u, 2u + 1
+    n_tiles = ceil_div(n, block_n)
+    blocks = [ceil_div(rows, block_m) for rows in masked_m]
+    expected = {(g, mb, nb) for g, count in enumerate(blocks)
+                for mb in range(count) for nb in range(n_tiles)}
+    assert set(tiles) == expected                 # nothing past the rows, nothing empty
+    repeated = (sum(count % 2 for count in blocks) if multicast == "b" and n_tiles % 2 else 0)
+    assert len(visited) == len(expected) + repeated
+    assert all(r == [(0, ceil_div(k, BLOCK_K))] * len(r) for r in tiles.values())
+    if multicast == "b":
+        assert any(count % 2 for count in blocks) and any(count and count % 2 == 0
+                                                          for count in blocks)
         walked = scheduler.walk(cfg, m_max, n, k, grid, layout=masked_m, groups=len(masked_m))
         for cta in range(0, grid, 2):
             assert len(walked[cta]) == len(walked[cta + 1])
-            for (g0, m0, n0, *_), (g1, m1, n1, *_) in zip(walked[cta], walked[cta + 1]):
-                assert (g0, n0, m0 % 2, m1) == (g1, n1, 0, m0 + 1)
+            for (g0, m0, n0, *r0, s0), (g1, m1, n1, *r1, s1) in zip(walked[cta],
+                                                                    walked[cta + 1]):
+                assert g0 == g1 and r0 == r1
+                if s0 >= 0:                               # a pair of M blocks shares B
+                    assert (n0, m0 % 2, m1, s0, s1) == (n1, 0, m0 + 1, g0, g0)
+                else:                                     # an odd count's last block
+                    assert m0 == m1 == blocks[g0] - 1 and blocks[g0] % 2 == 1
+                    assert s1 == -1 and n0 % 2 == 0 and n1 == min(n0 + 1, n_tiles - 1)
 
 
 def test_loaders_and_math_walk_the_same_order():

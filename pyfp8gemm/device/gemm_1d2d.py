@@ -12,8 +12,10 @@ the parts in this package:
                        store, after the split-K reduction where K is split).
 
 With a 2-CTA cluster, one operand tile is loaded once and multicast to both CTAs: A when the two
-CTAs take neighbouring N tiles (multicast="a"), B when they take neighbouring M tiles (for
-m_grouped_contiguous only where both M blocks are one group's: the schedule's b_share).
+CTAs take neighbouring N tiles (multicast="a"), B when they take neighbouring M tiles (where
+the schedule's b_share says so: for m_grouped_contiguous only where both M blocks are one
+group's; for m_grouped_masked not on an odd block count's last block, whose two CTAs take two
+of its weight tiles).
 
 The same kernel serves the MoE grouped GEMMs (GemmConfig.schedule): B is then (groups * N, K)
 and the schedule says which group a tile belongs to: for m_grouped_contiguous a per-row group
@@ -101,6 +103,9 @@ def make_fp8_gemm_1d2d(cfg):
     PADDING_BLOCKS = cfg.schedule == "m_grouped_contiguous"   # tiles with no K blocks
     # Contiguous in a cluster sharing B: a pair's blocks may be two groups or one padding
     PAIRED_GROUPS = PADDING_BLOCKS and MULTICAST_B
+    # ... and where each CTA may load its own B tile (b_share < 0): those, and masked (an odd
+    # block count's last block: the pair takes two of its weight tiles)
+    B_MAY_BE_OWN = MULTICAST_B and (PADDING_BLOCKS or MASKED)
 
     ring = make_ring(STAGES, FULL_BARS, off["empty"],
                      full_arrivals=2,                      # the TMA and B-scale threads
@@ -130,7 +135,7 @@ def make_fp8_gemm_1d2d(cfg):
     def load_tiles(base, operands, rank, stage, group, b_share, m_block, n_block, kb):
         """TMA thread: A's and B's tiles and A's scales of K block kb into slot `stage`; in a
         cluster sharing B, rank 0 loads group b_share's B tile for both CTAs (b_share < 0:
-        the pair's blocks are two groups, each CTA loads its own). Swap-AB: A's tile goes
+        the pair's tiles need two B tiles, each CTA loads its own). Swap-AB: A's tile goes
         to the wgmma's B operand, B's to its A operand."""
         tmap_a, tmap_b, tmap_sfa, m, n = operands
         full = base + FULL_BARS + 8 * stage
@@ -154,7 +159,7 @@ def make_fp8_gemm_1d2d(cfg):
         else:
             tma_load_2d(a_dst, tmap_a, full, kb * BLOCK_K, a_row)
             tma_load_2d(sfa_dst, tmap_sfa, full, a_row, kb)
-        if MULTICAST_B and (not PAIRED_GROUPS or b_share >= 0):    # rank 0, for both CTAs
+        if MULTICAST_B and (not B_MAY_BE_OWN or b_share >= 0):     # rank 0, for both CTAs
             if rank == 0:
                 tma_load_2d_multicast(b_dst, tmap_b, full, kb * BLOCK_K, b_row, CTA_MASK)
         else:

@@ -21,7 +21,9 @@ Schedules (GemmConfig.schedule):
   two groups: each CTA loads its own B tile.
 * m_grouped_masked: A is (groups, M_max, K); group g has `masked_m[g]` rows (read on the GPU),
   so ceil(masked_m[g] / BLOCK_M) M blocks: empty groups and blocks past the count cost nothing.
-  Group after group, each in grouped order (its M blocks of a weight tile together).
+  Group after group, each in grouped order (its M blocks of a weight tile together). In a
+  2-CTA cluster sharing B, a group's M blocks in pairs, and an odd count's last block as units
+  of two neighbouring weight tiles (no sharing there).
 * k_grouped: every group is an M x N problem of its own K; the layout holds the cumulative K
   blocks (int32, groups + 1), so group g's tiles take K blocks [cum[g], cum[g + 1]) (global
   indices: the scales of all groups are concatenated along K). An empty group's tiles get an
@@ -50,7 +52,8 @@ class Schedule(NamedTuple):
                       #   split, kb_begin, kb_end, b_share, cursor); tile_unit counts split
                       #   tiles for the workspace; b_share: in a cluster sharing B, the group
                       #   whose B tile the pair shares (rank 0 loads it for both), -1 where
-                      #   each CTA loads its own (contiguous, two groups; no such cluster);
+                      #   each CTA loads its own (contiguous, two groups; masked, an odd
+                      #   block count's last block; no such cluster);
                       #   pass the cursor back with the next, later unit
     rows: Callable    # rows(work, group) -> masked: the group's row count, clamped to
                       #   [0, M_max] (what the epilogue may write)
@@ -129,9 +132,19 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
 
     @jit
     def masked_blocks(layout, g, m_max):
-        """M units of group g of a masked layout: its M blocks, in pairs in a 2-CTA cluster
-        sharing B (a pair's second block may lie past the group's rows: it stores nothing)."""
-        return div(masked_rows(layout, g, m_max) + (BM * cluster_m - 1), BM * cluster_m)
+        """M blocks of group g of a masked layout."""
+        return div(masked_rows(layout, g, m_max) + (BM - 1), BM)
+
+    @jit
+    def masked_units(blocks, num_n_units):
+        """Units of a masked group of `blocks` M blocks: one per tile; in a 2-CTA cluster
+        sharing B, one per pair of M blocks and weight tile, and where the count is odd, the
+        last block's tiles two by two (the pair's CTAs take neighbouring weight tiles, each
+        loading its own: DeepGEMM's fix; a pair with a block past the group's rows left one SM
+        idle for a tile's time, 6-13% of the slots at 6 groups of ~1024 rows)."""
+        if cluster_m == 2:
+            return (blocks // 2) * num_n_units + (blocks & 1) * ((num_n_units + 1) // 2)
+        return blocks * num_n_units
 
     @jit
     def begin(m, n, k, split_k, whole_tiles, layout, groups, where):
@@ -145,19 +158,19 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
             whole_tiles = 0
         num_m_units = i32((m + BM * cluster_m - 1) // (BM * cluster_m))
         num_n_units = i32((n + BN * cluster_n - 1) // (BN * cluster_n))
-        masked_units = 0
+        units = 0
         if MASKED:
             for g in range(groups):
-                masked_units += masked_blocks(layout, g, m)
+                units += masked_units(masked_blocks(layout, g, m), num_n_units)
         rank, first, step = position(where, cluster)
         return (num_kb, (split_k, whole_tiles), rank, first, step, num_m_units, num_n_units,
-                (layout, groups, i32(masked_units), m))
+                (layout, groups, i32(units), m))
 
     @jit
     def count(work):
         num_kb, splitting, rank, first, step, num_m_units, num_n_units, grouping = work
         if MASKED:
-            return grouping[2] * num_n_units
+            return grouping[2]
         tiles = num_m_units * num_n_units
         if K_GROUPED:
             return grouping[1] * tiles
@@ -187,7 +200,7 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
 
     @jit
     def start(work):
-        """Masked: (group, units before it, its M units) of group 0; a cursor that only moves
+        """Masked: (group, units before it, its M blocks) of group 0; a cursor that only moves
         forward, as a CTA's units increase (other schedules: unused zeros)."""
         if MASKED:
             grouping = work[7]
@@ -204,13 +217,26 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
         dependent load of masked_m per group passed: from group 0 on every tile, that walk
         held up the math warps of every tile of a late group)."""
         group, before, blocks = cursor
-        while unit - before >= blocks * num_n_units and group + 1 < groups:
-            before += blocks * num_n_units
+        while unit - before >= masked_units(blocks, num_n_units) and group + 1 < groups:
+            before += masked_units(blocks, num_n_units)
             group += 1
             blocks = masked_blocks(layout, group, m_max)
-        m_block, n_block = tile_of(unit - before, rank, blocks, num_n_units)
+        in_group = unit - before
+        b_share = own_b_share(group)
+        if cluster_m == 2:
+            pairs = blocks // 2
+            if in_group < pairs * num_n_units:
+                m_block, n_block = tile_of(in_group, rank, pairs, num_n_units)
+            else:         # an odd count's last block: two of its tiles, each CTA its own B
+                m_block = 2 * pairs
+                # (the second of an odd tile count's last two repeats the first: the same
+                # values stored twice, where a tile past N would read past B's scales)
+                n_block = min(2 * (in_group - pairs * num_n_units) + rank, num_n_units - 1)
+                b_share = -1
+        else:
+            m_block, n_block = tile_of(in_group, rank, blocks, num_n_units)
         return (i32(group), i32(m_block), i32(n_block), unit, 0, i32(0), num_kb,
-                own_b_share(group), (i32(group), i32(before), i32(blocks)))
+                i32(b_share), (i32(group), i32(before), i32(blocks)))
 
     @jit
     def own_b_share(group):
