@@ -173,7 +173,7 @@ print(','.join(f'{s.m}x{s.n}x{s.k}' for s in S))")
                # plain loop and DeepGEMM where DeepGEMM leads (issue 20)
       tl 120 python3 -m pytest -q -m gpu -p no:cacheprovider -n 4 --timeout 120 \
           tests/test_gemm_gpu.py tests/test_grouped_gpu.py tests/test_training_gpu.py \
-          -k unrolled > $OUT/gpu_tests_unroll.txt 2>&1
+          -k "unrolled or cluster_sharing_b" > $OUT/gpu_tests_unroll.txt 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed|Error" $OUT/gpu_tests_unroll.txt | cut -c1-300 | tail -12
       for case in "m-grouped-contiguous 0 128x192:b 128x192u:b" \
                   "m-grouped-contiguous 7 128x192:b 128x192u:b" \
