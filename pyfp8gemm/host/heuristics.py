@@ -330,9 +330,12 @@ def choose_1d1d(problem: GemmProblem, num_sms: int) -> KernelChoice:
 # of one group (DeepGEMM's pick; contiguous pairs a block with padding where the neighbour is
 # another group's). H100, ab_grouped.py, against DeepGEMM in the same rounds (JOURNAL sessions
 # 13-14): masked G=32 x ~192 rows, 6144x7168: 128x128 0.84x, 128x192 0.88x, 128x128:b 0.90x,
-# 128x192:b 0.97x; G=6 x ~1024 rows: 128x192 0.83x, 128x192:b 0.92x; but at K = 2048 the masked
-# cluster gained nothing or lost (x0.99 at 6 x ~1024 rows, x0.91 with 3 of them empty; x1.00 at
-# 32 x ~192): K >= MASKED_SHARED_B_MIN_K. Contiguous, 128x192:b against 128x192:a (sharing A)
+# 128x192:b 0.97x; G=6 x ~1024 rows: 128x192 0.83x, 128x192:b 0.92x. At K = 2048 the masked
+# cluster loses at 32 x ~192 rows (x0.975, with 16 empty x0.966; session 15) but, since an odd
+# block count's last block no longer idles a CTA, wins at 6 x ~1024 (x1.058, with 3 empty x1.038;
+# before that fix x0.99 / x0.91): K >= MASKED_SHARED_B_MIN_K, or at least
+# MASKED_SHARED_B_SHORT_K_MIN_ROWS rows a group (placed between the two measured sizes).
+# Contiguous, 128x192:b against 128x192:a (sharing A)
 # x1.01 / x1.02 / x1.08 / x1.00 at 4x8192 6144x7168, 4x8192 4096x4096, 8x4096 7168x3072 and
 # 8x4096 4096x2048, and x1.10 / x1.04 over the 128x128:a the model picked at N = 4096 / 2048.
 # Past 128 rows a group, a wide tile's unoverlapped promotion costs less than the dense model's
@@ -341,6 +344,7 @@ def choose_1d1d(problem: GemmProblem, num_sms: int) -> KernelChoice:
 GROUPED_BLOCK_N = tuple(n for n in range(16, 193, 16) if n != 176)
 GROUPED_WIDE_MIN_ROWS = 129
 MASKED_SHARED_B_MIN_K = 3072
+MASKED_SHARED_B_SHORT_K_MIN_ROWS = 512
 GROUPED_WIDE_NO_OVERLAP_PENALTY = 1.04
 
 
@@ -364,7 +368,8 @@ def choose_m_grouped(problem: GemmProblem, num_sms: int) -> KernelChoice:
                            key=lambda c: cost(*c))
     multicast = "none"
     if block_m == 128 and num_sms % 2 == 0 and (
-            wants_multicast if contiguous else wide and problem.k >= MASKED_SHARED_B_MIN_K):
+            wants_multicast if contiguous else wide and (
+                problem.k >= MASKED_SHARED_B_MIN_K or rows >= MASKED_SHARED_B_SHORT_K_MIN_ROWS)):
         multicast = "b"
     return make_choice(block_m, block_n, multicast, schedule=problem.kind)
 
