@@ -3,10 +3,9 @@
 python scripts/ab_time.py MxNxK[,MxNxK...] SPEC [SPEC ...] [--rounds R]   (SPEC: scripts/config_spec.py,
     "auto": the heuristic's pick, "swap": heuristics.swap_ab_choice's); DeepGEMM's 1D2D kernel
     too where it imports
-python scripts/ab_time.py MxNxK[,...] BMxBN[t][u][:mc] ... --1d1d [--accumulate]
-    the 1D1D wgrad kernel, FP32 D (t: the "tma" epilogue; u: whole ring rounds unrolled,
-    GemmConfig.unroll_rounds; mc: a or b, a 2-CTA cluster sharing A or B; --accumulate:
-    D += A @ B^T, C = D); DeepGEMM's 1D1D kernel too where it imports
+python scripts/ab_time.py MxNxK[,...] BMxBN[t][:mc] ... --1d1d [--accumulate]
+    the 1D1D wgrad kernel, FP32 D (t: the "tma" epilogue; mc: a or b, a 2-CTA cluster sharing
+    A or B; --accumulate: D += A @ B^T, C = D); DeepGEMM's 1D1D kernel too where it imports
 
 Profiler bursts and do_bench time one config after another; the H200's clock drifts with power
 and temperature over those seconds (the same config read 1128 and 1320 TFLOPS in one process).
@@ -16,7 +15,6 @@ median TFLOPS, the 25-75% range, and the median over rounds of each config's tim
 the first config's in the same round (the paired ratio: the number to compare).
 """
 import argparse
-import dataclasses
 import statistics
 
 import torch
@@ -58,10 +56,9 @@ def race(m, n, k):
             from pyfp8gemm.host.heuristics import make_config
             from pyfp8gemm.host.launch import launch_1d1d
             tile, _, mc = spec.partition(":")
-            bm, bn = map(int, tile.rstrip("tu").split("x"))
+            bm, bn = map(int, tile.rstrip("t").split("x"))
             cfg = make_config(bm, bn, mc or "none", scaling="1d1d", accumulate=args.accumulate,
-                              epilogue="tma" if "t" in tile else "direct")
-            cfg = dataclasses.replace(cfg, unroll_rounds=tile.endswith("u"))
+                              epilogue="tma" if tile.endswith("t") else "direct")
             out = torch.zeros((m, n), device="cuda", dtype=torch.float32)
             launch = (lambda cfg=cfg, out=out: launch_1d1d(
                 qa.data, qa.scale, qb.data, qb.scale, out, out if args.accumulate else None,

@@ -1,8 +1,7 @@
 """Kernel choices written on the command line, for the tuning scripts.
 
-Spec: [s]BMxBN[u][:mc[:group[:stages[:split]]]]
+Spec: [s]BMxBN[:mc[:group[:stages[:split]]]]
 s: swap-AB (BM weight rows x BN tokens per tile, GemmConfig.swap_ab).
-u: the one-fragment K loop with whole ring rounds unrolled (GemmConfig.unroll_rounds).
 split: "4" splits every tile's K in 4, "4w" only the last wave's tiles (split_last_wave).
 """
 from pyfp8gemm.device.config import GemmConfig
@@ -14,8 +13,7 @@ def parse(spec: str, schedule: str = "dense") -> KernelChoice:
     """The KernelChoice of `spec` (module docstring) for a kernel of `schedule`."""
     parts = spec.split(":")
     swap_ab = parts[0].startswith("s")
-    unroll_rounds = parts[0].endswith("u")
-    bm, bn = map(int, parts[0].lstrip("s").rstrip("u").split("x"))
+    bm, bn = map(int, parts[0].lstrip("s").split("x"))
     mc = parts[1] if len(parts) > 1 and parts[1] else "none"
     group = int(parts[2]) if len(parts) > 2 and parts[2] else 16
     stages = (int(parts[3]) if len(parts) > 3 and parts[3]
@@ -23,5 +21,5 @@ def parse(spec: str, schedule: str = "dense") -> KernelChoice:
     split = parts[4] if len(parts) > 4 and parts[4] else "1"
     split_k = int(split.rstrip("w"))
     cfg = GemmConfig(bm, bn, stages, mc, group, split_k=split_k > 1, schedule=schedule,
-                     swap_ab=swap_ab, unroll_rounds=unroll_rounds)
+                     swap_ab=swap_ab)
     return KernelChoice(cfg, split_k, split.endswith("w"))

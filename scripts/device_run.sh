@@ -12,7 +12,6 @@
 #   swapab      swap-AB: GPU tests + A/B against the heuristic's pick and DeepGEMM
 #   wgradab     the 1D1D kernel's tile widths side by side (ab_time.py --1d1d)
 #   groupedab   m-grouped configs side by side (ab_grouped.py)
-#   unrollab    unrolled ring rounds (GemmConfig.unroll_rounds): GPU tests + A/B vs the plain loop
 #   sanitize    compute-sanitizer memcheck + racecheck (sanitize_small.py, sanitize_quantize.py)
 #   dgbuild     build DeepGEMM from .devcarry/ (scripts/deepgemm_source.sh), in the background
 #   dgdiag      does DeepGEMM run here? (then DG_OK=1 puts it in the benches' providers)
@@ -167,27 +166,6 @@ print(','.join(f'{s.m}x{s.n}x{s.k}' for s in S))")
       # same tile in the dense kernel, against DeepGEMM's dense kernel, on the same rows:
       tl 60 python3 scripts/ab_time.py 32768x6144x7168,32768x6144x2048 auto 128x192:b 128x192 \
           --rounds 30 2>&1 | grep -v "using " | tee -a $OUT/groupedab.txt | tail -4 ;;
-    unrollab)  # GemmConfig.unroll_rounds (the one-fragment K loop's whole ring rounds with
-               # constant slots: ~135 instead of 161 SASS instructions per K block at 128x192,
-               # DeepGEMM's 137): GPU tests (same bits as the plain loop), then A/B against the
-               # plain loop and DeepGEMM where DeepGEMM leads (issue 20)
-      tl 120 python3 -m pytest -q -m gpu -p no:cacheprovider -n 4 --timeout 120 \
-          tests/test_gemm_gpu.py tests/test_grouped_gpu.py tests/test_training_gpu.py \
-          -k "unrolled or cluster_sharing_b" > $OUT/gpu_tests_unroll.txt 2>&1
-      grep -E "^(FAILED|ERROR)|passed|failed|Error" $OUT/gpu_tests_unroll.txt | cut -c1-300 | tail -12
-      for case in "m-grouped-contiguous 0 128x192:b 128x192u:b" \
-                  "m-grouped-contiguous 7 128x192:b 128x192u:b" \
-                  "m-grouped-masked 4 128x192:b 128x192u:b" "m-grouped-masked 0 128x192:b 128x192u:b" \
-                  "m-grouped-masked 7 128x192 128x192u"; do
-        tl 90 python3 scripts/ab_grouped.py $case --rounds 40 2>&1 | grep -v "using " \
-            | tee -a $OUT/unrollab.txt | tail -6
-      done
-      tl 90 python3 scripts/ab_time.py 4096x4096x7168,4096x7168x16384 256x128:a 256x128u:a \
-          --rounds 40 2>&1 | grep -v "using " | tee -a $OUT/unrollab.txt | tail -6
-      tl 60 python3 scripts/ab_time.py 4096x2112x7168 128x192:b 128x192u:b \
-          --rounds 40 2>&1 | grep -v "using " | tee -a $OUT/unrollab.txt | tail -5
-      tl 60 python3 scripts/ab_time.py 24576x1536x4096 128x128t 128x128tu --1d1d --accumulate \
-          --rounds 40 2>&1 | grep -v "using " | tee -a $OUT/unrollab.txt | tail -5 ;;
     sanitize)  # compute-sanitizer on one small problem of every kernel family and variant
       S=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
       for tool in memcheck racecheck; do

@@ -10,7 +10,6 @@ kernel here, instead of ptxas runs queued behind each other in the test workers)
 """
 import argparse
 import concurrent.futures
-import dataclasses
 import multiprocessing
 import os
 import sys
@@ -45,18 +44,7 @@ def forced_configs():
     contiguous = [make_config(128, bn, mc, schedule="m_grouped_contiguous")
                   for bn, mc in ((128, "none"), (192, "none"), (128, "b"), (192, "b"))]
     contiguous.append(GemmConfig(128, 192, 3, "b", schedule="m_grouped_contiguous"))
-    # Whole ring rounds unrolled (GemmConfig.unroll_rounds): the GPU tests' and `unrollab`'s
-    one_fragment = [make_config(128, 192, "b"), make_config(128, 192), make_config(256, 128, "a"),
-                    make_config(256, 128), make_config(128, 160), make_config(64, 192),
-                    make_config(128, 192, split_k=True), make_config(256, 128, split_k=True),
-                    make_config(128, 192, "b", schedule="m_grouped_contiguous"),
-                    make_config(128, 192, "b", schedule="m_grouped_masked"),
-                    make_config(128, 192, schedule="m_grouped_masked")]
-    one_fragment += [make_config(128, 128, schedule=schedule, scaling="1d1d", accumulate=True,
-                                 epilogue=epilogue)
-                     for schedule in ("dense", "k_grouped") for epilogue in ("direct", "tma")]
-    unrolled = [dataclasses.replace(cfg, unroll_rounds=True) for cfg in one_fragment]
-    return wgrad + masked + contiguous + swap_ab_configs() + one_fragment + unrolled
+    return wgrad + masked + contiguous + swap_ab_configs()
 
 
 def main():

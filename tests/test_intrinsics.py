@@ -36,7 +36,7 @@ from pyfp8gemm.device.ptx import (
     named_barrier_sync,
     prefetch_tensormap, ptx_instruction, setmaxnreg_dec, setmaxnreg_inc, smem_base,
     atom_add_global_u32, fence_acq_rel_gpu, ld_shared_u32,
-    st_shared_u32, smem_descriptor_stepped, smem_descriptor_words, tma_load_2d,
+    st_shared_u32, smem_descriptor_words, tma_load_2d,
     tma_load_2d_multicast,
     tma_load_3d, tma_store_2d, tma_store_commit, tma_store_wait, tma_store_wait_read, udiv32,
     tma_store_3d, tma_reduce_add_3d,
@@ -500,7 +500,6 @@ def make_wgmma_kernel(n):
     mma = wgmma_fp8(n)
     desc = smem_descriptor(128)
     low, desc_of_low = smem_descriptor_words(128)
-    desc_stepped = smem_descriptor_stepped(128)
     zeros = fragment_zeros(n_acc)
     fence = fragment_fence(n_acc)
     store = fragment_store_global(n_acc)
@@ -514,8 +513,7 @@ def make_wgmma_kernel(n):
         acc = mma(desc(a_tile), desc(b_tile), acc, 0)             # D = A B^T (zeros unread)
         # D += ..., next 32 of K (descriptors stepped the way the GEMM kernel steps them:
         # low words + 2, i.e. 32 bytes)
-        # (B's through the volatile-add form the unrolled K loop uses for constant slots)
-        acc = mma(desc_of_low(low(a_tile) + 2), desc_stepped(low(b_tile), 2), acc, 1)
+        acc = mma(desc_of_low(low(a_tile) + 2), desc_of_low(low(b_tile) + 2), acc, 1)
         wgmma_commit()
         wait_none_pending()
         acc = fence(acc)
@@ -527,8 +525,7 @@ def make_wgmma_kernel(n):
 
 WGMMA_NS = (16, 64, 112, 128, 256)
 for _n in WGMMA_NS:
-    tiny_kernel("wgmma_fp8", "smem_descriptor", "smem_descriptor_words",
-                "smem_descriptor_stepped", "fragment_zeros",
+    tiny_kernel("wgmma_fp8", "smem_descriptor", "smem_descriptor_words", "fragment_zeros",
                 "fragment_fence", "wgmma_commit")(make_wgmma_kernel(_n))
 
 

@@ -1,9 +1,7 @@
 """The GEMM kernel as ptxas builds it (CPU, no GPU): the properties that decide whether it can
 run at all, checked before any launch."""
 
-import dataclasses
 import os
-import re
 
 import pytest
 
@@ -120,51 +118,6 @@ def test_other_straddling_tiles_select_scales_at_run_time(cfg):
     counts = toolchain.count_opcodes(toolchain.sass(kernel.cubin), ("QGMMA", "FSEL"))
     assert counts["QGMMA"] == 4 * (4 if cfg.overlap_promotion else 1)
     assert counts["FSEL"] > 0
-
-
-def _k_loop_instructions_per_wgmma(sass: str) -> float:
-    """SASS instructions per QGMMA in the loops that issue wgmmas and contain no TMA load (the
-    math warpgroups' K loops, not the producer's or the persistent tile loop)."""
-    lines = [(int(m.group(1), 16), m.group(2)) for m in
-             re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
-    index = {address: i for i, (address, _) in enumerate(lines)}
-    instructions = wgmmas = 0
-    for i, (address, text) in enumerate(lines):
-        target = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
-        if target and int(target.group(1), 16) <= address:
-            body = [t for _, t in lines[index[int(target.group(1), 16)]:i + 1]]
-            qgmma = sum("QGMMA" in t for t in body)
-            if qgmma and not any("UTMALDG" in t or "STSM" in t for t in body):
-                instructions += len(body)
-                wgmmas += qgmma
-    return instructions / wgmmas
-
-
-@pytest.mark.parametrize("cfg", [GemmConfig(128, 192, 4, "b", schedule="m_grouped_contiguous"),
-                                 GemmConfig(256, 128, 3, "a"), GemmConfig(64, 192, 6)])
-def test_unrolled_rounds_fold_the_slot_addressing(cfg):
-    """unroll_rounds: each whole round of the ring runs with constant slot indices, so its
-    barrier, scale and descriptor addresses fold into immediates and 32-bit adds (the descriptors
-    stay 32-bit uniform words: no 64-bit adds, no hoisting into spilled registers). The K loop
-    then issues fewer instructions per wgmma than the plain loop (its single steps for a round
-    that starts mid-ring or overruns the tile included), with no spills."""
-    plain = compiler.compile_kernel(kernel_spec(cfg))
-    unrolled_cfg = dataclasses.replace(cfg, unroll_rounds=True)
-    unrolled = compiler.compile_kernel(kernel_spec(unrolled_cfg))
-    assert unrolled.name.endswith("_ur") and unrolled.name != plain.name
-    assert unrolled.meta["spill_store_bytes"] == 0 and unrolled.meta["spill_load_bytes"] == 0
-    loop_copies = len(cfg.scale_splits) if cfg.static_scale_splits else 1
-    counts = toolchain.count_opcodes(toolchain.sass(unrolled.cubin))
-    assert counts["QGMMA"] == loop_copies * 4 * cfg.waves * (cfg.stages + 1)
-    plain_rate = _k_loop_instructions_per_wgmma(toolchain.sass(plain.cubin))
-    unrolled_rate = _k_loop_instructions_per_wgmma(toolchain.sass(unrolled.cubin))
-    assert unrolled_rate < 0.95 * plain_rate, (unrolled_rate, plain_rate)
-    assert "C7514" not in _ptxas_info(unrolled_cfg)
-
-
-def test_unrolled_rounds_need_the_one_fragment_loop():
-    with pytest.raises(ValueError, match="unroll_rounds"):
-        GemmConfig(128, 128, 5, "a", unroll_rounds=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -365,39 +365,3 @@ def test_wgrad_tma_reduce_add_keeps_subnormals(gen):
         outs.append(d)
     torch.cuda.synchronize()
     assert torch.equal(outs[0], outs[1])
-
-
-@pytest.mark.parametrize("schedule", ["dense", "k_grouped"])
-def test_1d1d_unrolled_rounds_match_plain_loop(gen, schedule):
-    """The 1D1D kernel's one-fragment K loop (BLOCK_N > 64) with whole ring rounds unrolled
-    (GemmConfig.unroll_rounds) against the plain loop: the same bits. Dense K = 13 blocks (each
-    tile of a persistent CTA starts at another ring slot); k-grouped groups of 9, 0, 3 and 26
-    K blocks."""
-    import dataclasses
-
-    from pyfp8gemm.host.heuristics import make_config
-    from pyfp8gemm.host.launch import launch_1d1d
-
-    if schedule == "dense":
-        m, n, k = 1024, 1552, 13 * 128
-        a = quantize(randn(m, k, gen=gen), "1x128")
-        b = quantize(randn(n, k, gen=gen), "1x128")
-        operands, extra = (a.data, a.scale, b.data, b.scale), ()
-        c = randn(m, n, gen=gen, dtype=torch.float32)
-    else:
-        ks = [9 * 128, 0, 3 * 128, 26 * 128]
-        (a_data, a_scale), (b_data, b_scale), _ = k_grouped_inputs(gen, ks, 520, 776)
-        operands, extra = (a_data, a_scale, b_data, b_scale), ("k_grouped", tuple(ks))
-        c = randn(4, 520, 776, gen=gen, dtype=torch.float32)
-    outs = []
-    for unroll in (True, False):
-        cfg = dataclasses.replace(make_config(128, 128, schedule=schedule, scaling="1d1d",
-                                              accumulate=True), unroll_rounds=unroll)
-        d = c.clone()
-        launch_1d1d(*operands, d, d, *extra, config=cfg)
-        outs.append(d)
-    torch.cuda.synchronize()
-    assert not outs[0].isnan().any()
-    assert torch.equal(outs[0], outs[1])
-    if schedule == "dense":
-        assert calc_diff(outs[0], reference_gemm_1d1d(a, b, c)) < 1e-6

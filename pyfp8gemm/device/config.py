@@ -86,8 +86,6 @@ class GemmConfig:
                                 # wgmma's M side) x block_n rows of A (tokens, its N side);
                                 # A's 1x128 scales per column, B's 128x128 scale per tile; D
                                 # stored transposed from registers (`d_tile` is D's view)
-    unroll_rounds: bool = False # one-fragment K loop (not overlap_promotion): each whole round
-                                # of the ring runs unrolled, its slot indices constants
 
     def __post_init__(self):
         if self.block_m not in (16, 32, 64, 128, 256):
@@ -145,10 +143,6 @@ class GemmConfig:
         if self.schedule == "m_grouped_masked" and self.multicast == "a":
             raise ValueError("schedule 'm_grouped_masked': multicast 'b' (a group's M blocks "
                              "share its weights) or none")
-        if self.unroll_rounds and self.overlap_promotion:
-            raise ValueError("unroll_rounds unrolls the one-fragment K loop; this config "
-                             f"({self.block_m}x{self.block_n}, {self.scaling}) overlaps its "
-                             "promotion (the loop that is already unrolled by two)")
         if self.stages < 1 or self.smem_bytes > SMEM_LIMIT:
             raise ValueError(f"{self}: {self.smem_bytes} B of shared memory > {SMEM_LIMIT}")
 
@@ -304,10 +298,8 @@ class GemmConfig:
         acc = "_acc" if self.accumulate else ""
         tma_d = "_tmad" if self.epilogue == "tma" else ""
         swap = "_swapab" if self.swap_ab else ""
-        unroll = "_ur" if self.unroll_rounds else ""
         return (f"fp8_gemm_{self.scaling}{kind}_m{self.block_m}_n{self.block_n}_k{BLOCK_K}"
-                f"_s{self.stages}{mc}_g{self.group_m}{overlap}{split}{acc}{tma_d}{swap}"
-                f"{unroll}")
+                f"_s{self.stages}{mc}_g{self.group_m}{overlap}{split}{acc}{tma_d}{swap}")
 
     @staticmethod
     def max_stages(block_m, block_n, scaling="1d2d", epilogue="direct", swap_ab=False):

@@ -17,11 +17,6 @@ per K block (before the slot is released), `row_scales` per wave before its wgmm
 after them, and `promote_first_wave` / `promote_last_wave`, which fold a finished fragment into
 `final`.
 
-The one-fragment loop (no overlapped promotion) can run each whole round of the ring with its
-slot indices constants (`GemmConfig.unroll_rounds`): the slot's barrier, scale and descriptor
-addresses then fold into immediates, as in DeepGEMM's K loop, whose shape-specialized build
-knows that every tile starts at slot 0.
-
 `make_k_loop(cfg, ring, scaling, first_groups)` returns `k_loop(base, final, acc, acc_next,
 descs, stage, phase, sfa_row, lane, n_first, kb_begin, kb_end) -> (final, acc, acc_next, stage,
 phase)`; `make_tile_k_loop` picks, per tile, the copy compiled for its scale split.
@@ -34,8 +29,8 @@ from numba.cuda import types
 
 from .config import BLOCK_K, SFB_STAGE_BYTES
 from .ptx import (
-    ld_shared_f32, smem_descriptor_stepped, smem_descriptor_words, warp_uniform, wgmma_commit,
-    wgmma_fence, wgmma_fp8, wgmma_wait,
+    ld_shared_f32, smem_descriptor_words, warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8,
+    wgmma_wait,
 )
 from .tile import (
     fragment_column_scales, fragment_fence, fragment_promote, fragment_promote_per_column,
@@ -186,10 +181,8 @@ def make_k_loop(cfg, ring, scaling):
     BN, WAVES = cfg.block_n, cfg.waves
     A_BYTES, B_BYTES = cfg.a_stage_bytes, cfg.b_stage_bytes
     OVERLAP_PROMOTION = cfg.overlap_promotion
-    STAGES, UNROLL_ROUNDS = cfg.stages, cfg.unroll_rounds
     mma = wgmma_fp8(BN)
     _, desc = smem_descriptor_words(128)
-    desc_stepped = smem_descriptor_stepped(128)
     wait_mma = wgmma_wait(0)
     wait_mma_one = wgmma_wait(1)
     fence = fragment_fence(BN // 2)
@@ -199,40 +192,23 @@ def make_k_loop(cfg, ring, scaling):
         scaling.block_scales, scaling.row_scales, scaling.combine)
     promote_first_wave, promote_last_wave = scaling.promote_first_wave, scaling.promote_last_wave
 
-    def make_issue_wave(constant_slot):
-        @inline
-        def issue_wave(base, acc, descs, stage, sfa_row, wave, b_scales):
-            """Start the 4 wgmmas of one 64-row wave of the K block in slot `stage`, into a
-            fresh `acc`. Returns acc (valid after a wgmma wait) and the wave's promotion
-            scales. Every smem read of the slot happens here or in `block_scales`, before the
-            slot is released."""
-            rows = row_scales(sfa_row, stage, wave)
-            if constant_slot:           # (see ptx.smem_descriptor_stepped)
-                a = A_BYTES // 16 * stage + 128 * BLOCK_K // 16 * wave
-                b = B_BYTES // 16 * stage
-                a0, b0 = desc_stepped(descs[0], a), desc_stepped(descs[1], b)
-                a1, b1 = desc_stepped(descs[0], a + 2), desc_stepped(descs[1], b + 2)
-                a2, b2 = desc_stepped(descs[0], a + 4), desc_stepped(descs[1], b + 4)
-                a3, b3 = desc_stepped(descs[0], a + 6), desc_stepped(descs[1], b + 6)
-            else:
-                a = descs[0] + A_BYTES // 16 * stage + 128 * BLOCK_K // 16 * wave  # low words
-                b = descs[1] + B_BYTES // 16 * stage
-                a0, b0 = desc(a), desc(b)
-                a1, b1 = desc(a + 2), desc(b + 2)                   # +32 bytes along K
-                a2, b2 = desc(a + 4), desc(b + 4)
-                a3, b3 = desc(a + 6), desc(b + 6)
-            acc = fence(acc)
-            wgmma_fence()
-            acc = mma(a0, b0, acc, 0)                       # fresh fragment
-            acc = mma(a1, b1, acc, 1)
-            acc = mma(a2, b2, acc, 1)
-            acc = mma(a3, b3, acc, 1)
-            wgmma_commit()
-            return acc, combine(rows, b_scales)
-        return issue_wave
-
-    issue_wave = make_issue_wave(False)
-    issue_wave_constant_slot = make_issue_wave(True)
+    @inline
+    def issue_wave(base, acc, descs, stage, sfa_row, wave, b_scales):
+        """Start the 4 wgmmas of one 64-row wave of the K block in slot `stage`, into a fresh
+        `acc`. Returns acc (valid after a wgmma wait) and the wave's promotion scales. Every
+        smem read of the slot happens here or in `block_scales`, before the slot is
+        released."""
+        rows = row_scales(sfa_row, stage, wave)
+        a = descs[0] + A_BYTES // 16 * stage + 128 * BLOCK_K // 16 * wave  # descriptor low words
+        b = descs[1] + B_BYTES // 16 * stage
+        acc = fence(acc)
+        wgmma_fence()
+        acc = mma(desc(a), desc(b), acc, 0)                 # fresh fragment
+        acc = mma(desc(a + 2), desc(b + 2), acc, 1)         # +32 bytes along K
+        acc = mma(desc(a + 4), desc(b + 4), acc, 1)
+        acc = mma(desc(a + 6), desc(b + 6), acc, 1)
+        wgmma_commit()
+        return acc, combine(rows, b_scales)
 
     @inline
     def issue_k_block(base, acc, descs, stage, phase, sfa_row, ready):
@@ -277,58 +253,6 @@ def make_k_loop(cfg, ring, scaling):
                                              stage, phase, lane, n_first)
         return final, acc_new, scales_new, new_stage, stage, phase, ready
 
-    def make_one_block(issue_wave):
-        @inline
-        def one_block(base, final, acc, descs, stage, phase, sfa_row, lane, n_first, ready):
-            """One K block of the one-fragment loop: wait for slot `stage` (unless `ready`),
-            issue, wait for the wgmmas, release the slot, test the next one, promote. Returns
-            (final, acc, next stage, next phase, ready)."""
-            if not ready:
-                wait_slot(base, stage, phase)
-            b_scales = load_b_scales(base, stage)
-            acc, scales = issue_wave(base, acc, descs, stage, sfa_row, 0, b_scales)
-            wait_mma()
-            if WAVES == 2:
-                # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile.
-                final = promote_first_wave(final, fence(acc), scales, n_first)
-                acc, scales = issue_wave(base, acc, descs, stage, sfa_row, 1, b_scales)
-                wait_mma()
-            next_stage, next_phase = next_slot(stage, phase)
-            final, ready = retire_and_look_ahead(base, final, acc, scales, stage, next_stage,
-                                                 next_phase, lane, n_first)
-            return final, acc, next_stage, next_phase, ready
-        return one_block
-
-    one_block = make_one_block(issue_wave)
-    one_block_constant_slot = make_one_block(issue_wave_constant_slot)
-
-    def make_ring_steps(first, end):
-        """The K blocks of ring slots first..end-1, each step with its slot a constant; halves
-        of the range nest, not each step in the one before it (numba names an inlined
-        variable after every function it passed through, and LLVM cuts names at 1024
-        characters: a chain of 10 steps under 4 scale-split dispatches collided)."""
-        if end - first == 1:
-            STAGE = first
-
-            @inline
-            def one_step(base, final, acc, descs, phase, sfa_row, lane, n_first, ready):
-                final, acc, _, _, ready = one_block_constant_slot(
-                    base, final, acc, descs, types.int32(STAGE), phase, sfa_row, lane, n_first,
-                    ready)
-                return final, acc, ready
-            return one_step
-        middle = (first + end) // 2
-        first_half, second_half = make_ring_steps(first, middle), make_ring_steps(middle, end)
-
-        @inline
-        def steps(base, final, acc, descs, phase, sfa_row, lane, n_first, ready):
-            final, acc, ready = first_half(base, final, acc, descs, phase, sfa_row, lane,
-                                           n_first, ready)
-            return second_half(base, final, acc, descs, phase, sfa_row, lane, n_first, ready)
-        return steps
-
-    ring_round = make_ring_steps(0, STAGES) if UNROLL_ROUNDS else None
-
     @inline
     def k_loop(base, final, acc, acc_next, descs, stage, phase, sfa_row, lane, n_first,
                kb_begin, kb_end):
@@ -364,22 +288,25 @@ def make_k_loop(cfg, ring, scaling):
                 final = retire_k_block(base, final, acc, scales, acc_stage, lane, n_first)
         else:
             # One fragment: issue, wait, promote. The other math warpgroup's wgmmas keep the
-            # tensor cores busy meanwhile. A whole round of the ring (slots 0..STAGES-1) runs
-            # unrolled with its slot indices constants, so that the slot's addresses fold into
-            # immediates; a round that would start mid-ring or run past the tile's last block
-            # takes single steps.
+            # tensor cores busy meanwhile.
             ready = types.int32(0)
             kb = kb_begin
             while kb < kb_end:
-                if UNROLL_ROUNDS and stage == 0 and kb_end - kb >= STAGES:
-                    final, acc, ready = ring_round(base, final, acc, descs, phase, sfa_row,
-                                                   lane, n_first, ready)
-                    phase = types.int32(phase ^ 1)
-                    kb = types.int32(kb + STAGES)
-                else:
-                    kb = types.int32(kb + 1)
-                    final, acc, stage, phase, ready = one_block(
-                        base, final, acc, descs, stage, phase, sfa_row, lane, n_first, ready)
+                kb = types.int32(kb + 1)
+                if not ready:
+                    wait_slot(base, stage, phase)
+                b_scales = load_b_scales(base, stage)
+                acc, scales = issue_wave(base, acc, descs, stage, sfa_row, 0, b_scales)
+                wait_mma()
+                if WAVES == 2:
+                    # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile.
+                    final = promote_first_wave(final, fence(acc), scales, n_first)
+                    acc, scales = issue_wave(base, acc, descs, stage, sfa_row, 1, b_scales)
+                    wait_mma()
+                next_stage, phase = next_slot(stage, phase)
+                final, ready = retire_and_look_ahead(base, final, acc, scales, stage,
+                                                     next_stage, phase, lane, n_first)
+                stage = next_stage
         return final, acc, acc_next, stage, phase
     return k_loop
 

@@ -364,28 +364,6 @@ def smem_descriptor_words(swizzle_bytes=128):
     return low, desc
 
 
-def _stepped_descriptor_codegen(swizzle_bytes):
-    def codegen(context, builder, sig, args):
-        word = ir.IntType(32)
-        add = ir.FunctionType(word, [word, word])
-        low = builder.asm(add, "add.u32 $0, $1, $2;", "=r,r,r", list(args), side_effect=True)
-        return _descriptor_of_low(builder, low, swizzle_bytes)
-    return codegen
-
-
-@functools.cache
-def smem_descriptor_stepped(swizzle_bytes=128):
-    """`desc(low, step) -> u64`: smem_descriptor_words' descriptor of `low + step`, the add a
-    volatile asm, for steps that are constants (a K loop unrolled over the ring's slots). As
-    plain IR, LLVM would prove that the add cannot overflow and widen it into a 64-bit add and
-    mask (ptxas then carries 64-bit words per wgmma instead of a 32-bit add and a UMOV of the
-    high word), and would hoist every slot's descriptors out of the K loop (64-bit registers
-    live across it: spills)."""
-    return intrinsic(_typer(2, types.uint64(types.uint32, types.uint32),
-                            _stepped_descriptor_codegen(swizzle_bytes),
-                            f"smem_descriptor_stepped_sw{swizzle_bytes}"))
-
-
 @functools.cache
 def wgmma_fp8(n):
     """Make `mma(desc_a, desc_b, acc, accumulate) -> acc` for wgmma m64n{n}k32 e4m3 x e4m3 -> f32.
