@@ -140,8 +140,7 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
         """Units of a masked group of `blocks` M blocks: one per tile; in a 2-CTA cluster
         sharing B, one per pair of M blocks and weight tile, and where the count is odd, the
         last block's tiles two by two (the pair's CTAs take neighbouring weight tiles, each
-        loading its own: DeepGEMM's fix; a pair with a block past the group's rows left one SM
-        idle for a tile's time, 6-13% of the slots at 6 groups of ~1024 rows)."""
+        loading its own, instead of one of them idling beside a block past the rows)."""
         if cluster_m == 2:
             return (blocks // 2) * num_n_units + (blocks & 1) * ((num_n_units + 1) // 2)
         return blocks * num_n_units
