@@ -16,6 +16,8 @@
 #   dgbuild     build DeepGEMM from .devcarry/ (scripts/deepgemm_source.sh), in the background
 #   dgdiag      does DeepGEMM run here? (then DG_OK=1 puts it in the benches' providers)
 #   dgwarm      compile DeepGEMM's benchmark kernels in parallel ($DG_KINDS, $DGWARM_S)
+#   ncu         Nsight Compute, full set, on one launch of ours ($NCU_SPEC) and DeepGEMM's
+#               ($NCU_SHAPE): details and SASS source pages as CSV in the logs
 #   save        pyfp8gemm's and DeepGEMM's kernel caches and DeepGEMM's build as
 #               $OUT/devcarry.tar: unpack it into .devcarry/ to skip that work next time
 # dg:STEP runs STEP only if DeepGEMM runs (dgdiag), nodg:STEP only if not. Steps that would start
@@ -166,6 +168,17 @@ print(','.join(f'{s.m}x{s.n}x{s.k}' for s in S))")
       # same tile in the dense kernel, against DeepGEMM's dense kernel, on the same rows:
       tl 60 python3 scripts/ab_time.py 32768x6144x7168,32768x6144x2048 auto 128x192:b 128x192 \
           --rounds 30 2>&1 | grep -v "using " | tee -a $OUT/groupedab.txt | tail -4 ;;
+    ncu)
+      NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu | head -1)
+      tl 240 $NCU --clock-control none --nvtx --nvtx-include ours/ --nvtx-include deepgemm/ \
+          --set full --import-source no -f -o /tmp/ncu_pair python3 scripts/ncu_pair.py \
+          ${NCU_SHAPE:-32768x6144x7168} ${NCU_SPEC:-128x192:b} > $OUT/ncu_run.txt 2>&1
+      grep -v "using " $OUT/ncu_run.txt | tail -6
+      $NCU -i /tmp/ncu_pair.ncu-rep --page details --csv > $OUT/ncu_details.csv 2>&1
+      $NCU -i /tmp/ncu_pair.ncu-rep --page source --csv --print-source sass \
+          > $OUT/ncu_source.csv 2>&1
+      python3 scripts/ncu_summary.py $OUT/ncu_details.csv duration "sm busy" "issue slots" \
+          throughput "hit rate" "warp cycles" "eligible" "registers" ;;
     sanitize)  # compute-sanitizer on one small problem of every kernel family and variant
       S=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
       for tool in memcheck racecheck; do
