@@ -11,7 +11,7 @@
 #   grouped     the m-grouped kinds;   training  wgrad-1d1d, k-grouped, train-step ($TRAIN_KINDS)
 #   swapab      swap-AB: GPU tests + A/B against the heuristic's pick and DeepGEMM
 #   wgradab     the 1D1D kernel's tile widths side by side (ab_time.py --1d1d)
-#   groupedab   m-grouped configs side by side (ab_grouped.py)
+#   groupedab   m-grouped configs side by side (ab_grouped.py), then dense ones (ab_time.py)
 #   sanitize    compute-sanitizer memcheck + racecheck (sanitize_small.py, sanitize_quantize.py)
 #   dgbuild     build DeepGEMM from .devcarry/ (scripts/deepgemm_source.sh), in the background
 #   dgdiag      does DeepGEMM run here? (then DG_OK=1 puts it in the benches' providers)
@@ -154,20 +154,19 @@ print(','.join(f'{s.m}x{s.n}x{s.k}' for s in S))")
             --1d1d --accumulate --rounds 40 2>&1 | grep -v "using " | tee -a $OUT/wgradab.txt \
             | tail -8
       done ;;
-    groupedab)  # grouped configs side by side (ab_grouped.py), DeepGEMM too where DG_OK, where
-                # DeepGEMM leads (session 14): masked at K = 2048 runs without a cluster (does
-                # sharing B pay there after all?); contiguous 6144x7168 with fewer stages
-      for case in "m-grouped-masked 3 128x192:b" "m-grouped-masked 7 128x192:b" \
-                  "m-grouped-masked 19 128x192:b" "m-grouped-masked 23 128x192:b" \
-                  "m-grouped-contiguous 0 128x192:b::3 128x160:b" \
-                  "m-grouped-contiguous 4 128x192:b::3 128x160:b"; do
+    groupedab)  # grouped configs side by side (ab_grouped.py; DeepGEMM too where DG_OK), then
+                # dense ones (ab_time.py): $GROUPED_AB and $DENSE_AB, cases separated by ";"
+      IFS=";" read -ra cases <<< "${GROUPED_AB:-m-grouped-contiguous 0 128x192:b 128x192:b:8;\
+m-grouped-contiguous 4 128x192:b 128x192:b:8;m-grouped-contiguous 2 128x192:b 128x192:b:8}"
+      for case in "${cases[@]}"; do
         tl 90 python3 scripts/ab_grouped.py $case --rounds 40 2>&1 | grep -v "using " \
             | tee -a $OUT/groupedab.txt | tail -6
       done
-      # The contiguous gap grows with K (0.99x at K = 2048, 0.94x at 7168): the K loop's. The
-      # same tile in the dense kernel, against DeepGEMM's dense kernel, on the same rows:
-      tl 60 python3 scripts/ab_time.py 32768x6144x7168,32768x6144x2048 auto 128x192:b 128x192 \
-          --rounds 30 2>&1 | grep -v "using " | tee -a $OUT/groupedab.txt | tail -4 ;;
+      IFS=";" read -ra cases <<< "${DENSE_AB:-32768x6144x7168 128x192:b 128x192:b:8}"
+      for case in "${cases[@]}"; do
+        tl 60 python3 scripts/ab_time.py $case --rounds 30 2>&1 | grep -v "using " \
+            | tee -a $OUT/groupedab.txt | tail -4
+      done ;;
     ncu)
       NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu | head -1)
       tl 240 $NCU --clock-control none --nvtx --nvtx-include ours/ --nvtx-include deepgemm/ \
