@@ -6,7 +6,9 @@ contains one of the substrings; all where none given)
 import csv
 import sys
 
-rows = list(csv.DictReader(open(sys.argv[1])))
+lines = open(sys.argv[1]).read().splitlines()
+header = next(i for i, line in enumerate(lines) if line.startswith('"ID"'))  # after ==PROF== lines
+rows = list(csv.DictReader(lines[header:]))
 wanted = [s.lower() for s in sys.argv[2:]]
 kernels = list(dict.fromkeys(r["ID"] for r in rows))
 names = {r["ID"]: r["Kernel Name"][:60] for r in rows}
