@@ -184,7 +184,7 @@ def make_inputs(case: GroupedCase, seed: int) -> dict:
     return inputs
 
 
-def _valid_rows(case: GroupedCase, inputs: dict, d):
+def valid_rows(case: GroupedCase, inputs: dict, d):
     """The valid rows of d (or of the reference), flattened to (rows, N)."""
     import torch
 
@@ -356,7 +356,7 @@ def measure(cases, providers, timer, seed=0, log=print, rounds=2) -> list[CaseRe
                 result.cells[key] = Cell(key, note=f"inputs: {type(error).__name__}: {error}")
             results.append(result)
             continue
-        reference = _valid_rows(case, inputs, inputs["reference"])
+        reference = valid_rows(case, inputs, inputs["reference"])
         runs, times = {}, {}
         for key in providers:
             cell = result.cells[key] = Cell(key)
@@ -367,7 +367,7 @@ def measure(cases, providers, timer, seed=0, log=print, rounds=2) -> list[CaseRe
                     out.fill_(float("nan"))
                     out = run()
                 torch.cuda.synchronize()
-                cell.diff = calc_diff(_valid_rows(case, inputs, out).float(), reference)
+                cell.diff = calc_diff(valid_rows(case, inputs, out).float(), reference)
                 runs[key], times[key] = run, []
             except NotAvailable as reason:
                 cell.note = str(reason)

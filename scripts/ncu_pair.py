@@ -21,7 +21,7 @@ from pyfp8gemm.testing import calc_diff
 
 
 def dense_pair(shape, spec):
-    """(runs, outputs, reference) of a dense MxNxK problem."""
+    """(runs, outputs, check) of a dense MxNxK problem: check(out) -> (calc_diff, NaNs left)."""
     m, n, k = map(int, shape.lower().split("x"))
     qa = quantize(torch.randn(m, k, device="cuda", dtype=torch.bfloat16), "1x128")
     qb = quantize(torch.randn(n, k, device="cuda", dtype=torch.bfloat16), "128x128")
@@ -40,11 +40,14 @@ def dense_pair(shape, spec):
         outs["deepgemm"] = dg
     except ImportError as error:
         print(f"DeepGEMM left out: {error}")
-    return runs, outs, ref
+
+    def check(out):
+        return calc_diff(out, ref), int(out.isnan().sum())
+    return runs, outs, check
 
 
 def grouped_pair(case_name, spec):
-    """(runs, outputs, reference) of an m-grouped benchmark case, outputs' valid rows only."""
+    """(runs, outputs, check) of an m-grouped benchmark case, checked on the valid rows."""
     from ab_grouped import FORCED, force_configs
     from bench import grouped
     kind, index = case_name.split(":")
@@ -63,21 +66,16 @@ def grouped_pair(case_name, spec):
         out.fill_(float("nan"))
         outs[name] = out
     print(case.label)
-    reference = grouped._valid_rows(case, inputs, inputs["reference"])
+    reference = grouped.valid_rows(case, inputs, inputs["reference"])
 
     def check(out):
-        valid = grouped._valid_rows(case, inputs, out)
+        valid = grouped.valid_rows(case, inputs, out)
         return calc_diff(valid.float(), reference), int(valid.isnan().sum())
     return runs, outs, check
 
 
-if ":" in sys.argv[1]:
-    runs, outs, check = grouped_pair(sys.argv[1], sys.argv[2])
-else:
-    runs, outs, ref = dense_pair(sys.argv[1], sys.argv[2])
-
-    def check(out):
-        return calc_diff(out, ref), int(out.isnan().sum())
+pair = grouped_pair if ":" in sys.argv[1] else dense_pair
+runs, outs, check = pair(sys.argv[1], sys.argv[2])
 for name, run in runs.items():
     for _ in range(5):
         run()
