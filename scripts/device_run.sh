@@ -156,13 +156,14 @@ print(','.join(f'{s.m}x{s.n}x{s.k}' for s in S))")
       done ;;
     groupedab)  # grouped configs side by side (ab_grouped.py; DeepGEMM too where DG_OK), then
                 # dense ones (ab_time.py): $GROUPED_AB and $DENSE_AB, cases separated by ";"
+                # (DENSE_AB="" runs none)
       IFS=";" read -ra cases <<< "${GROUPED_AB:-m-grouped-contiguous 0 128x192:b 128x192:b:8;\
 m-grouped-contiguous 4 128x192:b 128x192:b:8;m-grouped-contiguous 2 128x192:b 128x192:b:8}"
       for case in "${cases[@]}"; do
         tl 90 python3 scripts/ab_grouped.py $case --rounds 40 2>&1 | grep -v "using " \
             | tee -a $OUT/groupedab.txt | tail -6
       done
-      IFS=";" read -ra cases <<< "${DENSE_AB:-32768x6144x7168 128x192:b 128x192:b:8}"
+      IFS=";" read -ra cases <<< "${DENSE_AB-32768x6144x7168 128x192:b 128x192:b:8}"
       for case in "${cases[@]}"; do
         tl 60 python3 scripts/ab_time.py $case --rounds 30 2>&1 | grep -v "using " \
             | tee -a $OUT/groupedab.txt | tail -4
@@ -177,7 +178,7 @@ m-grouped-contiguous 4 128x192:b 128x192:b:8;m-grouped-contiguous 2 128x192:b 12
       $NCU -i /tmp/ncu_pair.ncu-rep --page source --csv --print-source sass \
           > $OUT/ncu_source.csv 2>&1
       python3 scripts/ncu_summary.py $OUT/ncu_details.csv duration "sm busy" "issue slots" \
-          throughput "hit rate" "warp cycles" "eligible" "registers" ;;
+          throughput "hit rate" "warp cycles" "eligible" "registers" "dram" "frequency" "instructions" ;;
     sanitize)  # compute-sanitizer on one small problem of every kernel family and variant
       S=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
       for tool in memcheck racecheck; do
