@@ -8,7 +8,8 @@ KIND: m-grouped-contiguous or m-grouped-masked; INDEX: the case's position in
 128x192:b, a 2-CTA cluster sharing B; 128x192:b::3, three stages; s64x8, swap-AB). Each config
 goes through the public function (the same layout preparation), with the launcher told to use
 it. Printed: median microseconds, TFLOPS of the
-valid rows, and DeepGEMM's time over each contender's.
+valid rows, DeepGEMM's time over each contender's, and each output's check (NaN-poisoned,
+calc_diff on the valid rows).
 """
 import argparse
 import dataclasses
@@ -83,11 +84,35 @@ def main():
             del contenders[name]
     times = {name: statistics.median(t) * 1e3          # (warmed up above)
              for name, t in interleaved_times(contenders, args.rounds, warmup=0).items()}
+    checks = {name: check(run, case, inputs) for name, run in contenders.items()}
     flops = case.flops()
     print(f"{case.label}, {args.rounds} interleaved rounds")
     for name, us in times.items():
         vs = f"vs DeepGEMM x{times['DeepGEMM'] / us:.2f}" if "DeepGEMM" in times else ""
-        print(f"  {name:12} {us:8.1f} us {flops / us / 1e6:6.0f} TFLOPS  {vs}")
+        print(f"  {name:12} {us:8.1f} us {flops / us / 1e6:6.0f} TFLOPS  {vs:18} {checks[name]}")
+
+
+def check_output(case, inputs, out) -> tuple[float, int]:
+    """(calc_diff against the fp32 product of the unquantized inputs, NaNs left) on the valid
+    rows of an output that was NaN-poisoned before the run."""
+    from pyfp8gemm.testing import calc_diff
+
+    valid = grouped.valid_rows(case, inputs, out)
+    reference = grouped.valid_rows(case, inputs, inputs["reference"])
+    return calc_diff(valid.float(), reference), int(valid.isnan().sum())
+
+
+def check(run, case, inputs) -> str:
+    """One more run into a NaN-poisoned output, checked (WRONG past the FP8 bound)."""
+    import torch
+
+    out = run()
+    out.fill_(float("nan"))
+    run()
+    torch.cuda.synchronize()
+    diff, nan_left = check_output(case, inputs, out)
+    wrong = " WRONG" if nan_left or not diff < 1e-3 else ""
+    return f"diff {diff:.1e}, NaN {nan_left}{wrong}"
 
 
 if __name__ == "__main__":
