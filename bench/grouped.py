@@ -193,6 +193,29 @@ def valid_rows(case: GroupedCase, inputs: dict, d):
     return torch.cat([d[g, :rows] for g, rows in enumerate(case.group_m)])
 
 
+def check_output(case: GroupedCase, inputs: dict, out) -> tuple[float, int]:
+    """(calc_diff against the fp32 product of the unquantized inputs, NaNs left) on the valid
+    rows of an output that was NaN-poisoned before its run."""
+    from bench.metrics import calc_diff
+
+    valid = valid_rows(case, inputs, out)
+    reference = valid_rows(case, inputs, inputs["reference"])
+    return calc_diff(valid.float(), reference), int(valid.isnan().sum())
+
+
+def checked_run(case: GroupedCase, inputs: dict, run, poison: bool = True) -> tuple[float, int]:
+    """Run once into the output poisoned with NaN (run() returns it; poison=False for a run
+    that allocates a new one each time) and check it: check_output's pair."""
+    import torch
+
+    out = run()
+    if poison:
+        out.fill_(float("nan"))
+        out = run()
+    torch.cuda.synchronize()
+    return check_output(case, inputs, out)
+
+
 def prepare_pyfp8gemm(case, inputs) -> Callable:
     import torch
 
@@ -344,8 +367,6 @@ def measure(cases, providers, timer, seed=0, log=print, rounds=2) -> list[CaseRe
 
     import torch
 
-    from bench.metrics import calc_diff
-
     results = []
     for index, case in enumerate(cases):
         result = CaseResult(case)
@@ -356,18 +377,13 @@ def measure(cases, providers, timer, seed=0, log=print, rounds=2) -> list[CaseRe
                 result.cells[key] = Cell(key, note=f"inputs: {type(error).__name__}: {error}")
             results.append(result)
             continue
-        reference = valid_rows(case, inputs, inputs["reference"])
         runs, times = {}, {}
         for key in providers:
             cell = result.cells[key] = Cell(key)
             try:
                 run = PREPARE[key](case, inputs)
-                out = run()
-                if key != "torch-grouped-bf16":      # the others write into one d: poison it
-                    out.fill_(float("nan"))
-                    out = run()
-                torch.cuda.synchronize()
-                cell.diff = calc_diff(valid_rows(case, inputs, out).float(), reference)
+                # (the bf16 loop allocates its output; the others write into one d: poisoned)
+                cell.diff, _ = checked_run(case, inputs, run, key != "torch-grouped-bf16")
                 runs[key], times[key] = run, []
             except NotAvailable as reason:
                 cell.note = str(reason)

@@ -92,25 +92,9 @@ def main():
         print(f"  {name:12} {us:8.1f} us {flops / us / 1e6:6.0f} TFLOPS  {vs:18} {checks[name]}")
 
 
-def check_output(case, inputs, out) -> tuple[float, int]:
-    """(calc_diff against the fp32 product of the unquantized inputs, NaNs left) on the valid
-    rows of an output that was NaN-poisoned before the run."""
-    from pyfp8gemm.testing import calc_diff
-
-    valid = grouped.valid_rows(case, inputs, out)
-    reference = grouped.valid_rows(case, inputs, inputs["reference"])
-    return calc_diff(valid.float(), reference), int(valid.isnan().sum())
-
-
 def check(run, case, inputs) -> str:
     """One more run into a NaN-poisoned output, checked (WRONG past the FP8 bound)."""
-    import torch
-
-    out = run()
-    out.fill_(float("nan"))
-    run()
-    torch.cuda.synchronize()
-    diff, nan_left = check_output(case, inputs, out)
+    diff, nan_left = grouped.checked_run(case, inputs, run)
     wrong = " WRONG" if nan_left or not diff < 1e-3 else ""
     return f"diff {diff:.1e}, NaN {nan_left}{wrong}"
 

@@ -48,7 +48,7 @@ def dense_pair(shape, spec):
 
 def grouped_pair(case_name, spec):
     """(runs, outputs, check) of an m-grouped benchmark case, checked on the valid rows."""
-    from ab_grouped import FORCED, check_output, force_configs
+    from ab_grouped import FORCED, force_configs
     from bench import grouped
     kind, index = case_name.split(":")
     case = grouped.make_cases(kind)[int(index)]
@@ -66,7 +66,7 @@ def grouped_pair(case_name, spec):
         out.fill_(float("nan"))
         outs[name] = out
     print(case.label)
-    return runs, outs, lambda out: check_output(case, inputs, out)
+    return runs, outs, lambda out: grouped.check_output(case, inputs, out)
 
 
 pair = grouped_pair if ":" in sys.argv[1] else dense_pair
