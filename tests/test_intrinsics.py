@@ -583,6 +583,7 @@ SASS_OF = [
     ("copy_scale_then_arrive", r"ARRIVES\.LDGSTSBAR\.64\.ARVCNT\b"),  # .noinc: counts
     ("arrive_on_peer", r"SYNCS\.ARRIVE\.TRANS64\.RED\.A1T0\b"),   # remote: a reduction
     ("wait_for_phase", r"SYNCS\.PHASECHK\.TRANS64\.TRYWAIT\b"),
+    ("wait_for_phase", r"NANOSLEEP\.SYNCS\b"),                   # the suspend-time hint
     ("probe_phase", r"SYNCS\.PHASECHK\.TRANS64 "),                  # test_wait: no TRYWAIT
     ("divide_words", r"MUFU\.RCP\b"),                      # inline 32-bit division (no CALL)
     ("prefetch_map", r"UTMACCTL\.PF\b"),

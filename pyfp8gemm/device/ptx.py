@@ -230,10 +230,12 @@ mbarrier_arrive_expect_tx = ptx_instruction(
 mbarrier_wait = ptx_instruction(
     "mbarrier_wait",
     "{ .reg .pred done; wait_loop: "
-    "mbarrier.try_wait.parity.shared::cta.b64 done, [$0], $1; "
+    "mbarrier.try_wait.parity.shared::cta.b64 done, [$0], $1, 0x989680; "
     "@!done bra wait_loop; }",
     (u32, u32),
-    doc="mbarrier.try_wait.parity spin: return once the phase of parity `parity` completed.")
+    doc="mbarrier.try_wait.parity loop: return once the phase of parity `parity` completed. "
+        "The suspend-time hint (CUTLASS's 10 ms) makes ptxas put the warp to sleep until the "
+        "barrier changes (NANOSLEEP.SYNCS) instead of spinning on TRYWAIT.")
 
 mbarrier_test_wait = ptx_instruction(
     "mbarrier_test_wait",
