@@ -46,7 +46,7 @@ from pyfp8gemm.device.ptx import (
 )
 from pyfp8gemm.device.tile import (
     fragment_add_global_v4, fragment_fence, fragment_promote, fragment_store_bf16,
-    fragment_column_scales, fragment_promote_per_column, fragment_store_bf16_global,
+    fragment_column_scales, fragment_promote_per_column,
     fragment_store_bf16_transposed_global,
     fragment_store_f32_global, fragment_store_global_v4, fragment_zeros,
     fragment_store_f32_staged,
@@ -219,16 +219,6 @@ def store_sixteen_bytes(out):
     bits = f32_as_bits(value)
     st_global_v4_u32(out + 4096 + 16 * cuda.threadIdx.x, bits, bits ^ 1, bits ^ 2, bits ^ 3)
     st_global_f32(out + 8192 + 4 * cuda.threadIdx.x, value * 2)
-
-
-store_bounded_8 = fragment_store_bf16_global(8)
-
-
-@tiny_kernel("fragment_store_bf16_global")
-def bounded_bf16_store(out):
-    tid = cuda.threadIdx.x
-    frag = add_partial_8(zeros_8(), out + 16 * tid, 16 * 128)
-    store_bounded_8(out + 8192 + 4 * tid, frag, 256, 40 - tid // 4, 16 - 2 * (tid % 4))
 
 
 store_transposed_8 = fragment_store_bf16_transposed_global(8)
@@ -561,8 +551,6 @@ SASS_OF = [
     ("broadcast_lane_0", r"SHFL\.IDX\b"),                       # warp_uniform
     ("read_only_global_load", r"LDG\.E\.CONSTANT\b"),             # ld.global.nc
     ("read_only_global_int", r"LDG\.E\.CONSTANT\b"),
-    ("bounded_bf16_store", r"F2FP\.BF16\.F32\.PACK_AB\b"),
-    ("bounded_bf16_store", r"STG\.E\b"),
     ("transposed_bf16_store", r"STG\.E\.U16\b"),                   # one bf16 per element
     ("promote_per_column_and_accumulate", r"LDS\.64\b"),            # ld.shared.v2.f32
     ("promote_per_column_and_accumulate", r"FFMA\b"),

@@ -5,8 +5,9 @@
   its own 64-row slabs on its own: no barrier across warpgroups, so one can start the next
   tile's wgmmas while the other is still here (the tensor cores idled during a tile-wide
   epilogue).
-* `make_bounded_bf16_store(cfg)`: bf16 from registers to global memory, rows and columns
-  bounded (the masked grouped GEMM, whose rows past a group's count stay untouched).
+* `make_staged_bounded_bf16_store(cfg)`: one warpgroup's slab staged as for the TMA store,
+  then copied to global memory in 16-byte chunks, rows and columns bounded (the masked grouped
+  GEMM's last rows of a group: rows past its count stay untouched).
 * `make_f32_tma_epilogue(cfg)`: FP32 (the 1D1D kernel's "tma" epilogue) into shared memory
   (32-column swizzled panels, or row-major for BLOCK_N 8 modulo 16), then per box one TMA
   store, or with C a TMA reduce-add (D += tile, the addition done in L2): C is never read on
@@ -24,11 +25,12 @@ from numba.cuda import types
 from .config import D_STORE_ROWS
 from .ptx import (
     atom_add_global_u32, fence_acq_rel_gpu, fence_proxy_async_smem, ld_shared_u32,
+    ld_shared_v4_u32, st_global_v4_u32,
     named_barrier_sync, st_global_u32, st_shared_u32, tma_reduce_add_3d, tma_store_2d,
     tma_store_3d, tma_store_commit, tma_store_wait, tma_store_wait_read,
 )
 from .tile import (
-    fragment_add_global_v4, fragment_store_bf16, fragment_store_bf16_global,
+    fragment_add_global_v4, fragment_store_bf16,
     fragment_store_bf16_transposed_global, fragment_store_f32_staged, fragment_store_global_v4,
     fragment_zeros,
 )
@@ -135,23 +137,50 @@ def make_f32_tma_epilogue(cfg):
     return Epilogue(store, _make_drain(BOXES))
 
 
-def make_bounded_bf16_store(cfg):
-    """`store(d, final, row0, rows, n_block, n, tid)`: the tile straight from registers to
-    global memory (bf16), writing only rows < `rows` and columns < `n`, where `d` is the
-    address of the output's row 0 (of this group) and `row0` the tile's first row. For outputs
-    whose rows past a bound must stay untouched (masked grouped GEMMs): a TMA store writes
-    whole 64-row boxes."""
+def make_staged_bounded_bf16_store(cfg):
+    """`store(base, d, final, row0, rows, n_block, n, tid, warpgroup)`: one math warpgroup's
+    64-row slab of the tile (rows row0 + 64 * warpgroup..) to global memory, only rows < `rows`
+    and columns < `n` (`d`: the output's row 0, row stride n). The slab goes through shared
+    memory as for the TMA store (stmatrix into the swizzled staging tile), then each thread
+    copies 16-byte chunks to D, consecutive threads along a row: whole 128-byte lines per warp
+    instead of the 16-byte pieces a register store writes per row."""
     inline = cuda.jit(device=True, inline="always")
-    BN = cfg.block_n
-    assert cfg.waves == 1
-    store_fragment = fragment_store_bf16_global(BN // 2)
+    BM, BN = cfg.block_m, cfg.block_n
+    SWIZZLE_D = cfg.swizzle_d
+    D_PANELS = BN * 2 // SWIZZLE_D
+    SMEM_D = cfg.smem_offsets["d"]
+    CHUNKS_PER_ROW = BN // 8                  # 16-byte chunks (8 bf16 columns) of a tile row
+    CHUNKS_PER_ATOM = SWIZZLE_D // 16
+    ATOM_BYTES = BM * SWIZZLE_D
+    SLAB_CHUNKS = 64 * CHUNKS_PER_ROW
+    PASSES = -(-SLAB_CHUNKS // 128)
+    assert cfg.waves == 1 and BM >= 64
+    stage_fragment = fragment_store_bf16(BN // 2, BM, SWIZZLE_D)
 
     @inline
-    def store(d, final, row0, rows, n_block, n, tid):
-        lane = tid % 32
-        row = row0 + 16 * (tid // 32) + lane // 4          # this thread's first row
-        col = n_block * BN + 2 * (lane % 4)                  # and first column
-        store_fragment(d + 2 * (row * n + col), final, 2 * n, rows - row, n - col)
+    def store(base, d, final, row0, rows, n_block, n, tid, warpgroup):
+        lane_in_group = tid % 128
+        if lane_in_group < D_PANELS:              # the slab's last TMA stores have read it
+            tma_store_wait_read()
+        named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
+        stage_fragment(base + SMEM_D, final, 16 * (tid // 32), tid % 32)
+        named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
+        slab0 = 64 * warpgroup                    # the slab's first row in the tile
+        col0 = n_block * BN
+        for i in range(PASSES):
+            chunk = i * 128 + lane_in_group
+            r = chunk // CHUNKS_PER_ROW
+            c = chunk % CHUNKS_PER_ROW
+            row = slab0 + r
+            if (chunk < SLAB_CHUNKS and row0 + row < rows and col0 + 8 * c < n):
+                atom, c_in_atom = c // CHUNKS_PER_ATOM, c % CHUNKS_PER_ATOM
+                bank_group = row * CHUNKS_PER_ATOM + c_in_atom     # (fragment_store_bf16's
+                line = bank_group >> 3                             # swizzle, read back)
+                col = (bank_group & 7) ^ (line & (CHUNKS_PER_ATOM - 1))
+                x0, x1, x2, x3 = ld_shared_v4_u32(
+                    base + SMEM_D + atom * ATOM_BYTES + line * 128 + col * 16)
+                at = d + 2 * (types.int64(row0 + row) * n + col0 + 8 * c)
+                st_global_v4_u32(at, x0, x1, x2, x3)
 
     return store
 

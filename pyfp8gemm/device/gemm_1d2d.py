@@ -21,9 +21,9 @@ The same kernel serves the MoE grouped GEMMs (GemmConfig.schedule): B is then (g
 and the schedule says which group a tile belongs to: for m_grouped_contiguous a per-row group
 index (padding blocks have no K blocks and store zeros), for m_grouped_masked A is
 (groups * M_max, K), D (groups, M_max, N), A's scales (groups, K blocks, align(M_max, 4)),
-group g has masked_m[g] rows: a tile whose rows are all below that count is stored by TMA, as
-a dense one; the group's last, partial block from registers, rows bounded by the count (rows
-past it stay untouched).
+group g has masked_m[g] rows: a warpgroup's 64-row slab whose rows are all below that count is
+stored by TMA, as in a dense tile; the slab holding the group's last rows is staged the same
+way and copied out in 16-byte chunks, rows bounded by the count (rows past it stay untouched).
 
 Swap-AB (cfg.swap_ab, for decode batches of 1-32 tokens): the tile is computed as D^T = B A^T,
 64 weight rows (the wgmma's M side: B's tile is its A operand) by BLOCK_N tokens (its N side,
@@ -41,7 +41,7 @@ from numba.cuda import types
 
 from .config import BLOCK_K, MATH_REGISTERS, PRODUCER_REGISTERS, SFB_STAGE_BYTES
 from .epilogue import (
-    make_bf16_epilogue, make_bounded_bf16_store, make_split_k_reduction,
+    make_bf16_epilogue, make_split_k_reduction, make_staged_bounded_bf16_store,
     make_transposed_bf16_store,
 )
 from .k_loop import fragments, make_math_setup, make_scaling_for, make_tile_k_loop
@@ -120,7 +120,7 @@ def make_fp8_gemm_1d2d(cfg):
     skip_k_blocks = (make_ring_skipper(ring) if (MASKED and not SWAP) or PAIRED_GROUPS
                      else None)
     store_tile, drain_stores = make_bf16_epilogue(cfg) if not SWAP else (None, None)
-    store_rows = make_bounded_bf16_store(cfg) if MASKED and not SWAP else None
+    store_slab = make_staged_bounded_bf16_store(cfg) if MASKED and not SWAP else None
     store_transposed = make_transposed_bf16_store(cfg) if SWAP else None
     reduce_split_k = make_split_k_reduction(cfg)
     zeros, final_zeros = fragments(cfg)
@@ -239,10 +239,12 @@ def make_fp8_gemm_1d2d(cfg):
                         store_transposed(d, final, row0, m, n0, n, tid)
             elif MASKED:          # D (groups, M_max, N): rows past the group's count untouched
                 rows = group_rows(work, group)
-                if row0 + BM <= rows:         # all of the tile's rows are the group's: TMA
+                slab0 = row0 + 64 * warpgroup     # this warpgroup's first row
+                if slab0 + 64 <= rows:        # all of its rows are the group's: TMA
                     store_tile(base, tmap_d, final, group * m + row0, n_block, tid, warpgroup)
-                else:                         # the group's last block: rows bounded
-                    store_rows(d + 2 * (group * m) * n, final, row0, rows, n_block, n, tid)
+                elif slab0 < rows:            # the group's last rows: bounded
+                    store_slab(base, d + 2 * (group * m) * n, final, row0, rows, n_block, n,
+                               tid, warpgroup)
             else:
                 final, reduces = reduce_if_split(base, final, workspace, counters, work,
                                                  tile_unit, split, tid)

@@ -198,44 +198,6 @@ def fragment_add_global_v4(n_final):
 
 
 @functools.cache
-def fragment_store_bf16_global(n_acc, n_final=None, offset=0):
-    """Make `store(address, fragment, row_bytes, rows, cols)`: the fragment's elements
-    offset..offset + n_acc as bf16 straight to global memory, only inside a bound.
-
-    `address` is this thread's first element (its first row, its first column: 2 * (lane % 4)
-    of the tile's first 8-column group), `row_bytes` the output's row stride, `rows` how many
-    rows from the thread's first row may be written (its rows are r and r + 8), `cols` how many
-    columns from its first column. Each pair of neighbouring columns is one predicated
-    st.global.b32 (N is a multiple of 8, so a pair is inside or outside as a whole). For
-    outputs whose rows past a bound must stay untouched (the masked grouped GEMM)."""
-    n_final = n_final or n_acc
-    u32, u64, i32 = types.uint32, types.uint64, types.int32
-    pack_asm = "cvt.rn.bf16x2.f32 $0, $2, $1;"
-    store_asm = "{ .reg .pred p; setp.ne.u32 p, $2, 0; @p st.global.b32 [$0], $1; }"
-
-    def codegen(context, builder, sig, args):
-        address, fragment, row_bytes, rows, cols = args
-        i64 = ir.IntType(64)
-        second_row = builder.add(address, builder.mul(row_bytes, ir.Constant(i64, 8)))
-        row_ok = (builder.icmp_signed(">", rows, ir.Constant(I32, 0)),
-                  builder.icmp_signed(">", rows, ir.Constant(I32, 8)))
-        for i in range(n_acc // 4):
-            col_ok = builder.icmp_signed(">", cols, ir.Constant(I32, 8 * i))
-            for half, row_address in enumerate((address, second_row)):
-                v = [builder.extract_value(fragment, offset + 4 * i + 2 * half + j)
-                     for j in range(2)]
-                packed = emit_asm(builder, pack_asm, (u32,), (types.float32,) * 2, v)
-                ok = builder.zext(builder.and_(row_ok[half], col_ok), I32)
-                at = builder.add(row_address, ir.Constant(i64, 16 * i))
-                emit_asm(builder, store_asm, (), (u64, u32, u32), [at, packed, ok])
-        return context.get_dummy_value()
-
-    sig = types.void(u64, _fragment(n_final), u64, i32, i32)
-    return intrinsic(_typer(5, sig, codegen, f"fragment_store_bf16_global_{n_acc}_{n_final}"
-                                             f"_at{offset}"))
-
-
-@functools.cache
 def fragment_store_bf16_transposed_global(n_acc):
     """Make `store(address, fragment, row_bytes, rows, cols)`: the fragment transposed, as bf16
     straight to global memory, only inside a bound: element (r, c) goes to D[c, r] (a swap-AB
@@ -368,8 +330,11 @@ def fragment_store_f32_staged(n_acc, swizzled):
 @functools.cache
 def fragment_store_f32_global(n_acc, accumulate):
     """Make `store(d_address, c_address, fragment, row_bytes, rows, cols)`: the fragment as
-    FP32 straight to global memory, only inside a bound (see fragment_store_bf16_global for the
-    addressing; a column pair is one predicated st.global.v2.f32). With `accumulate`, each pair
+    FP32 straight to global memory, only inside a bound: `d_address` is this thread's first
+    element (its first row, its first column: 2 * (lane % 4) of the tile's first 8-column
+    group), `row_bytes` the row stride, `rows` how many rows from the thread's first row may be
+    written (its rows are r and r + 8), `cols` how many columns from its first column; a
+    column pair is one predicated st.global.v2.f32. With `accumulate`, each pair
     is first read at c_address (the same offsets: C may be D itself) and added: D = C + frag.
     Every element has one owning thread, so the read-modify-write needs no atomics. All of C's
     loads are issued before the first store: the asm is volatile with a memory clobber, so a
