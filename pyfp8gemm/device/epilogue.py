@@ -142,9 +142,10 @@ def make_staged_bounded_bf16_store(cfg):
     64-row slab of the tile (rows row0 + 64 * warpgroup..) to global memory, only rows < `rows`
     and columns < `n` (`d`: the output's row 0, row stride n). The slab goes through shared
     memory as for the TMA store (stmatrix into the swizzled staging tile), then each thread
-    copies 16-byte chunks to D, consecutive threads along a row: whole 128-byte lines per warp
-    instead of the 16-byte pieces a register store writes per row."""
+    copies one 16-byte chunk of a row per pass, consecutive threads along a row: whole 128-byte
+    lines per warp instead of the 16-byte pieces a register store writes per row."""
     inline = cuda.jit(device=True, inline="always")
+    u32 = types.uint32
     BM, BN = cfg.block_m, cfg.block_n
     SWIZZLE_D = cfg.swizzle_d
     D_PANELS = BN * 2 // SWIZZLE_D
@@ -152,8 +153,11 @@ def make_staged_bounded_bf16_store(cfg):
     CHUNKS_PER_ROW = BN // 8                  # 16-byte chunks (8 bf16 columns) of a tile row
     CHUNKS_PER_ATOM = SWIZZLE_D // 16
     ATOM_BYTES = BM * SWIZZLE_D
-    SLAB_CHUNKS = 64 * CHUNKS_PER_ROW
-    PASSES = -(-SLAB_CHUNKS // 128)
+    # One thread per chunk of a row, as many rows per pass as fit in 128 threads: a thread's
+    # column and first row are computed once, its rows step by a constant (nothing per pass
+    # for the compiler to hoist into registers).
+    ROWS_PER_PASS = 128 // CHUNKS_PER_ROW
+    PASSES = -(-64 // ROWS_PER_PASS)
     assert cfg.waves == 1 and BM >= 64
     stage_fragment = fragment_store_bf16(BN // 2, BM, SWIZZLE_D)
 
@@ -165,22 +169,24 @@ def make_staged_bounded_bf16_store(cfg):
         named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
         stage_fragment(base + SMEM_D, final, 16 * (tid // 32), tid % 32)
         named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
-        slab0 = 64 * warpgroup                    # the slab's first row in the tile
-        col0 = n_block * BN
-        for i in range(PASSES):
-            chunk = i * 128 + lane_in_group
-            r = chunk // CHUNKS_PER_ROW
-            c = chunk % CHUNKS_PER_ROW
-            row = slab0 + r
-            if (chunk < SLAB_CHUNKS and row0 + row < rows and col0 + 8 * c < n):
-                atom, c_in_atom = c // CHUNKS_PER_ATOM, c % CHUNKS_PER_ATOM
-                bank_group = row * CHUNKS_PER_ATOM + c_in_atom     # (fragment_store_bf16's
-                line = bank_group >> 3                             # swizzle, read back)
-                col = (bank_group & 7) ^ (line & (CHUNKS_PER_ATOM - 1))
-                x0, x1, x2, x3 = ld_shared_v4_u32(
-                    base + SMEM_D + atom * ATOM_BYTES + line * 128 + col * 16)
-                at = d + 2 * (types.int64(row0 + row) * n + col0 + 8 * c)
-                st_global_v4_u32(at, x0, x1, x2, x3)
+        t = u32(lane_in_group)
+        c = t % u32(CHUNKS_PER_ROW)               # this thread's chunk of a row
+        column = n_block * BN + 8 * types.int32(c)
+        first = t // u32(CHUNKS_PER_ROW)          # and its first row in the slab
+        if first < u32(ROWS_PER_PASS) and column < n:
+            smem_atom = u32(base + SMEM_D) + (c // u32(CHUNKS_PER_ATOM)) * u32(ATOM_BYTES)
+            c_in_atom = c % u32(CHUNKS_PER_ATOM)
+            rows_left = rows - row0 - 64 * warpgroup      # the slab's rows that are the group's
+            at = d + 2 * (types.int64(row0 + 64 * warpgroup) * n + column)
+            for p in range(PASSES):
+                r = first + u32(p * ROWS_PER_PASS)
+                if r < u32(64) and types.int32(r) < rows_left:
+                    row = u32(64) * u32(warpgroup) + r              # (fragment_store_bf16's
+                    bank_group = row * u32(CHUNKS_PER_ATOM) + c_in_atom     # swizzle, read
+                    line = bank_group >> u32(3)                             # back)
+                    col = (bank_group & u32(7)) ^ (line & u32(CHUNKS_PER_ATOM - 1))
+                    x0, x1, x2, x3 = ld_shared_v4_u32(smem_atom + line * u32(128) + col * u32(16))
+                    st_global_v4_u32(at + 2 * types.int64(r) * n, x0, x1, x2, x3)
 
     return store
 
