@@ -54,7 +54,10 @@ def _make_drain(issuers):
     return drain
 
 
-def make_bf16_epilogue(cfg):
+def _make_slab_stager(cfg):
+    """`stage(base, final, tid, warpgroup)`: a math warpgroup's slabs of the tile as bf16 into
+    the swizzled staging tile (stmatrix), once the group's previous TMA stores have read them;
+    the caller syncs the group again before anything reads them."""
     inline = cuda.jit(device=True, inline="always")
     BM, BN, WAVES = cfg.block_m, cfg.block_n, cfg.waves
     SWIZZLE_D = cfg.swizzle_d
@@ -67,10 +70,8 @@ def make_bf16_epilogue(cfg):
     assert D_STORE_ROWS == 64
 
     @inline
-    def store(base, tmap_d, final, row0, n_block, tid, warpgroup):
-        """Store the tile whose first output row is `row0`."""
+    def stage(base, final, tid, warpgroup):
         lane_in_group = tid % 128
-        slab_rows = base + SMEM_D + 64 * SWIZZLE_D * warpgroup   # this group's rows, panel 0
         # The group's previous TMA stores must have finished reading its slabs.
         if lane_in_group < D_PANELS:
             tma_store_wait_read()
@@ -82,6 +83,23 @@ def make_bf16_epilogue(cfg):
             store_first(base + SMEM_D, final, 16 * (tid // 32), tid % 32)
         if WAVES == 2:
             store_last(base + SMEM_D, final, 128 + 16 * (tid // 32), tid % 32)
+    return stage
+
+
+def make_bf16_epilogue(cfg):
+    inline = cuda.jit(device=True, inline="always")
+    BM, BN, WAVES = cfg.block_m, cfg.block_n, cfg.waves
+    SWIZZLE_D = cfg.swizzle_d
+    D_PANELS = BN * 2 // SWIZZLE_D    # TMA stores per output tile (one per swizzle panel)
+    SMEM_D = cfg.smem_offsets["d"]
+    stage = _make_slab_stager(cfg)
+
+    @inline
+    def store(base, tmap_d, final, row0, n_block, tid, warpgroup):
+        """Store the tile whose first output row is `row0`."""
+        lane_in_group = tid % 128
+        slab_rows = base + SMEM_D + 64 * SWIZZLE_D * warpgroup   # this group's rows, panel 0
+        stage(base, final, tid, warpgroup)
         fence_proxy_async_smem()                  # stmatrix writes -> visible to TMA
         named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
         if lane_in_group < D_PANELS:              # one thread per swizzle panel
@@ -148,7 +166,6 @@ def make_staged_bounded_bf16_store(cfg):
     u32 = types.uint32
     BM, BN = cfg.block_m, cfg.block_n
     SWIZZLE_D = cfg.swizzle_d
-    D_PANELS = BN * 2 // SWIZZLE_D
     SMEM_D = cfg.smem_offsets["d"]
     CHUNKS_PER_ROW = BN // 8                  # 16-byte chunks (8 bf16 columns) of a tile row
     CHUNKS_PER_ATOM = SWIZZLE_D // 16
@@ -159,17 +176,13 @@ def make_staged_bounded_bf16_store(cfg):
     ROWS_PER_PASS = 128 // CHUNKS_PER_ROW
     PASSES = -(-64 // ROWS_PER_PASS)
     assert cfg.waves == 1 and BM >= 64
-    stage_fragment = fragment_store_bf16(BN // 2, BM, SWIZZLE_D)
+    stage = _make_slab_stager(cfg)
 
     @inline
     def store(base, d, final, row0, rows, n_block, n, tid, warpgroup):
-        lane_in_group = tid % 128
-        if lane_in_group < D_PANELS:              # the slab's last TMA stores have read it
-            tma_store_wait_read()
+        stage(base, final, tid, warpgroup)
         named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
-        stage_fragment(base + SMEM_D, final, 16 * (tid // 32), tid % 32)
-        named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
-        t = u32(lane_in_group)
+        t = u32(tid % 128)
         c = t % u32(CHUNKS_PER_ROW)               # this thread's chunk of a row
         column = n_block * BN + 8 * types.int32(c)
         first = t // u32(CHUNKS_PER_ROW)          # and its first row in the slab
