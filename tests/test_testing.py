@@ -29,6 +29,20 @@ def test_calc_diff_equals_its_closed_form(generator):
     assert calc_diff(x, y) == pytest.approx(expected, rel=1e-9)
 
 
+def test_calc_diff_in_chunks_is_the_whole_sum(generator, monkeypatch):
+    """calc_diff sums in chunks (bounded float64 temporaries): a chunk size that does not divide
+    the element count, non-contiguous inputs and a NaN in the last chunk all still count."""
+    import pyfp8gemm.testing as testing
+
+    x = torch.randn(40, 30, generator=generator).t()          # non-contiguous
+    y = x + 0.05 * torch.randn(30, 40, generator=generator)
+    whole = calc_diff(x, y)
+    monkeypatch.setattr(testing, "_CALC_DIFF_CHUNK", 7)
+    assert calc_diff(x, y) == pytest.approx(whole, rel=1e-12)
+    y[-1, -1] = float("nan")
+    assert math.isnan(calc_diff(x, y))
+
+
 def test_calc_diff_landmarks(generator):
     x = torch.randn(100, generator=generator)
     assert calc_diff(x, x) == 0.0
