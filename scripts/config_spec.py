@@ -17,7 +17,8 @@ def parse(spec: str, schedule: str = "dense") -> KernelChoice:
     mc = parts[1] if len(parts) > 1 and parts[1] else "none"
     group = int(parts[2]) if len(parts) > 2 and parts[2] else 16
     stages = (int(parts[3]) if len(parts) > 3 and parts[3]
-              else min(MAX_STAGES, GemmConfig.max_stages(bm, bn, swap_ab=swap_ab)))
+              else min(MAX_STAGES, GemmConfig.max_stages(bm, bn, swap_ab=swap_ab,
+                                                             schedule=schedule)))
     split = parts[4] if len(parts) > 4 and parts[4] else "1"
     split_k = int(split.rstrip("w"))
     cfg = GemmConfig(bm, bn, stages, mc, group, split_k=split_k > 1, schedule=schedule,

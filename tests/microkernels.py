@@ -14,6 +14,9 @@ tests/test_intrinsics.py compiles every one of them on the CPU, so a compile err
   make_setmaxnreg()          384 threads: warpgroup 2 gives registers back (setmaxnreg.dec 40),
                              warpgroups 0-1 take them (setmaxnreg.inc 232) and use ~200 each.
   make_pack_bf16x2()         cvt.rn.bf16x2.f32: which float lands in which half.
+  make_bf16_row_copy(n)      a 64 x n fragment tile row-major into shared memory (padded rows),
+                             then the first rows out by one 1-D bulk copy each (the masked
+                             epilogue's last rows).
 
 Conventions (those of the GEMM kernel, see pyfp8gemm/device/gemm_1d2d.py):
 * parameters are raw int64 pointers, int32/float32 scalars, and tensor maps: int64 in the Python
@@ -41,13 +44,16 @@ from pyfp8gemm.cache.compiler import KernelSpec
 import functools
 
 from pyfp8gemm.device.ptx import (
-    _descriptor_low, _descriptor_of_low, _typer, cluster_ctarank, cluster_sync, fence_mbarrier_init, mbarrier_arrive_cluster,
+    _descriptor_low, _descriptor_of_low, _typer, bulk_store_1d, cluster_ctarank, cluster_sync,
+    fence_mbarrier_init, fence_proxy_async_smem, mbarrier_arrive_cluster,
     mbarrier_arrive_expect_tx, mbarrier_init, prefetch_tensormap, ptx_instruction,
     setmaxnreg_dec, setmaxnreg_inc, smem_base, tma_load_2d,
     tma_load_2d_multicast, tma_store_2d, tma_store_commit, tma_store_wait, udiv32,
     wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
 )
-from pyfp8gemm.device.tile import fragment_fence, fragment_promote, fragment_zeros
+from pyfp8gemm.device.tile import (
+    fragment_fence, fragment_promote, fragment_store_bf16_rows, fragment_zeros,
+)
 
 I64, I32, F32 = types.int64, types.int32, types.float32
 
@@ -127,12 +133,6 @@ def smem_descriptor(swizzle_bytes=128):
 # ---------------------------------------------------------------------------------------------
 # Test-only helper instructions (plain loads/stores on raw pointers, a bounded mbarrier wait)
 # ---------------------------------------------------------------------------------------------
-
-from pyfp8gemm.device.ptx import st_global_f32  # noqa: E402,F401  (the kernels' own; re-exported)
-
-u32, u64, f32 = types.uint32, types.uint64, types.float32
-TEST_ONLY_INTRINSICS = ("named_barrier_arrive", "ld_global_nc_f32", "pack_bf16x2", "stmatrix_x1",
-                        "stmatrix_x2", "stmatrix_x4", "smem_descriptor")
 
 st_global_u32 = ptx_instruction("st_global_u32", "st.global.u32 [$0], $1;", (u64, u32),
                                 doc="st.global.u32 [address], value")
@@ -562,10 +562,50 @@ def make_udiv32() -> MicroKernel:
                          threads=THREADS, smem_bytes=0)
 
 
+def row_pitch(n: int) -> int:
+    """The epilogue's row pitch for n bf16 columns (GemmConfig.d_row_pitch)."""
+    return (n // 8 | 1) * 16
+
+
+def make_bf16_row_copy(n: int) -> MicroKernel:
+    """bf16_row_copy(values, out, rows, width_bytes, out_stride_bytes), 128 threads:
+
+    thread t loads its n/2 fragment floats (values[t * n/2 ...], fragment order), writes them
+    as bf16 into shared memory row-major, tile row r at r * row_pitch(n) (stmatrix); after
+    fence.proxy.async and a barrier, each thread t < rows copies tile row t (its first
+    width_bytes) to out + t * out_stride_bytes with one cp.async.bulk, and waits for it."""
+    THREADS = 128
+    PITCH = row_pitch(n)
+
+    def make_kernel():
+        load = fragment_load_global(n // 2)
+        write_rows = fragment_store_bf16_rows(n // 2, PITCH)
+
+        def bf16_row_copy(values, out, rows, width_bytes, out_stride_bytes):
+            smem = cuda.shared.array(0, types.uint8, alignment=1024)
+            base = smem_base(smem)
+            tid = cuda.threadIdx.x
+            write_rows(base, load(values + 2 * n * tid), 16 * (tid // 32), tid % 32)
+            fence_proxy_async_smem()
+            cuda.syncthreads()
+            if tid < rows:
+                bulk_store_1d(out + tid * out_stride_bytes, base + tid * PITCH, width_bytes)
+                tma_store_commit()
+                tma_store_wait()
+
+        return bf16_row_copy
+
+    return _micro_kernel(f"microkernel_bf16_row_copy_n{n}", make_kernel,
+                         signature=(I64, I64, I32, I32, I32), threads=THREADS,
+                         smem_bytes=64 * PITCH)
+
+
+BF16_ROW_COPY_NS = (192, 112)
 WGMMA_TILE_NS = (16, 112, 128, 256)
 
 
 def all_micro_kernels() -> list[MicroKernel]:
     """Every micro-kernel the GPU tests launch (the CPU test compiles each of them)."""
     return ([make_tma_round_trip()] + [make_wgmma_tile(n) for n in WGMMA_TILE_NS]
-            + [make_multicast(), make_setmaxnreg(), make_pack_bf16x2(), make_udiv32()])
+            + [make_multicast(), make_setmaxnreg(), make_pack_bf16x2(), make_udiv32()]
+            + [make_bf16_row_copy(n) for n in BF16_ROW_COPY_NS])

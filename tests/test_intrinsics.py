@@ -39,7 +39,7 @@ from pyfp8gemm.device.ptx import (
     st_shared_u32, smem_descriptor_words, tma_load_2d,
     tma_load_2d_multicast,
     tma_load_3d, tma_store_2d, tma_store_commit, tma_store_wait, tma_store_wait_read, udiv32,
-    tma_store_3d, tma_reduce_add_3d,
+    tma_store_3d, tma_reduce_add_3d, bulk_store_1d,
     warp_uniform, wgmma_commit, wgmma_fence, wgmma_fp8, wgmma_wait,
     bits_as_f32, cvt_e4m3x2, f32_as_bits, ld_global_nc_v4_u32, ld_shared_u16, st_global_v2_u32,
     st_global_v4_u32, st_shared_v4_u32, ld_shared_u8, ld_shared_v4_u32, st_shared_v2_u32,
@@ -49,7 +49,7 @@ from pyfp8gemm.device.tile import (
     fragment_column_scales, fragment_promote_per_column,
     fragment_store_bf16_transposed_global,
     fragment_store_f32_global, fragment_store_global_v4, fragment_zeros,
-    fragment_store_f32_staged,
+    fragment_store_f32_staged, fragment_store_bf16_rows,
 )
 
 import microkernels
@@ -424,6 +424,13 @@ def staged_f32_tiles(out):
                   + ld_shared_u32(smem_base(smem) + 8192 + 4 * tid))
 
 
+@tiny_kernel("bulk_store_1d", signature=(I64, I32))
+def bulk_store_row(out, row_bytes):
+    smem = cuda.shared.array(0, types.uint8, alignment=1024)
+    bulk_store_1d(out, smem_base(smem), row_bytes)
+    tma_store_commit()
+
+
 @tiny_kernel("tma_store_wait_read")
 def wait_stores_read_smem(out):
     tma_store_wait_read()
@@ -581,6 +588,7 @@ SASS_OF = [
     ("tma_store_tile", r"UTMASTG\.2D\b"),
     ("tma_store_tile", r"UTMACMDFLUSH\b"),                        # commit_group
     ("tma_store_and_add_box_3d", r"UTMASTG\.3D\b"),
+    ("bulk_store_row", r"UBLKCP\.G\.S\b"),                          # cp.async.bulk s2g
     ("tma_store_and_add_box_3d", r"UTMAREDG\.3D\.ADD\b"),         # reduce-add in L2
     ("staged_f32_tiles", r"STS\.64\b"),                            # st.shared.v2.f32
     ("wait_stores_read_smem", r"DEPBAR\.LE SB0, 0x0\b"),          # wait_group.read 0
@@ -717,7 +725,7 @@ _store = fragment_store_global(FRAGMENT)
 _promote_uniform = fragment_promote(FRAGMENT, False)
 _promote_straddle = fragment_promote(FRAGMENT, True)
 _fence = fragment_fence(FRAGMENT)
-_store_bf16 = fragment_store_bf16(FRAGMENT, 64, 128)
+_store_bf16 = fragment_store_bf16(FRAGMENT, 64, 64 * FRAGMENT * 4, 128)   # one slab
 
 
 @tiny_kernel("fragment_promote", signature=(I64, I64, F32, F32))
@@ -756,6 +764,17 @@ def fragment_to_smem_bf16(values, out):
     _store_bf16(smem_base(smem), fragment, 16 * (tid // 32), tid % 32)
 
 
+_store_bf16_rows = fragment_store_bf16_rows(FRAGMENT, 272)
+
+
+@tiny_kernel("fragment_store_bf16_rows", signature=(I64, I64))
+def fragment_to_smem_bf16_rows(values, out):
+    smem = cuda.shared.array(0, types.uint8, alignment=1024)
+    tid = cuda.threadIdx.x
+    fragment = _load(values + 4 * FRAGMENT * tid)
+    _store_bf16_rows(smem_base(smem), fragment, 16 * (tid // 32), tid % 32)
+
+
 def _no_local_memory(kernel):
     usage = kernel.usage
     assert usage["local_bytes"] == usage["stack_bytes"] == 0, usage
@@ -783,8 +802,9 @@ def test_fragment_fence_costs_no_instruction():
         opcodes(built("copy_fragment").instructions)
 
 
-def test_fragment_store_bf16_packs_and_uses_stmatrix():
-    store = built("fragment_to_smem_bf16")
+@pytest.mark.parametrize("kernel", ["fragment_to_smem_bf16", "fragment_to_smem_bf16_rows"])
+def test_fragment_store_bf16_packs_and_uses_stmatrix(kernel):
+    store = built(kernel)
     ops = opcodes(store.instructions)
     assert ops["F2FP.BF16.F32.PACK_AB"] == FRAGMENT // 2     # two floats per 32-bit word
     assert ops["STSM.16.M88.2"] == FRAGMENT // 4             # one x2 per 8 columns
@@ -931,7 +951,10 @@ MICRO_SASS = {
     "microkernel_pack_bf16x2": [r"F2FP\.BF16\.F32\.PACK_AB\b"],
     "microkernel_udiv32": [r"MUFU\.RCP\b"],
 } | {f"microkernel_wgmma_m64n{n}k128_e4m3": [rf"QGMMA\.64x{n}x32\.F32\.E4M3\.E4M3\b"]
-     for n in microkernels.WGMMA_TILE_NS}
+     for n in microkernels.WGMMA_TILE_NS
+} | {f"microkernel_bf16_row_copy_n{n}": [r"STSM\.16\.M88\.2\b", r"FENCE\.VIEW\.ASYNC\.S\b",
+                                         r"UBLKCP\.G\.S\b"]
+     for n in microkernels.BF16_ROW_COPY_NS}
 
 
 @pytest.mark.parametrize("name", sorted(MICRO_KERNELS))

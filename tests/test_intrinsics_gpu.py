@@ -8,6 +8,8 @@ against torch on fresh random data.
   c. TMA multicast into a 2-CTA cluster, %cluster_ctarank and the remote mbarrier arrive.
   d. setmaxnreg: 40 registers for one warpgroup, 232 for two, ~200 of them used.
   e. cvt.rn.bf16x2.f32: which float goes in which half.
+  g. a fragment tile row-major into padded shared-memory rows (stmatrix), rows copied out by
+     1-D bulk copies: only the rows and bytes asked for are written.
 
 Marked `gpu`: skipped without a Hopper GPU (conftest.py). Kernels are compiled and launched
 exactly as the GEMM is: compile_kernel(KernelSpec) -> LoadedKernel -> cuLaunchKernelEx on torch's
@@ -270,3 +272,22 @@ def test_udiv32_is_exact_on_random_words(generator):
     launch(microkernels.make_udiv32(), 1, words.data_ptr(), quotients.data_ptr())
     expected = (pairs[:, 0] // pairs[:, 1]).to(torch.uint32).view(torch.int32)
     assert torch.equal(quotients.cpu(), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# g. fragment -> row-major smem (fragment_store_bf16_rows) -> 1-D bulk copy per row
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", microkernels.BF16_ROW_COPY_NS)
+@pytest.mark.parametrize("rows, columns", [(64, None), (41, None), (1, 8), (23, 40)])
+def test_row_copies_write_the_rows_and_columns_asked_for(generator, n, rows, columns):
+    columns = columns or n
+    values = torch.randn(128, n // 2, generator=generator).cuda()
+    stride = n + 24                                   # output rows wider than the tile
+    out = torch.full((64, stride), float("nan"), dtype=torch.bfloat16, device="cuda")
+    launch(microkernels.make_bf16_row_copy(n), 1, values.data_ptr(), out.data_ptr(), rows,
+           2 * columns, 2 * stride)
+    tile = microkernels.fragment_to_tile(values, n).to(torch.bfloat16)
+    assert torch.equal(out[:rows, :columns], tile[:rows, :columns])
+    assert out[:rows, columns:].isnan().all() and out[rows:].isnan().all()

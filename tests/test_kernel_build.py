@@ -227,24 +227,48 @@ def test_1d1d_in_a_cluster_multicasts_the_shared_operand(multicast, schedule):
     assert counts["UCGABAR_ARV"] >= 2 and counts["UCGABAR_WAIT"] >= 2
 
 
+def test_bf16_staging_tile_gives_each_slab_its_own_aligned_bytes():
+    """Each 64-row slab of the bf16 staging tile has its own bytes (the math warpgroups stage
+    and store without a barrier between them), 1024-aligned where there are several (TMA's
+    swizzle); a masked slab also holds 64 row-major rows, an odd number of 16-byte chunks
+    apart (stmatrix without bank conflicts)."""
+    from pyfp8gemm.host.heuristics import all_configs
+
+    checked = 0
+    for cfg in all_configs():
+        if cfg.scaling != "1d2d" or cfg.swap_ab:
+            continue
+        slabs = cfg.block_m // cfg.store_rows
+        assert cfg.d_stage_bytes >= slabs * cfg.d_slab_bytes
+        assert cfg.d_slab_bytes >= cfg.store_rows * cfg.block_n * 2
+        if slabs > 1:
+            assert cfg.d_slab_bytes % 1024 == 0, cfg.name
+        if cfg.schedule == "m_grouped_masked":
+            assert cfg.d_slab_bytes >= 64 * cfg.d_row_pitch and cfg.d_row_pitch // 16 % 2 == 1
+        checked += 1
+    assert checked > 50
+
+
 @pytest.mark.parametrize("block_n", [128, 112])
-def test_masked_kernel_stores_full_slabs_by_tma_and_the_last_rows_staged(block_n):
+def test_masked_kernel_stores_full_slabs_by_tma_and_the_last_rows_by_row(block_n):
     """m_grouped_masked: a warpgroup's 64-row slab whose rows are all below masked_m leaves by
-    TMA (stmatrix into shared memory, UTMASTG); the slab with the group's last rows is staged the
-    same way (a second stmatrix path) and copied out in 16-byte chunks (LDS.128 -> STG.E.128),
-    bounded: no narrower global store is left in the kernel. 112 (a 32-byte swizzle, 14 chunks
-    a row) spilled while the copy's per-pass indices were loop-invariant values ptxas kept
-    live across the K loop."""
+    TMA (stmatrix into the swizzled staging tile, UTMASTG); the slab with the group's last rows
+    is staged row-major (a second stmatrix path) and leaves by one 1-D bulk copy per row
+    (UBLKCP): no global store from registers is left in the kernel. 112 (a 32-byte swizzle)
+    spilled in an earlier copy whose loop-invariant indices ptxas kept live across the K
+    loop."""
     from pyfp8gemm.host.heuristics import make_config
 
     cfg = make_config(128, block_n, schedule="m_grouped_masked")
+    assert cfg.d_row_pitch // 16 % 2 == 1 and cfg.d_row_pitch >= 2 * block_n
+    assert cfg.d_stage_bytes >= 128 * cfg.d_row_pitch
     kernel = compiler.compile_kernel(kernel_spec(cfg))
     assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
     counts = toolchain.count_opcodes(toolchain.sass(kernel.cubin),
-                                     ("UTMASTG", "STSM", "LDS.128", "STG.E.128", "STG"))
-    assert counts["UTMASTG"] >= 1 and counts["STSM"] >= 2 * (cfg.block_n // 8)
-    assert counts["LDS.128"] >= 1 and counts["STG.E.128"] >= 1
-    assert counts["STG"] == counts["STG.E.128"]
+                                     ("UTMASTG", "UBLKCP", "STSM", "STG"))
+    assert counts["UTMASTG"] >= 1 and counts["UBLKCP"] >= 1
+    assert counts["STSM"] >= 2 * (cfg.block_n // 8)
+    assert counts["STG"] == 0
 
 
 def test_masked_kernel_with_the_dead_warpgroup_branch_is_not_serialized():

@@ -268,8 +268,27 @@ class GemmConfig:
         if self.swap_ab:            # stored transposed from registers
             return 0
         if self.scaling == "1d2d":
-            return align(self.block_m * self.block_n * 2, 1024)
+            return align(self.block_m // self.store_rows * self.d_slab_bytes, 1024)
         return self.block_m * self.block_n * 4 if self.epilogue == "tma" else 0
+
+    @property
+    def d_slab_bytes(self):
+        """The bf16 staging tile is slab-major: each `store_rows`-row slab (what one warpgroup
+        wave stores) in its own bytes, its swizzle panels one after another. A warpgroup then
+        never touches the other's staging bytes, whatever layout it writes them in (the masked
+        GEMM's row-major last rows, cfg.d_row_pitch apart). With several slabs (64 rows each)
+        a multiple of 1024 bytes: every panel starts where the TMA swizzle needs it."""
+        slab = self.store_rows * self.block_n * 2
+        if self.schedule == "m_grouped_masked":
+            slab = max(slab, self.store_rows * self.d_row_pitch)
+        return slab
+
+    @property
+    def d_row_pitch(self):
+        """Bytes from row to row of the row-major staged output tile (the masked grouped GEMM's
+        last rows of a group, copied out row by row): BLOCK_N bf16 padded to an odd number of
+        16-byte chunks, so that stmatrix's 8 rows of a matrix fall in 8 different bank groups."""
+        return (self.block_n // 8 | 1) * 16
 
     @property
     def smem_offsets(self):
@@ -302,8 +321,9 @@ class GemmConfig:
                 f"_s{self.stages}{mc}_g{self.group_m}{overlap}{split}{acc}{tma_d}{swap}")
 
     @staticmethod
-    def max_stages(block_m, block_n, scaling="1d2d", epilogue="direct", swap_ab=False):
-        cfg = GemmConfig(block_m, block_n, 1, scaling=scaling, schedule="dense",
+    def max_stages(block_m, block_n, scaling="1d2d", epilogue="direct", swap_ab=False,
+                   schedule="dense"):
+        cfg = GemmConfig(block_m, block_n, 1, scaling=scaling, schedule=schedule,
                          epilogue=epilogue, swap_ab=swap_ab)   # its layout, with one stage
         per_stage = (block_m * BLOCK_K + block_n * BLOCK_K + cfg.sfa_stage_bytes
                      + cfg.sfb_stage_bytes + 16)

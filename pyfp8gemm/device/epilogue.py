@@ -5,9 +5,9 @@
   its own 64-row slabs on its own: no barrier across warpgroups, so one can start the next
   tile's wgmmas while the other is still here (the tensor cores idled during a tile-wide
   epilogue).
-* `make_staged_bounded_bf16_store(cfg)`: one warpgroup's slab staged as for the TMA store,
-  then copied to global memory in 16-byte chunks, rows and columns bounded (the masked grouped
-  GEMM's last rows of a group: rows past its count stay untouched).
+* `make_row_copy_bf16_store(cfg)`: one warpgroup's slab staged row-major, then one 1-D bulk
+  copy per row, only rows below a bound (the masked grouped GEMM's last rows of a group: rows
+  past its count stay untouched); it drains like the TMA stores.
 * `make_f32_tma_epilogue(cfg)`: FP32 (the 1D1D kernel's "tma" epilogue) into shared memory
   (32-column swizzled panels, or row-major for BLOCK_N 8 modulo 16), then per box one TMA
   store, or with C a TMA reduce-add (D += tile, the addition done in L2): C is never read on
@@ -24,13 +24,12 @@ from numba.cuda import types
 
 from .config import D_STORE_ROWS
 from .ptx import (
-    atom_add_global_u32, fence_acq_rel_gpu, fence_proxy_async_smem, ld_shared_u32,
-    ld_shared_v4_u32, st_global_v4_u32,
+    atom_add_global_u32, bulk_store_1d, fence_acq_rel_gpu, fence_proxy_async_smem, ld_shared_u32,
     named_barrier_sync, st_global_u32, st_shared_u32, tma_reduce_add_3d, tma_store_2d,
     tma_store_3d, tma_store_commit, tma_store_wait, tma_store_wait_read,
 )
 from .tile import (
-    fragment_add_global_v4, fragment_store_bf16,
+    fragment_add_global_v4, fragment_store_bf16, fragment_store_bf16_rows,
     fragment_store_bf16_transposed_global, fragment_store_f32_staged, fragment_store_global_v4,
     fragment_zeros,
 )
@@ -54,28 +53,49 @@ def _make_drain(issuers):
     return drain
 
 
+def _store_issuers(cfg):
+    """How many of a math warpgroup's first threads issue its bulk stores: one per swizzle
+    panel (TMA stores), or 64 where a slab may also go out row by row (one thread a row)."""
+    if cfg.schedule == "m_grouped_masked":
+        return D_STORE_ROWS
+    return cfg.block_n * 2 // cfg.swizzle_d
+
+
+def _wait_slab_free(cfg):
+    """`wait(tid, warpgroup)`: the group's previous bulk stores (each issuing thread waits for
+    its own) have finished reading its staging slabs; then the group syncs."""
+    inline = cuda.jit(device=True, inline="always")
+    ISSUERS = _store_issuers(cfg)
+
+    @inline
+    def wait(tid, warpgroup):
+        if tid % 128 < ISSUERS:
+            tma_store_wait_read()
+        named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
+    return wait
+
+
 def _make_slab_stager(cfg):
     """`stage(base, final, tid, warpgroup)`: a math warpgroup's slabs of the tile as bf16 into
-    the swizzled staging tile (stmatrix), once the group's previous TMA stores have read them;
-    the caller syncs the group again before anything reads them."""
+    the swizzled staging tile (stmatrix; slab-major, cfg.d_slab_bytes), once the group's
+    previous TMA stores have read them; the caller syncs the group again before anything reads
+    them."""
     inline = cuda.jit(device=True, inline="always")
     BM, BN, WAVES = cfg.block_m, cfg.block_n, cfg.waves
     SWIZZLE_D = cfg.swizzle_d
-    D_PANELS = BN * 2 // SWIZZLE_D    # TMA stores per output tile (one per swizzle panel)
     SMEM_D = cfg.smem_offsets["d"]
     n_acc, final_acc = BN // 2, WAVES * BN // 2
-    store_first = fragment_store_bf16(n_acc, BM, SWIZZLE_D, final_acc, 0)
-    store_last = fragment_store_bf16(n_acc, BM, SWIZZLE_D, final_acc, (WAVES - 1) * n_acc)
+    layout = (cfg.store_rows, cfg.d_slab_bytes, SWIZZLE_D)
+    store_first = fragment_store_bf16(n_acc, *layout, final_acc, 0)
+    store_last = fragment_store_bf16(n_acc, *layout, final_acc, (WAVES - 1) * n_acc)
     NARROW = BM < D_STORE_ROWS            # BLOCK_M 16 / 32: rows past BLOCK_M are not data
     assert D_STORE_ROWS == 64
+    wait_slab_free = _wait_slab_free(cfg)
 
     @inline
     def stage(base, final, tid, warpgroup):
         lane_in_group = tid % 128
-        # The group's previous TMA stores must have finished reading its slabs.
-        if lane_in_group < D_PANELS:
-            tma_store_wait_read()
-        named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
+        wait_slab_free(tid, warpgroup)
         if NARROW:                                # only the warps of the BLOCK_M real rows
             if 16 * (lane_in_group // 32) < BM:
                 store_first(base + SMEM_D, final, 16 * (tid // 32), tid % 32)
@@ -92,26 +112,61 @@ def make_bf16_epilogue(cfg):
     SWIZZLE_D = cfg.swizzle_d
     D_PANELS = BN * 2 // SWIZZLE_D    # TMA stores per output tile (one per swizzle panel)
     SMEM_D = cfg.smem_offsets["d"]
+    SLAB, PANEL = cfg.d_slab_bytes, cfg.store_rows * SWIZZLE_D
     stage = _make_slab_stager(cfg)
 
     @inline
     def store(base, tmap_d, final, row0, n_block, tid, warpgroup):
         """Store the tile whose first output row is `row0`."""
         lane_in_group = tid % 128
-        slab_rows = base + SMEM_D + 64 * SWIZZLE_D * warpgroup   # this group's rows, panel 0
         stage(base, final, tid, warpgroup)
         fence_proxy_async_smem()                  # stmatrix writes -> visible to TMA
         named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
         if lane_in_group < D_PANELS:              # one thread per swizzle panel
-            panel = slab_rows + lane_in_group * (BM * SWIZZLE_D)
+            panel = base + SMEM_D + SLAB * warpgroup + PANEL * lane_in_group
             column = n_block * BN + lane_in_group * (SWIZZLE_D // 2)
             row = row0 + 64 * warpgroup
             tma_store_2d(tmap_d, panel, column, row)
-            if WAVES == 2:
-                tma_store_2d(tmap_d, panel + 128 * SWIZZLE_D, column, row + 128)
+            if WAVES == 2:                        # the second wave's slab: rows 128..
+                tma_store_2d(tmap_d, panel + 2 * SLAB, column, row + 128)
             tma_store_commit()
 
-    return Epilogue(store, _make_drain(D_PANELS))
+    return Epilogue(store, _make_drain(_store_issuers(cfg)))
+
+
+def make_row_copy_bf16_store(cfg):
+    """`store(base, d, final, row0, rows, n_block, n, tid, warpgroup)`: one math warpgroup's
+    64-row slab of the tile (rows row0 + 64 * warpgroup..) to global memory, only rows < `rows`
+    and columns < `n` (`d`: the output's row 0, row stride n, n a multiple of 8). The slab goes
+    into shared memory row-major (cfg.d_row_pitch apart: stmatrix without bank conflicts),
+    then each of the group's first 64 threads copies its row out with one 1-D bulk copy: the
+    TMA unit writes whole lines, as the slab's TMA store would, and rows past `rows` stay
+    untouched. The copies drain with the TMA stores (same bulk groups, same issuers)."""
+    inline = cuda.jit(device=True, inline="always")
+    BN = cfg.block_n
+    PITCH, SLAB = cfg.d_row_pitch, cfg.d_slab_bytes
+    SMEM_D = cfg.smem_offsets["d"]
+    assert cfg.waves == 1 and cfg.block_m >= 64 and _store_issuers(cfg) == D_STORE_ROWS
+    write_rows = fragment_store_bf16_rows(BN // 2, PITCH)
+    wait_slab_free = _wait_slab_free(cfg)
+
+    @inline
+    def store(base, d, final, row0, rows, n_block, n, tid, warpgroup):
+        lane_in_group = tid % 128
+        wait_slab_free(tid, warpgroup)
+        slab = base + SMEM_D + SLAB * warpgroup          # this group's own staging bytes
+        write_rows(slab, final, 16 * (lane_in_group // 32), tid % 32)   # row r at r * PITCH
+        fence_proxy_async_smem()                  # stmatrix writes -> visible to the bulk copy
+        named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
+        row = row0 + 64 * warpgroup + lane_in_group       # this thread's row
+        column = n_block * BN
+        if lane_in_group < 64 and row < rows:
+            smem_row = slab + PITCH * lane_in_group
+            width = min(BN, n - column)                   # the last N block may be narrower
+            bulk_store_1d(d + 2 * (types.int64(row) * n + column), smem_row, 2 * width)
+            tma_store_commit()
+
+    return store
 
 
 def make_f32_tma_epilogue(cfg):
@@ -153,55 +208,6 @@ def make_f32_tma_epilogue(cfg):
             tma_store_commit()
 
     return Epilogue(store, _make_drain(BOXES))
-
-
-def make_staged_bounded_bf16_store(cfg):
-    """`store(base, d, final, row0, rows, n_block, n, tid, warpgroup)`: one math warpgroup's
-    64-row slab of the tile (rows row0 + 64 * warpgroup..) to global memory, only rows < `rows`
-    and columns < `n` (`d`: the output's row 0, row stride n). The slab goes through shared
-    memory as for the TMA store (stmatrix into the swizzled staging tile), then each thread
-    copies one 16-byte chunk of a row per pass, consecutive threads along a row: whole 128-byte
-    lines per warp instead of the 16-byte pieces a register store writes per row."""
-    inline = cuda.jit(device=True, inline="always")
-    u32 = types.uint32
-    BM, BN = cfg.block_m, cfg.block_n
-    SWIZZLE_D = cfg.swizzle_d
-    SMEM_D = cfg.smem_offsets["d"]
-    CHUNKS_PER_ROW = BN // 8                  # 16-byte chunks (8 bf16 columns) of a tile row
-    CHUNKS_PER_ATOM = SWIZZLE_D // 16
-    ATOM_BYTES = BM * SWIZZLE_D
-    # One thread per chunk of a row, as many rows per pass as fit in 128 threads: a thread's
-    # column and first row are computed once, its rows step by a constant (nothing per pass
-    # for the compiler to hoist into registers).
-    ROWS_PER_PASS = 128 // CHUNKS_PER_ROW
-    PASSES = -(-64 // ROWS_PER_PASS)
-    assert cfg.waves == 1 and BM >= 64
-    stage = _make_slab_stager(cfg)
-
-    @inline
-    def store(base, d, final, row0, rows, n_block, n, tid, warpgroup):
-        stage(base, final, tid, warpgroup)
-        named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
-        t = u32(tid % 128)
-        c = t % u32(CHUNKS_PER_ROW)               # this thread's chunk of a row
-        column = n_block * BN + 8 * types.int32(c)
-        first = t // u32(CHUNKS_PER_ROW)          # and its first row in the slab
-        if first < u32(ROWS_PER_PASS) and column < n:
-            smem_atom = u32(base + SMEM_D) + (c // u32(CHUNKS_PER_ATOM)) * u32(ATOM_BYTES)
-            c_in_atom = c % u32(CHUNKS_PER_ATOM)
-            rows_left = rows - row0 - 64 * warpgroup      # the slab's rows that are the group's
-            at = d + 2 * (types.int64(row0 + 64 * warpgroup) * n + column)
-            for p in range(PASSES):
-                r = first + u32(p * ROWS_PER_PASS)
-                if r < u32(64) and types.int32(r) < rows_left:
-                    row = u32(64) * u32(warpgroup) + r              # (fragment_store_bf16's
-                    bank_group = row * u32(CHUNKS_PER_ATOM) + c_in_atom     # swizzle, read
-                    line = bank_group >> u32(3)                             # back)
-                    col = (bank_group & u32(7)) ^ (line & u32(CHUNKS_PER_ATOM - 1))
-                    x0, x1, x2, x3 = ld_shared_v4_u32(smem_atom + line * u32(128) + col * u32(16))
-                    st_global_v4_u32(at + 2 * types.int64(r) * n, x0, x1, x2, x3)
-
-    return store
 
 
 def make_transposed_bf16_store(cfg):

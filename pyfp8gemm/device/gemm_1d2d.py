@@ -22,8 +22,8 @@ and the schedule says which group a tile belongs to: for m_grouped_contiguous a 
 index (padding blocks have no K blocks and store zeros), for m_grouped_masked A is
 (groups * M_max, K), D (groups, M_max, N), A's scales (groups, K blocks, align(M_max, 4)),
 group g has masked_m[g] rows: a warpgroup's 64-row slab whose rows are all below that count is
-stored by TMA, as in a dense tile; the slab holding the group's last rows is staged the same
-way and copied out in 16-byte chunks, rows bounded by the count (rows past it stay untouched).
+stored by TMA, as in a dense tile; the slab holding the group's last rows is staged row-major
+and copied out by one 1-D bulk copy per row below the count (rows past it stay untouched).
 
 Swap-AB (cfg.swap_ab, for decode batches of 1-32 tokens): the tile is computed as D^T = B A^T,
 64 weight rows (the wgmma's M side: B's tile is its A operand) by BLOCK_N tokens (its N side,
@@ -41,7 +41,7 @@ from numba.cuda import types
 
 from .config import BLOCK_K, MATH_REGISTERS, PRODUCER_REGISTERS, SFB_STAGE_BYTES
 from .epilogue import (
-    make_bf16_epilogue, make_split_k_reduction, make_staged_bounded_bf16_store,
+    make_bf16_epilogue, make_row_copy_bf16_store, make_split_k_reduction,
     make_transposed_bf16_store,
 )
 from .k_loop import fragments, make_math_setup, make_scaling_for, make_tile_k_loop
@@ -120,7 +120,7 @@ def make_fp8_gemm_1d2d(cfg):
     skip_k_blocks = (make_ring_skipper(ring) if (MASKED and not SWAP) or PAIRED_GROUPS
                      else None)
     store_tile, drain_stores = make_bf16_epilogue(cfg) if not SWAP else (None, None)
-    store_slab = make_staged_bounded_bf16_store(cfg) if MASKED and not SWAP else None
+    store_slab = make_row_copy_bf16_store(cfg) if MASKED and not SWAP else None
     store_transposed = make_transposed_bf16_store(cfg) if SWAP else None
     reduce_split_k = make_split_k_reduction(cfg)
     zeros, final_zeros = fragments(cfg)

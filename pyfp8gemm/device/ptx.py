@@ -296,6 +296,13 @@ tma_reduce_add_3d = ptx_instruction(
     doc="cp.reduce.async.bulk.tensor.3d add (tensor_map, smem_src, x, y, z): the box is added "
         "to global memory (in L2, element type from the map) in a bulk group.")
 
+bulk_store_1d = ptx_instruction(
+    "bulk_store_1d",
+    "cp.async.bulk.global.shared::cta.bulk_group [$0], [$1], $2;",
+    (u64, u32, u32),
+    doc="cp.async.bulk 1-D store (global_dst, smem_src, bytes) in a bulk group: a contiguous "
+        "run of bytes, both addresses 16-byte aligned, bytes a multiple of 16.")
+
 tma_store_commit = ptx_instruction(
     "tma_store_commit", "cp.async.bulk.commit_group;",
     doc="cp.async.bulk.commit_group: close the current bulk group of TMA stores.")

@@ -106,23 +106,16 @@ def fragment_promote(n_acc, two_scale_blocks, n_final=None, offset=0, first_grou
     return intrinsic(_typer(arity, sig, codegen, name))
 
 
-@functools.cache
-def fragment_store_bf16(n_acc, block_m, swizzle_bytes, n_final=None, offset=0):
-    """Make `store(smem_d, fragment, row0, lane)`: the epilogue's register -> smem step.
-
-    The fragment holds n_final floats (default n_acc); elements offset..offset + n_acc are
-    stored (one 64-row wave of a BLOCK_M 256 warpgroup; `row0` says where its rows start).
-
-    Converts the fragment to bf16 and writes it with stmatrix x2 into the output tile in shared
-    memory, laid out as TMA's `swizzle_bytes` swizzle expects it: the BLOCK_N columns are cut
-    into atoms `swizzle_bytes` wide (each a BLOCK_M x swizzle_bytes panel, stored one after
-    another); inside a panel, the 16-byte chunk c of row r sits at chunk c ^ (r % (swizzle/16))
-    of that row's 8x128-byte line group. `row0` is the fragment's first row in the tile
-    (16 * math warp + 128 * wave), `lane` the lane id; lanes 0-15 give the 16 row addresses.
-    """
+def _fragment_store_bf16(n_acc, n_final, offset, chunk_offset, name, layout_start=None):
+    """The register -> smem step of the bf16 epilogues: `store(smem_d, fragment, row0, lane)`
+    converts fragment elements offset..offset + n_acc to bf16 and writes them with stmatrix x2,
+    8 columns (a 16-byte chunk of a row) per pair of 8x8 matrices. The layout:
+    `layout_start(builder, const, smem_d, row0, row) -> (start, r)` where the 16 rows row0 +
+    row of the fragment start and r the row from there (default: smem_d and row0 + row), then
+    `chunk_offset(builder, const, r, i)` where chunk i of row r sits, in bytes from start."""
+    layout_start = layout_start or (
+        lambda builder, const, smem_d, row0, row: (smem_d, builder.add(row0, row)))
     n_final = n_final or n_acc
-    chunks_per_atom = swizzle_bytes // 16      # 16-byte chunks (8 bf16 columns) per atom row
-    atom_bytes = block_m * swizzle_bytes
     pack_asm = "cvt.rn.bf16x2.f32 $0, $2, $1;"
     stsm_asm = "stmatrix.sync.aligned.x2.m8n8.shared.b16 [$0], {$1, $2};"
     u32, f32 = types.uint32, types.float32
@@ -131,17 +124,9 @@ def fragment_store_bf16(n_acc, block_m, swizzle_bytes, n_final=None, offset=0):
         smem_d, acc, row0, lane = args
         const = lambda v: ir.Constant(I32, v)  # noqa: E731
         row = builder.and_(lane, const(15))            # lanes 0-7: rows 0-7, 8-15: rows 8-15
-        row_in_tile = builder.add(row0, row)
+        smem_d, row_in_tile = layout_start(builder, const, smem_d, row0, row)
         for i in range(n_acc // 4):
-            atom, chunk = divmod(i, chunks_per_atom)
-            # Swizzle as DeepGEMM's epilogue: view the panel as rows of 128 bytes.
-            bank_group = builder.add(builder.mul(row_in_tile, const(chunks_per_atom)),
-                                     const(chunk))
-            line = builder.lshr(bank_group, const(3))
-            col = builder.xor(builder.and_(bank_group, const(7)),
-                              builder.and_(line, const(chunks_per_atom - 1)))
-            in_panel = builder.add(builder.mul(line, const(128)), builder.mul(col, const(16)))
-            addr = builder.add(smem_d, builder.add(in_panel, const(atom * atom_bytes)))
+            addr = builder.add(smem_d, chunk_offset(builder, const, row_in_tile, i))
             v = [builder.extract_value(acc, offset + 4 * i + j) for j in range(4)]
             lo = emit_asm(builder, pack_asm, (u32,), (f32, f32), [v[0], v[1]])
             hi = emit_asm(builder, pack_asm, (u32,), (f32, f32), [v[2], v[3]])
@@ -149,8 +134,62 @@ def fragment_store_bf16(n_acc, block_m, swizzle_bytes, n_final=None, offset=0):
         return context.get_dummy_value()
 
     sig = types.void(types.uint32, _fragment(n_final), types.uint32, types.uint32)
-    return intrinsic(_typer(4, sig, codegen, f"fragment_store_bf16_{n_acc}_m{block_m}"
-                                             f"_sw{swizzle_bytes}_{n_final}_at{offset}"))
+    return intrinsic(_typer(4, sig, codegen, name))
+
+
+@functools.cache
+def fragment_store_bf16(n_acc, slab_rows, slab_bytes, swizzle_bytes, n_final=None, offset=0):
+    """Make `store(smem_d, fragment, row0, lane)`: the epilogue's register -> smem step.
+
+    The fragment holds n_final floats (default n_acc); elements offset..offset + n_acc are
+    stored (one 64-row wave of a BLOCK_M 256 warpgroup; `row0` says where its rows start).
+
+    Converts the fragment to bf16 and writes it with stmatrix x2 into the output tile in shared
+    memory, laid out as TMA's `swizzle_bytes` swizzle expects it: the tile is cut into slabs of
+    `slab_rows` rows, `slab_bytes` apart; a slab's columns into atoms `swizzle_bytes` wide (each
+    a slab_rows x swizzle_bytes panel, stored one after another); inside a panel, the 16-byte
+    chunk c of row r sits at chunk c ^ (r % (swizzle/16)) of that row's 8x128-byte line group.
+    `row0` is the fragment's first row in the tile (16 * math warp + 128 * wave), `lane` the
+    lane id; lanes 0-15 give the 16 row addresses.
+    """
+    chunks_per_atom = swizzle_bytes // 16      # 16-byte chunks (8 bf16 columns) per atom row
+    atom_bytes = slab_rows * swizzle_bytes
+    assert slab_rows & (slab_rows - 1) == 0
+
+    def slab_start(builder, const, smem_d, row0, row):
+        # row0 is a multiple of 16 and row < 16: the 16 rows lie in row0's slab.
+        slab = builder.lshr(row0, const(slab_rows.bit_length() - 1))
+        start = builder.add(smem_d, builder.mul(slab, const(slab_bytes)))
+        return start, builder.add(builder.and_(row0, const(slab_rows - 1)), row)
+
+    def swizzled(builder, const, row, i):
+        atom, chunk = divmod(i, chunks_per_atom)
+        # Swizzle as DeepGEMM's epilogue: view the panel as rows of 128 bytes.
+        bank_group = builder.add(builder.mul(row, const(chunks_per_atom)), const(chunk))
+        line = builder.lshr(bank_group, const(3))
+        col = builder.xor(builder.and_(bank_group, const(7)),
+                          builder.and_(line, const(chunks_per_atom - 1)))
+        in_panel = builder.add(builder.mul(line, const(128)), builder.mul(col, const(16)))
+        return builder.add(in_panel, const(atom * atom_bytes))
+
+    return _fragment_store_bf16(n_acc, n_final, offset, swizzled,
+                                f"fragment_store_bf16_{n_acc}_r{slab_rows}_s{slab_bytes}"
+                                f"_sw{swizzle_bytes}_{n_final or n_acc}_at{offset}", slab_start)
+
+
+@functools.cache
+def fragment_store_bf16_rows(n_acc, row_pitch):
+    """Make `store(smem_d, fragment, row0, lane)` as `fragment_store_bf16`'s, into a row-major
+    tile instead: row r at r * row_pitch bytes, its columns in order (rows a 1-D bulk copy can
+    take whole). With row_pitch an odd number of 16-byte chunks, the 8 rows of each stmatrix
+    matrix fall in 8 different bank groups (no conflicts)."""
+    assert row_pitch % 16 == 0 and row_pitch >= n_acc * 4
+
+    def row_major(builder, const, row_in_tile, i):
+        return builder.add(builder.mul(row_in_tile, const(row_pitch)), const(16 * i))
+
+    return _fragment_store_bf16(n_acc, None, 0, row_major,
+                                f"fragment_store_bf16_rows_{n_acc}_p{row_pitch}")
 
 
 @functools.cache

@@ -153,7 +153,8 @@ def make_config(block_m: int, block_n: int, multicast: str = "none", split_k: bo
                 accumulate: bool = False, epilogue: str = "direct",
                 swap_ab: bool = False) -> GemmConfig:
     """The kernel of a tile shape, with the deepest ring shared memory holds."""
-    stages = min(MAX_STAGES, GemmConfig.max_stages(block_m, block_n, scaling, epilogue, swap_ab))
+    stages = min(MAX_STAGES, GemmConfig.max_stages(block_m, block_n, scaling, epilogue, swap_ab,
+                                                    schedule))
     return GemmConfig(block_m, block_n, stages, multicast, split_k=split_k, schedule=schedule,
                       scaling=scaling, accumulate=accumulate, epilogue=epilogue,
                       swap_ab=swap_ab)
