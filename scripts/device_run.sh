@@ -2,13 +2,15 @@
 # GPU work for one device call (on the device machine, from the repository root):
 #   bash scripts/device_run.sh STEP [STEP ...]
 # STEPs:
-#   precompile  every kernel, in parallel, into the cache the tests share
+#   precompile  every kernel, in parallel, into the cache the tests share (and the configs
+#               $PRECOMPILE_SPECS of schedule $PRECOMPILE_SCHEDULE: the A/B steps' variants)
 #   warm        only the kernels of the benchmark shapes (`python -m pyfp8gemm warmup`)
 #   tests       the GPU suite but the heavy files (14 workers)
 #   heavy       the grouped and training GPU tests (2 workers: float64 references take GiBs)
 #   qtest       the fused quantization kernel's GPU tests
 #   bench       dense ANCHORS shapes;  decode  the dense M <= 128 shapes
-#   grouped     the m-grouped kinds;   training  wgrad-1d1d, k-grouped, train-step ($TRAIN_KINDS)
+#   inspect     registers and spills of every compiled kernel (python -m pyfp8gemm inspect)
+#   grouped     the m-grouped kinds ($GROUPED_KINDS);   training  wgrad-1d1d, k-grouped, train-step ($TRAIN_KINDS)
 #   swapab      swap-AB: GPU tests + A/B against the heuristic's pick and DeepGEMM
 #   wgradab     the 1D1D kernel's tile widths side by side (ab_time.py --1d1d)
 #   groupedab   m-grouped configs side by side (ab_grouped.py), then dense ones (ab_time.py)
@@ -57,11 +59,17 @@ for step in "$@"; do
   fi
   case $step in
     precompile)
-      tl 240 python3 scripts/precompile.py --all 2>&1 | grep -v Warn | tail -2 ;;
+      tl 240 python3 scripts/precompile.py --all ${PRECOMPILE_SCHEDULE:+--schedule \
+          $PRECOMPILE_SCHEDULE} ${PRECOMPILE_SPECS:-} 2>&1 | grep -v Warn | tail -2 ;;
     warm)     # only what the benchmarks and the heavy tests pick (ANCHORS and DeepGEMM shapes)
       tl 240 python3 -m pyfp8gemm warmup --jobs 16 --m-range 1:8192 --groups 4 6 8 32 \
           --wgrad --shapes 2112,7168 24576,1536 32768,512 7168,16384 4096,7168 7168,2048 \
           8192,8192 6144,7168 7168,3072 4096,4096 4096,2048 2048,7168 2>&1 | tail -2 ;;
+    inspect)  # registers and spills of every cached kernel (after precompile: no compiling)
+      tl 200 python3 -m pyfp8gemm inspect --jobs 16 --json > $OUT/inspect.json 2> $OUT/inspect_err.txt
+      python3 -c "import json, sys; rows = json.load(open(sys.argv[1]))
+spilled = [(r['name'], r['spill_bytes']) for r in rows if r['spill_bytes']]
+print(len(rows), 'kernels,', len(spilled), 'with spills', spilled)" $OUT/inspect.json ;;
     tests)
       tl 200 python3 -m pytest -q -m gpu -p no:cacheprovider -n 14 --timeout 180 \
           --timeout-method thread $(for f in $heavy; do echo --ignore=$f; done) \
@@ -76,7 +84,7 @@ for step in "$@"; do
           > $OUT/bench.txt 2>&1
       grep -v Warn $OUT/bench.txt | tail -28 ;;
     grouped)
-      for kind in m-grouped-contiguous m-grouped-masked; do
+      for kind in ${GROUPED_KINDS:-m-grouped-contiguous m-grouped-masked}; do
         tl 150 python3 -m bench --kind $kind --no-progress --json $OUT/bench_$kind.json \
             --providers pyfp8gemm,cublas-loop,torch-grouped-bf16${DG_OK:+,deepgemm} \
             > $OUT/bench_$kind.txt 2>&1

@@ -4,6 +4,7 @@
                                                       and the forced ones of the GPU tests and
                                                       the device A/B steps (`forced_configs`)
     python scripts/precompile.py SPEC ... [--jobs N]  the given configs (scripts/config_spec.py)
+        [--schedule S]                                of schedule S (default dense)
 
 The device scripts run it first: the GPU suite then finds every kernel compiled (one process per
 kernel here, instead of ptxas runs queued behind each other in the test workers).
@@ -52,10 +53,11 @@ def main():
     parser.add_argument("specs", nargs="*")
     parser.add_argument("--all", action="store_true", help="heuristics.all_configs()")
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
+    parser.add_argument("--schedule", default="dense", help="the SPECs' schedule")
     args = parser.parse_args()
     from config_spec import parse
     from pyfp8gemm.host.heuristics import all_configs
-    configs = [parse(s).config for s in args.specs]
+    configs = [parse(s, args.schedule).config for s in args.specs]
     if args.all:
         configs += all_configs() + forced_configs()
     kernels = sorted(set(configs), key=lambda c: c.name)
