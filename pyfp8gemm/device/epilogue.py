@@ -44,8 +44,8 @@ class Epilogue(NamedTuple):
 
 
 def _make_drain(issuers):
-    """`drain(tid)`: the `issuers` threads of each math warpgroup that issued TMA stores wait
-    until they have completed (before the CTA exits)."""
+    """`drain(tid)`: the first `issuers` threads of each math warpgroup (those that issue its
+    bulk stores) wait until their stores have completed (before the CTA exits)."""
     @cuda.jit(device=True, inline="always")
     def drain(tid):
         if tid % 128 < issuers:
@@ -61,15 +61,12 @@ def _store_issuers(cfg):
     return cfg.block_n * 2 // cfg.swizzle_d
 
 
-def _wait_slab_free(cfg):
-    """`wait(tid, warpgroup)`: the group's previous bulk stores (each issuing thread waits for
-    its own) have finished reading its staging slabs; then the group syncs."""
-    inline = cuda.jit(device=True, inline="always")
-    ISSUERS = _store_issuers(cfg)
-
-    @inline
+def _make_slab_wait(issuers):
+    """`wait(tid, warpgroup)`: the group's previous bulk stores (each of its first `issuers`
+    threads waits for its own) have finished reading its staging slabs; then the group syncs."""
+    @cuda.jit(device=True, inline="always")
     def wait(tid, warpgroup):
-        if tid % 128 < ISSUERS:
+        if tid % 128 < issuers:
             tma_store_wait_read()
         named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
     return wait
@@ -90,7 +87,7 @@ def _make_slab_stager(cfg):
     store_last = fragment_store_bf16(n_acc, *layout, final_acc, (WAVES - 1) * n_acc)
     NARROW = BM < D_STORE_ROWS            # BLOCK_M 16 / 32: rows past BLOCK_M are not data
     assert D_STORE_ROWS == 64
-    wait_slab_free = _wait_slab_free(cfg)
+    wait_slab_free = _make_slab_wait(_store_issuers(cfg))
 
     @inline
     def stage(base, final, tid, warpgroup):
@@ -148,7 +145,7 @@ def make_row_copy_bf16_store(cfg):
     SMEM_D = cfg.smem_offsets["d"]
     assert cfg.waves == 1 and cfg.block_m >= 64 and _store_issuers(cfg) == D_STORE_ROWS
     write_rows = fragment_store_bf16_rows(BN // 2, PITCH)
-    wait_slab_free = _wait_slab_free(cfg)
+    wait_slab_free = _make_slab_wait(_store_issuers(cfg))
 
     @inline
     def store(base, d, final, row0, rows, n_block, n, tid, warpgroup):
@@ -186,14 +183,13 @@ def make_f32_tma_epilogue(cfg):
     ACCUMULATE = cfg.accumulate
     assert cfg.waves == 1 and BOX_ROWS == 64 and BN % BOX_COLUMNS == 0
     write = fragment_store_f32_staged(BN // 2, swizzle == 128)
+    wait_slab_free = _make_slab_wait(BOXES)
 
     @inline
     def store(base, tmap_d, final, m_block, n_block, group, tid, warpgroup):
         lane_in_group = tid % 128
         slab = base + SMEM_D + SLAB * warpgroup
-        if lane_in_group < BOXES:          # its previous box has left the slab
-            tma_store_wait_read()
-        named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
+        wait_slab_free(tid, warpgroup)     # its previous boxes have left the slab
         write(slab, final, 16 * (lane_in_group // 32) + (tid % 32) // 4, tid % 32)
         fence_proxy_async_smem()           # st.shared -> visible to the TMA unit
         named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
