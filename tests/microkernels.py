@@ -41,6 +41,7 @@ from numba.cuda import types
 from numba.cuda.extending import intrinsic
 
 from pyfp8gemm.cache.compiler import KernelSpec
+from pyfp8gemm.device.config import GemmConfig
 import functools
 
 from pyfp8gemm.device.ptx import (
@@ -562,20 +563,16 @@ def make_udiv32() -> MicroKernel:
                          threads=THREADS, smem_bytes=0)
 
 
-def row_pitch(n: int) -> int:
-    """The epilogue's row pitch for n bf16 columns (GemmConfig.d_row_pitch)."""
-    return (n // 8 | 1) * 16
-
-
 def make_bf16_row_copy(n: int) -> MicroKernel:
     """bf16_row_copy(values, out, rows, width_bytes, out_stride_bytes), 128 threads:
 
     thread t loads its n/2 fragment floats (values[t * n/2 ...], fragment order), writes them
-    as bf16 into shared memory row-major, tile row r at r * row_pitch(n) (stmatrix); after
-    fence.proxy.async and a barrier, each thread t < rows copies tile row t (its first
-    width_bytes) to out + t * out_stride_bytes with one cp.async.bulk, and waits for it."""
+    as bf16 into shared memory row-major with the masked epilogue's row pitch
+    (GemmConfig.d_row_pitch; stmatrix); after fence.proxy.async and a barrier, each thread
+    t < rows copies tile row t (its first width_bytes) to out + t * out_stride_bytes with one
+    cp.async.bulk, and waits for it."""
     THREADS = 128
-    PITCH = row_pitch(n)
+    PITCH = GemmConfig(64, n, 1, schedule="m_grouped_masked").d_row_pitch
 
     def make_kernel():
         load = fragment_load_global(n // 2)

@@ -72,17 +72,15 @@ def _make_slab_wait(issuers):
     return wait
 
 
-def _make_slab_stager(cfg):
-    """`stage(base, final, tid, warpgroup)`: a math warpgroup's slabs of the tile as bf16 into
-    the swizzled staging tile (stmatrix; slab-major, cfg.d_slab_bytes), once the group's
-    previous TMA stores have read them; the caller syncs the group again before anything reads
-    them."""
+def make_bf16_epilogue(cfg):
     inline = cuda.jit(device=True, inline="always")
     BM, BN, WAVES = cfg.block_m, cfg.block_n, cfg.waves
     SWIZZLE_D = cfg.swizzle_d
+    D_PANELS = BN * 2 // SWIZZLE_D    # TMA stores per output tile (one per swizzle panel)
     SMEM_D = cfg.smem_offsets["d"]
+    SLAB, PANEL = cfg.d_slab_bytes, cfg.store_rows * SWIZZLE_D
     n_acc, final_acc = BN // 2, WAVES * BN // 2
-    layout = (cfg.store_rows, cfg.d_slab_bytes, SWIZZLE_D)
+    layout = (cfg.store_rows, SLAB, SWIZZLE_D)           # slab-major, swizzled panels
     store_first = fragment_store_bf16(n_acc, *layout, final_acc, 0)
     store_last = fragment_store_bf16(n_acc, *layout, final_acc, (WAVES - 1) * n_acc)
     NARROW = BM < D_STORE_ROWS            # BLOCK_M 16 / 32: rows past BLOCK_M are not data
@@ -90,7 +88,8 @@ def _make_slab_stager(cfg):
     wait_slab_free = _make_slab_wait(_store_issuers(cfg))
 
     @inline
-    def stage(base, final, tid, warpgroup):
+    def store(base, tmap_d, final, row0, n_block, tid, warpgroup):
+        """Store the tile whose first output row is `row0`."""
         lane_in_group = tid % 128
         wait_slab_free(tid, warpgroup)
         if NARROW:                                # only the warps of the BLOCK_M real rows
@@ -100,23 +99,6 @@ def _make_slab_stager(cfg):
             store_first(base + SMEM_D, final, 16 * (tid // 32), tid % 32)
         if WAVES == 2:
             store_last(base + SMEM_D, final, 128 + 16 * (tid // 32), tid % 32)
-    return stage
-
-
-def make_bf16_epilogue(cfg):
-    inline = cuda.jit(device=True, inline="always")
-    BM, BN, WAVES = cfg.block_m, cfg.block_n, cfg.waves
-    SWIZZLE_D = cfg.swizzle_d
-    D_PANELS = BN * 2 // SWIZZLE_D    # TMA stores per output tile (one per swizzle panel)
-    SMEM_D = cfg.smem_offsets["d"]
-    SLAB, PANEL = cfg.d_slab_bytes, cfg.store_rows * SWIZZLE_D
-    stage = _make_slab_stager(cfg)
-
-    @inline
-    def store(base, tmap_d, final, row0, n_block, tid, warpgroup):
-        """Store the tile whose first output row is `row0`."""
-        lane_in_group = tid % 128
-        stage(base, final, tid, warpgroup)
         fence_proxy_async_smem()                  # stmatrix writes -> visible to TMA
         named_barrier_sync(EPILOGUE_BARRIER + warpgroup, 128)
         if lane_in_group < D_PANELS:              # one thread per swizzle panel
