@@ -1,6 +1,8 @@
 """Sustained-load probe (GPU): TFLOPS, board power and SM clock of GEMMs run back to back.
 
     python scripts/power_probe.py [M N K] [--rep-ms 1500] [--specs SPEC ...]
+    python scripts/power_probe.py --case KIND:INDEX [--specs SPEC ...]   (a grouped benchmark
+        case, bench/grouped.py: the heuristic's pick, the SPECs, and DeepGEMM where it imports)
 
 SPECs (scripts/config_spec.py) replace the default pyfp8gemm contenders (the heuristic's choice
 and 128x128 multicast A); cuBLAS block-wise always runs. --deepgemm adds DeepGEMM's own kernel
@@ -60,10 +62,15 @@ def main():
     parser.add_argument("--specs", nargs="*", default=None)
     parser.add_argument("--deepgemm", action="store_true",
                         help="also run DeepGEMM's kernel (needs the .dgref/ harness)")
+    parser.add_argument("--case", default=None, help="KIND:INDEX of bench/grouped.py's cases")
     args = parser.parse_args()
-    m, n, k = args.shape
     pynvml.nvmlInit()
     handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+    if args.case:
+        label, flops, runs = grouped_runs(args.case, args.specs or [])
+        sustain(handle, label, flops, runs, args)
+        return
+    m, n, k = args.shape
     a = quantize(torch.randn(m, k, device="cuda", dtype=torch.bfloat16), "1x128")
     b = quantize(torch.randn(n, k, device="cuda", dtype=torch.bfloat16), "128x128")
     out = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
@@ -87,17 +94,53 @@ def main():
         from dg_launch import make_dg_runner
         out_dg = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
         runs["DeepGEMM"] = make_dg_runner(m, n, k, a.data, a.scale, b.data, b.scale, out_dg)
+    sustain(handle, f"{m}x{n}x{k}", 2 * m * n * k, runs, args)
+
+
+def grouped_runs(case_spec, specs):
+    """(label, FLOPs, {name: run}) of a grouped benchmark case: the heuristic's kernel, each
+    SPEC forced (scripts/ab_grouped.py's way), DeepGEMM's where it imports."""
+    import ab_grouped
+    from bench import grouped
+    from config_spec import parse
+    kind, index = case_spec.split(":")
+    case = grouped.make_cases(kind)[int(index)]
+    inputs = grouped.make_inputs(case, int(index))
+    ab_grouped.force_configs()
+    schedule = kind.replace("-", "_")
+
+    def forced(config):
+        run = grouped.prepare_pyfp8gemm(case, inputs)
+
+        def call():
+            ab_grouped.FORCED["config"] = config
+            return run()
+        return call
+
+    runs = {"pyfp8gemm (heuristic)": forced(None)}
+    for spec in specs:
+        runs[f"pyfp8gemm {spec}"] = forced(parse(spec, schedule).config)
+    try:
+        runs["DeepGEMM"] = grouped.prepare_deepgemm(case, inputs)
+    except Exception as error:                 # not built here
+        print(f"(DeepGEMM left out: {error})")
+    return case.label, case.flops(), runs
+
+
+def sustain(handle, label, flops, runs, args):
+    """Each run for rep_ms back to back, the providers alternating, `rounds` times: do_bench's
+    median next to NVML's mean board power and SM clock meanwhile."""
     for fn in runs.values():
         fn()
     torch.cuda.synchronize()
-    print(f"{m}x{n}x{k}, do_bench rep {args.rep_ms:.0f} ms per run")
+    print(f"{label}, do_bench rep {args.rep_ms:.0f} ms per run")
     for r in range(args.rounds):
         for name, fn in runs.items():
             with Sampler(handle) as sampler:
                 ms = do_bench(fn, warmup=100, rep=args.rep_ms, return_mode="median")
             power, clock = sampler.means()
-            print(f"  {name:52} {2 * m * n * k / ms / 1e9:7.0f} TFLOPS  {power:5.0f} W  "
-                  f"{clock:5.0f} MHz", flush=True)
+            print(f"  {name:52} {ms * 1e3:8.1f} us {flops / ms / 1e9:7.0f} TFLOPS  {power:5.0f} W"
+                  f"  {clock:5.0f} MHz", flush=True)
 
 
 if __name__ == "__main__":
