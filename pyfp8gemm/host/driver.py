@@ -344,13 +344,6 @@ class LoadedKernel:
         config.numAttrs = 1
         return config
 
-    def max_active_clusters(self) -> int:
-        """How many clusters of this kernel fit on the device at once (cluster co-scheduling
-        needs all CTAs of a cluster in one GPC, so this can be below SMs / cluster size)."""
-        config = self._config(self.cluster_size)
-        return check(cu.cuOccupancyMaxActiveClusters(self.function, config),
-                     "cuOccupancyMaxActiveClusters", self.name)
-
     def launch(self, grid: int, stream: int, values: tuple, ctypes_types: tuple):
         """cuLaunchKernelEx on `stream` (a raw CUstream handle, e.g. torch's cuda_stream).
 

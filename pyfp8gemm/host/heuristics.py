@@ -144,10 +144,6 @@ def _ceil_div(a, b):
     return -(-a // b)
 
 
-def stages_for(block_m: int, block_n: int) -> int:
-    return min(MAX_STAGES, GemmConfig.max_stages(block_m, block_n))
-
-
 def make_config(block_m: int, block_n: int, multicast: str = "none", split_k: bool = False,
                 schedule: str = "dense", scaling: str = "1d2d",
                 accumulate: bool = False, epilogue: str = "direct",
