@@ -101,11 +101,11 @@ def test_straddling_tiles_get_a_k_loop_per_scale_split(cfg, loops):
     64, i.e. 16 or 8 groups) and the promotion is not overlapped, the K loop is compiled once
     per split with the split a constant: no compare and select per group in the promotion
     (DeepGEMM's num_former_iters). (BLOCK_N 160 at BLOCK_M 128: test above, 4 loops.)"""
-    assert not cfg.overlap_promotion
+    assert not cfg.overlap_promotion and cfg.split_promotion
     kernel = compiler.compile_kernel(kernel_spec(cfg))
     assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
     counts = toolchain.count_opcodes(toolchain.sass(kernel.cubin), ("QGMMA", "FSEL"))
-    assert counts["QGMMA"] == loops * 4
+    assert counts["QGMMA"] == loops * 8        # 4 k32 steps for each half (split promotion)
     assert counts["FSEL"] == 0
 
 
@@ -114,10 +114,36 @@ def test_other_straddling_tiles_select_scales_at_run_time(cfg):
     """BLOCK_N 136 tiles start at any multiple of 8 in a B-scale block (16 splits), and an
     overlapped loop (BLOCK_N 96) hides the selects behind the next wgmmas: one K loop, whose
     promotion selects each group's scale."""
+    assert not cfg.split_promotion
     kernel = compiler.compile_kernel(kernel_spec(cfg))
     counts = toolchain.count_opcodes(toolchain.sass(kernel.cubin), ("QGMMA", "FSEL"))
     assert counts["QGMMA"] == 4 * (4 if cfg.overlap_promotion else 1)
     assert counts["FSEL"] > 0
+
+
+@pytest.mark.parametrize("cfg, halves", [
+    (GemmConfig(128, 192, 4, "b", schedule="m_grouped_contiguous"), 1),   # 2 static splits
+    (GemmConfig(128, 144, 5), 1),                # 8 splits: scales selected at run time
+    (GemmConfig(32, 160, 8), 1),                 # a narrow tile
+    (GemmConfig(128, 136, 5), 0),                # 68-column halves: not whole 8-column groups
+    (GemmConfig(256, 128, 3, "a"), 0),           # two waves
+    (GemmConfig(128, 128, 5, "a"), 0),           # overlapped promotion
+    (GemmConfig(128, 128, 4, scaling="1d1d"), 0),   # per-column scales
+])
+def test_split_promotion_issues_each_wave_as_two_half_wide_wgmmas(cfg, halves):
+    """cfg.split_promotion: the one-fragment K loop issues its 4 k32 steps as two halves of
+    BLOCK_N / 2 columns in two commit groups (the low half is promoted while the high half
+    runs): m64n{BLOCK_N/2} wgmmas only, a wgmma wait for one pending group, no spills."""
+    assert cfg.split_promotion == bool(halves)
+    kernel = compiler.compile_kernel(kernel_spec(cfg))
+    assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+    sass = toolchain.sass(kernel.cubin)
+    if halves:
+        assert f"QGMMA.64x{cfg.block_n // 2}x32" in sass
+        assert f"QGMMA.64x{cfg.block_n}x32" not in sass
+        assert "WARPGROUP.DEPBAR.LE gsb0, 0x1" in sass
+    else:
+        assert f"QGMMA.64x{cfg.block_n // 2}x32" not in sass
 
 
 # ---------------------------------------------------------------------------------------------

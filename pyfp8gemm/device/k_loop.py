@@ -15,9 +15,10 @@ K block separately in FP32 is DeepSeek-V3's fix). The scales are the promotion p
 A part is a `Scaling` of device functions the loop calls at fixed points: `block_scales` once
 per K block (before the slot is released), `row_scales` per wave before its wgmmas, `combine`
 after them, and `promote_first_wave` / `promote_last_wave`, which fold a finished fragment into
-`final`.
+`final` (`promote_halves`: the same for the low and high half of a fragment, where the wave's
+wgmmas run as two halves, cfg.split_promotion).
 
-`make_k_loop(cfg, ring, scaling, first_groups)` returns `k_loop(base, final, acc, acc_next,
+`make_k_loop(cfg, ring, scaling)` returns `k_loop(base, final, acc, acc_next,
 descs, stage, phase, sfa_row, lane, n_first, kb_begin, kb_end) -> (final, acc, acc_next, stage,
 phase)`; `make_tile_k_loop` picks, per tile, the copy compiled for its scale split.
 """
@@ -33,8 +34,8 @@ from .ptx import (
     wgmma_wait,
 )
 from .tile import (
-    fragment_column_scales, fragment_fence, fragment_promote, fragment_promote_per_column,
-    fragment_zeros,
+    fragment_column_scales, fragment_fence, fragment_halves, fragment_promote,
+    fragment_promote_per_column, fragment_zeros,
 )
 
 
@@ -44,6 +45,7 @@ class Scaling(NamedTuple):
     combine: Callable              # combine(row_scales, block_scales) -> promotion scales
     promote_first_wave: Callable   # promote(final, acc, scales, n_first) -> final
     promote_last_wave: Callable
+    promote_halves: tuple = None   # (low, high): promote(final, half, scales, n_first)
 
 
 def make_row_scales(cfg):
@@ -84,11 +86,16 @@ def make_scaling_1d2d(cfg, first_groups=None):
         sb, sb_second = b_scales
         return sa_row0 * sb, sa_row8 * sb, sa_row0 * sb_second, sa_row8 * sb_second
 
-    def promotion(wave):
-        if static:
-            promote = fragment_promote(n_acc, True, final_acc, wave * n_acc, first_groups)
+    def promotion(wave, half=None):
+        """Promote wave `wave`'s fragment, or (`half` 0 / 1) its low / high half: its first
+        8-column group is group `first` of the tile."""
+        size, first = (n_acc, 0) if half is None else (n_acc // 2, half * cfg.block_n // 16)
+        offset = wave * n_acc + 4 * first           # 4 floats per 8-column group
+        if static:      # the split inside this part, a constant
+            split = min(max(first_groups - first, 0), size // 4)
+            promote = fragment_promote(size, True, final_acc, offset, split)
         else:
-            promote = fragment_promote(n_acc, straddle, final_acc, wave * n_acc)
+            promote = fragment_promote(size, straddle, final_acc, offset)
 
         @inline
         def promote_scaled(final, acc, scales, n_first):
@@ -97,12 +104,13 @@ def make_scaling_1d2d(cfg, first_groups=None):
                 return promote(final, acc, s_row0, s_row8, s_row0_second, s_row8_second)
             if straddle:
                 return promote(final, acc, s_row0, s_row8, s_row0_second, s_row8_second,
-                               n_first)
+                               n_first - first)
             return promote(final, acc, s_row0, s_row8)
         return promote_scaled
 
+    halves = (promotion(0, 0), promotion(0, 1)) if cfg.split_promotion else None
     return Scaling(block_scales, make_row_scales(cfg), combine, promotion(0),
-                   promotion(waves - 1))
+                   promotion(waves - 1), halves)
 
 
 def make_scaling_1d1d(cfg, first_groups=None):
@@ -191,6 +199,13 @@ def make_k_loop(cfg, ring, scaling):
     load_b_scales, row_scales, combine = (
         scaling.block_scales, scaling.row_scales, scaling.combine)
     promote_first_wave, promote_last_wave = scaling.promote_first_wave, scaling.promote_last_wave
+    SPLIT_PROMOTION = cfg.split_promotion
+    if SPLIT_PROMOTION:
+        half_mma = wgmma_fp8(BN // 2)
+        half_fence = fragment_fence(BN // 4)
+        split_halves, join_halves = fragment_halves(BN // 2)
+        B_HALF = BN // 2 * BLOCK_K // 16      # descriptor units from B's row 0 to row BN / 2
+        promote_low_half, promote_high_half = scaling.promote_halves
 
     @inline
     def issue_wave(base, acc, descs, stage, sfa_row, wave, b_scales):
@@ -209,6 +224,28 @@ def make_k_loop(cfg, ring, scaling):
         acc = mma(desc(a + 6), desc(b + 6), acc, 1)
         wgmma_commit()
         return acc, combine(rows, b_scales)
+
+    @inline
+    def issue_halves(base, acc, descs, stage, sfa_row, b_scales):
+        """issue_wave with the wave's wgmmas as two halves of BLOCK_N / 2 columns, each its own
+        commit group (cfg.split_promotion): returns both halves (the low one valid after
+        wgmma_wait(1), the high one after wgmma_wait(0)) and the promotion scales."""
+        rows = row_scales(sfa_row, stage, 0)
+        a = descs[0] + A_BYTES // 16 * stage
+        b = descs[1] + B_BYTES // 16 * stage
+        low, high = split_halves(fence(acc))
+        wgmma_fence()
+        low = half_mma(desc(a), desc(b), low, 0)
+        low = half_mma(desc(a + 2), desc(b + 2), low, 1)
+        low = half_mma(desc(a + 4), desc(b + 4), low, 1)
+        low = half_mma(desc(a + 6), desc(b + 6), low, 1)
+        wgmma_commit()
+        high = half_mma(desc(a), desc(b + B_HALF), high, 0)
+        high = half_mma(desc(a + 2), desc(b + B_HALF + 2), high, 1)
+        high = half_mma(desc(a + 4), desc(b + B_HALF + 4), high, 1)
+        high = half_mma(desc(a + 6), desc(b + B_HALF + 6), high, 1)
+        wgmma_commit()
+        return low, high, combine(rows, b_scales)
 
     @inline
     def issue_k_block(base, acc, descs, stage, phase, sfa_row, ready):
@@ -286,6 +323,27 @@ def make_k_loop(cfg, ring, scaling):
             else:
                 wait_mma()
                 final = retire_k_block(base, final, acc, scales, acc_stage, lane, n_first)
+        elif SPLIT_PROMOTION:
+            # One fragment in two halves: the low half is promoted while the high half's
+            # wgmmas run; only the high half's FFMAs wait for the tensor cores.
+            ready = types.int32(0)
+            kb = kb_begin
+            while kb < kb_end:
+                kb = types.int32(kb + 1)
+                if not ready:
+                    wait_slot(base, stage, phase)
+                low, high, scales = issue_halves(base, acc, descs, stage, sfa_row,
+                                                 load_b_scales(base, stage))
+                wait_mma_one()
+                final = promote_low_half(final, half_fence(low), scales, n_first)
+                wait_mma()
+                high = half_fence(high)
+                next_stage, phase = next_slot(stage, phase)
+                release_slot(base, stage, lane)
+                ready = slot_ready(base, next_stage, phase)
+                final = promote_high_half(final, high, scales, n_first)
+                acc = join_halves(low, high)
+                stage = next_stage
         else:
             # One fragment: issue, wait, promote. The other math warpgroup's wgmmas keep the
             # tensor cores busy meanwhile.

@@ -413,3 +413,26 @@ def fragment_store_f32_global(n_acc, accumulate):
     sig = types.void(u64, u64, _fragment(n_acc), u64, i32, i32)
     return intrinsic(_typer(6, sig, codegen, f"fragment_store_f32_global_{n_acc}"
                                              f"{'_acc' if accumulate else ''}"))
+
+
+@functools.cache
+def fragment_halves(n_acc):
+    """(split, join): `split(fragment) -> (low, high)`, its first and last n_acc/2 floats (the
+    fragments of two wgmmas each half as wide), and `join(low, high) -> fragment`. Both only
+    regroup values: no instructions, the same registers."""
+    frag, half = _fragment(n_acc), _fragment(n_acc // 2)
+    halves = types.Tuple((half, half))
+
+    def split_codegen(context, builder, sig, args):
+        values = [builder.extract_value(args[0], i) for i in range(n_acc)]
+        low = context.make_tuple(builder, half, values[:n_acc // 2])
+        high = context.make_tuple(builder, half, values[n_acc // 2:])
+        return context.make_tuple(builder, halves, [low, high])
+
+    def join_codegen(context, builder, sig, args):
+        values = [builder.extract_value(part, i) for part in args for i in range(n_acc // 2)]
+        return context.make_tuple(builder, frag, values)
+
+    split = intrinsic(_typer(1, halves(frag), split_codegen, f"fragment_split_{n_acc}"))
+    join = intrinsic(_typer(2, frag(half, half), join_codegen, f"fragment_join_{n_acc}"))
+    return split, join
