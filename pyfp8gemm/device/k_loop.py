@@ -323,30 +323,11 @@ def make_k_loop(cfg, ring, scaling):
             else:
                 wait_mma()
                 final = retire_k_block(base, final, acc, scales, acc_stage, lane, n_first)
-        elif SPLIT_PROMOTION:
-            # One fragment in two halves: the low half is promoted while the high half's
-            # wgmmas run; only the high half's FFMAs wait for the tensor cores.
-            ready = types.int32(0)
-            kb = kb_begin
-            while kb < kb_end:
-                kb = types.int32(kb + 1)
-                if not ready:
-                    wait_slot(base, stage, phase)
-                low, high, scales = issue_halves(base, acc, descs, stage, sfa_row,
-                                                 load_b_scales(base, stage))
-                wait_mma_one()
-                final = promote_low_half(final, half_fence(low), scales, n_first)
-                wait_mma()
-                high = half_fence(high)
-                next_stage, phase = next_slot(stage, phase)
-                release_slot(base, stage, lane)
-                ready = slot_ready(base, next_stage, phase)
-                final = promote_high_half(final, high, scales, n_first)
-                acc = join_halves(low, high)
-                stage = next_stage
         else:
             # One fragment: issue, wait, promote. The other math warpgroup's wgmmas keep the
-            # tensor cores busy meanwhile.
+            # tensor cores busy meanwhile. With split promotion the wave's wgmmas run as two
+            # halves: the low half is promoted while the high half's wgmmas run, and only the
+            # high half's FFMAs wait for the tensor cores.
             ready = types.int32(0)
             kb = kb_begin
             while kb < kb_end:
@@ -354,16 +335,30 @@ def make_k_loop(cfg, ring, scaling):
                 if not ready:
                     wait_slot(base, stage, phase)
                 b_scales = load_b_scales(base, stage)
-                acc, scales = issue_wave(base, acc, descs, stage, sfa_row, 0, b_scales)
-                wait_mma()
+                if SPLIT_PROMOTION:
+                    low, high, scales = issue_halves(base, acc, descs, stage, sfa_row, b_scales)
+                    wait_mma_one()
+                    final = promote_low_half(final, half_fence(low), scales, n_first)
+                    wait_mma()
+                    acc = join_halves(low, high)
+                else:
+                    acc, scales = issue_wave(base, acc, descs, stage, sfa_row, 0, b_scales)
+                    wait_mma()
                 if WAVES == 2:
                     # BLOCK_M 256: two 64-row waves per warpgroup share the slot's B tile.
                     final = promote_first_wave(final, fence(acc), scales, n_first)
                     acc, scales = issue_wave(base, acc, descs, stage, sfa_row, 1, b_scales)
                     wait_mma()
                 next_stage, phase = next_slot(stage, phase)
-                final, ready = retire_and_look_ahead(base, final, acc, scales, stage,
-                                                     next_stage, phase, lane, n_first)
+                if SPLIT_PROMOTION:
+                    low, high = split_halves(fence(acc))
+                    release_slot(base, stage, lane)
+                    ready = slot_ready(base, next_stage, phase)
+                    final = promote_high_half(final, high, scales, n_first)
+                    acc = join_halves(low, high)
+                else:
+                    final, ready = retire_and_look_ahead(base, final, acc, scales, stage,
+                                                         next_stage, phase, lane, n_first)
                 stage = next_stage
         return final, acc, acc_next, stage, phase
     return k_loop
