@@ -160,8 +160,7 @@ class GemmConfig:
         the low half is promoted while the high half's wgmmas still run, so only half of the
         FFMAs wait for the tensor cores (1D2D, one 64-row wave per warpgroup, BLOCK_N a
         multiple of 16: each half a whole number of 8-column groups and 8-row swizzle atoms).
-        Measured on the 128x192 tile: +1-3%; three or four parts lost 3-13% (the narrower
-        wgmmas re-read A)."""
+        Two parts, not more: narrower wgmmas re-read A (bench/JOURNAL.md, session 22)."""
         return (self.scaling == "1d2d" and not self.swap_ab and not self.overlap_promotion
                 and self.waves == 1 and self.block_n % 16 == 0)
 
