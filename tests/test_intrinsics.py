@@ -45,7 +45,8 @@ from pyfp8gemm.device.ptx import (
     st_global_v4_u32, st_shared_v4_u32, ld_shared_u8, ld_shared_v4_u32, st_shared_v2_u32,
 )
 from pyfp8gemm.device.tile import (
-    fragment_add_global_v4, fragment_fence, fragment_promote, fragment_store_bf16,
+    fragment_add_global_v4, fragment_fence, fragment_halves, fragment_promote,
+    fragment_store_bf16,
     fragment_column_scales, fragment_promote_per_column,
     fragment_store_bf16_transposed_global,
     fragment_store_f32_global, fragment_store_global_v4, fragment_zeros,
@@ -520,7 +521,7 @@ def make_wgmma_kernel(n):
     return wgmma_two_steps
 
 
-WGMMA_NS = (16, 64, 112, 128, 256)
+WGMMA_NS = (16, 64, 96, 112, 128, 256)     # 96: split promotion's halves of 192
 for _n in WGMMA_NS:
     tiny_kernel("wgmma_fp8", "smem_descriptor", "smem_descriptor_words", "fragment_zeros",
                 "fragment_fence", "wgmma_commit")(make_wgmma_kernel(_n))
@@ -756,6 +757,16 @@ def copy_fragment_fenced(values, out):
     _store(out + 4 * FRAGMENT * cuda.threadIdx.x, fragment)
 
 
+_split_halves, _join_halves = fragment_halves(FRAGMENT)
+
+
+@tiny_kernel("fragment_halves", signature=(I64, I64))
+def copy_fragment_by_halves(values, out):
+    """Split into its two halves (split promotion's two m64n{N/2} fragments) and join again."""
+    low, high = _split_halves(_load(values + 4 * FRAGMENT * cuda.threadIdx.x))
+    _store(out + 4 * FRAGMENT * cuda.threadIdx.x, _join_halves(low, high))
+
+
 _store_bf16_rows = fragment_store_bf16_rows(FRAGMENT, 272)
 
 
@@ -794,6 +805,13 @@ def test_fragment_promote_straddle_selects_the_scale_per_column_group():
 def test_fragment_fence_costs_no_instruction():
     assert opcodes(built("copy_fragment_fenced").instructions) == \
         opcodes(built("copy_fragment").instructions)
+
+
+def test_fragment_halves_cost_no_instruction():
+    # Splitting and joining only regroups values: the same registers, nothing moved.
+    assert opcodes(built("copy_fragment_by_halves").instructions) == \
+        opcodes(built("copy_fragment").instructions)
+    _no_local_memory(built("copy_fragment_by_halves"))
 
 
 def test_fragment_store_bf16_packs_and_uses_stmatrix():
