@@ -208,6 +208,17 @@ def make_k_loop(cfg, ring, scaling):
         promote_low_half, promote_high_half = scaling.promote_halves
 
     @inline
+    def k_steps(wgmma, a, b, acc):
+        """One K block's 4 k32 wgmmas from descriptor low words a, b into a fresh `acc`, one
+        commit group."""
+        acc = wgmma(desc(a), desc(b), acc, 0)               # fresh fragment
+        acc = wgmma(desc(a + 2), desc(b + 2), acc, 1)       # +32 bytes along K
+        acc = wgmma(desc(a + 4), desc(b + 4), acc, 1)
+        acc = wgmma(desc(a + 6), desc(b + 6), acc, 1)
+        wgmma_commit()
+        return acc
+
+    @inline
     def issue_wave(base, acc, descs, stage, sfa_row, wave, b_scales):
         """Start the 4 wgmmas of one 64-row wave of the K block in slot `stage`, into a fresh
         `acc`. Returns acc (valid after a wgmma wait) and the wave's promotion scales. Every
@@ -216,13 +227,8 @@ def make_k_loop(cfg, ring, scaling):
         rows = row_scales(sfa_row, stage, wave)
         a = descs[0] + A_BYTES // 16 * stage + 128 * BLOCK_K // 16 * wave  # descriptor low words
         b = descs[1] + B_BYTES // 16 * stage
-        acc = fence(acc)
         wgmma_fence()
-        acc = mma(desc(a), desc(b), acc, 0)                 # fresh fragment
-        acc = mma(desc(a + 2), desc(b + 2), acc, 1)         # +32 bytes along K
-        acc = mma(desc(a + 4), desc(b + 4), acc, 1)
-        acc = mma(desc(a + 6), desc(b + 6), acc, 1)
-        wgmma_commit()
+        acc = k_steps(mma, a, b, fence(acc))
         return acc, combine(rows, b_scales)
 
     @inline
@@ -235,16 +241,8 @@ def make_k_loop(cfg, ring, scaling):
         b = descs[1] + B_BYTES // 16 * stage
         low, high = split_halves(fence(acc))
         wgmma_fence()
-        low = half_mma(desc(a), desc(b), low, 0)
-        low = half_mma(desc(a + 2), desc(b + 2), low, 1)
-        low = half_mma(desc(a + 4), desc(b + 4), low, 1)
-        low = half_mma(desc(a + 6), desc(b + 6), low, 1)
-        wgmma_commit()
-        high = half_mma(desc(a), desc(b + B_HALF), high, 0)
-        high = half_mma(desc(a + 2), desc(b + B_HALF + 2), high, 1)
-        high = half_mma(desc(a + 4), desc(b + B_HALF + 4), high, 1)
-        high = half_mma(desc(a + 6), desc(b + B_HALF + 6), high, 1)
-        wgmma_commit()
+        low = k_steps(half_mma, a, b, low)
+        high = k_steps(half_mma, a, b + B_HALF, high)
         return low, high, combine(rows, b_scales)
 
     @inline
