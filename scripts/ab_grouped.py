@@ -88,7 +88,7 @@ def main():
     flops = case.flops()
     print(f"{case.label}, {args.rounds} interleaved rounds")
     for name, us in times.items():
-        vs = f"vs DeepGEMM x{times['DeepGEMM'] / us:.2f}" if "DeepGEMM" in times else ""
+        vs = f"vs DeepGEMM x{times['DeepGEMM'] / us:.3f}" if "DeepGEMM" in times else ""
         print(f"  {name:12} {us:8.1f} us {flops / us / 1e6:6.0f} TFLOPS  {vs:18} {checks[name]}")
 
 
