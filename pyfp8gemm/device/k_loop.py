@@ -219,14 +219,20 @@ def make_k_loop(cfg, ring, scaling):
         return acc
 
     @inline
+    def slot_operands(descs, stage, sfa_row, wave):
+        """Wave `wave`'s A scales in slot `stage` and the descriptor low words of its A rows
+        and of B in that slot."""
+        rows = row_scales(sfa_row, stage, wave)
+        a = descs[0] + A_BYTES // 16 * stage + 128 * BLOCK_K // 16 * wave
+        return rows, a, descs[1] + B_BYTES // 16 * stage
+
+    @inline
     def issue_wave(base, acc, descs, stage, sfa_row, wave, b_scales):
         """Start the 4 wgmmas of one 64-row wave of the K block in slot `stage`, into a fresh
         `acc`. Returns acc (valid after a wgmma wait) and the wave's promotion scales. Every
         smem read of the slot happens here or in `block_scales`, before the slot is
         released."""
-        rows = row_scales(sfa_row, stage, wave)
-        a = descs[0] + A_BYTES // 16 * stage + 128 * BLOCK_K // 16 * wave  # descriptor low words
-        b = descs[1] + B_BYTES // 16 * stage
+        rows, a, b = slot_operands(descs, stage, sfa_row, wave)
         wgmma_fence()
         acc = k_steps(mma, a, b, fence(acc))
         return acc, combine(rows, b_scales)
@@ -236,9 +242,7 @@ def make_k_loop(cfg, ring, scaling):
         """issue_wave with the wave's wgmmas as two halves of BLOCK_N / 2 columns, each its own
         commit group (cfg.split_promotion): returns both halves (the low one valid after
         wgmma_wait(1), the high one after wgmma_wait(0)) and the promotion scales."""
-        rows = row_scales(sfa_row, stage, 0)
-        a = descs[0] + A_BYTES // 16 * stage
-        b = descs[1] + B_BYTES // 16 * stage
+        rows, a, b = slot_operands(descs, stage, sfa_row, 0)
         low, high = split_halves(fence(acc))
         wgmma_fence()
         low = k_steps(half_mma, a, b, low)
