@@ -1,7 +1,7 @@
 """A/B timing of m-grouped GEMM configurations on one of the grouped benchmark's cases, next to
 the heuristic's pick and DeepGEMM, launches interleaved in rounds (ab_time.py's method).
 
-    python scripts/ab_grouped.py KIND INDEX [SPEC ...] [--rounds R]
+    python scripts/ab_grouped.py KIND INDEX [SPEC ...] [--rounds R] [--twins]
 
 KIND: m-grouped-contiguous or m-grouped-masked; INDEX: the case's position in
 `bench.grouped.make_cases(KIND)` (printed with --list); SPEC: scripts/config_spec.py's (e.g.
@@ -9,7 +9,8 @@ KIND: m-grouped-contiguous or m-grouped-masked; INDEX: the case's position in
 goes through the public function (the same layout preparation), with the launcher told to use
 it. Printed: median microseconds, TFLOPS of the
 valid rows, DeepGEMM's time over each contender's, and each output's check (NaN-poisoned,
-calc_diff on the valid rows).
+calc_diff on the valid rows). --twins times a second copy of every contender (own output
+tensor): the spread between identical kernels is the run's resolution.
 """
 import argparse
 import dataclasses
@@ -44,6 +45,9 @@ def main():
     parser.add_argument("specs", nargs="*")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--twins", action="store_true",
+                        help="a second copy of every contender (its own output tensor): the "
+                             "spread between identical kernels, i.e. the run's resolution")
     parser.add_argument("--rows", type=int, default=None,
                         help="every group's rows (masked_m / group size) set to this")
     args = parser.parse_args()
@@ -67,14 +71,18 @@ def main():
             return run()
         return call
 
-    contenders["heuristic"] = forced(None, grouped.prepare_pyfp8gemm(case, inputs))
-    for spec in args.specs:
-        config = parse(spec, schedule).config
-        contenders[spec] = forced(config, grouped.prepare_pyfp8gemm(case, inputs))
-    try:
-        contenders["DeepGEMM"] = grouped.prepare_deepgemm(case, inputs)
-    except Exception as error:               # NotAvailable, or no deep_gemm here
-        print(f"(DeepGEMM left out: {error})")
+    configs = {"heuristic": None}
+    configs.update({spec: parse(spec, schedule).config for spec in args.specs})
+    copies = ("", "#2") if args.twins else ("",)
+    for copy in copies:           # each copy prepares its own output tensor
+        for name, config in configs.items():
+            contenders[name + copy] = forced(config, grouped.prepare_pyfp8gemm(case, inputs))
+    for copy in copies:
+        try:
+            contenders["DeepGEMM" + copy] = grouped.prepare_deepgemm(case, inputs)
+        except Exception as error:           # NotAvailable, or no deep_gemm here
+            print(f"(DeepGEMM left out: {error})")
+            break
     for name in list(contenders):
         try:
             for _ in range(5):
