@@ -30,7 +30,7 @@ from pyfp8gemm.cache import compiler, toolchain
 from pyfp8gemm.cache.toolchain import CompileError
 from pyfp8gemm.device import ptx, tile
 from pyfp8gemm.device.ptx import (
-    cluster_ctarank, cluster_sync, cp_async_4, cp_async_mbarrier_arrive_noinc, elect_one, fence_mbarrier_init, fence_proxy_async_smem,
+    cluster_arrive_relaxed, cluster_ctarank, cluster_sync, cluster_wait, cp_async_4, cp_async_mbarrier_arrive_noinc, elect_one, fence_mbarrier_init, fence_proxy_async_smem,
     ld_global_nc_s32, ld_shared_f32, mbarrier_arrive, mbarrier_arrive_cluster,
     mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_test_wait, mbarrier_wait,
     named_barrier_sync,
@@ -283,6 +283,23 @@ def cluster_rank(out):
 @tiny_kernel("cluster_sync")
 def cluster_barrier(out):
     cluster_sync()
+
+
+@tiny_kernel("cluster_arrive_relaxed", "cluster_wait")
+def split_cluster_barrier_after_load(out):
+    # The kernels' first barrier: global loads before the relaxed arrive, their use after the wait.
+    value = ld_global_nc_s32(out)
+    cluster_arrive_relaxed()
+    cluster_wait()
+    st_global_u32(out, types.uint32(value))
+
+
+@tiny_kernel()
+def cluster_barrier_after_load(out):
+    # The same with the releasing arrive (cluster_sync), for the regression guard below.
+    value = ld_global_nc_s32(out)
+    cluster_sync()
+    st_global_u32(out, types.uint32(value))
 
 
 @tiny_kernel("fence_proxy_async_smem")
@@ -571,6 +588,8 @@ SASS_OF = [
     ("cluster_rank", r"S2U?R \w+, SR_CgaCtaId\b"),                # %cluster_ctarank
     ("cluster_barrier", r"UCGABAR_ARV\b"),
     ("cluster_barrier", r"UCGABAR_WAIT\b"),
+    ("split_cluster_barrier_after_load", r"UCGABAR_ARV\b"),
+    ("split_cluster_barrier_after_load", r"UCGABAR_WAIT\b"),
     ("fence_generic_to_async", r"FENCE\.VIEW\.ASYNC\.S\b"),
     ("init_barrier", r"SYNCS\.EXCH\.64\b"),                       # mbarrier.init
     ("arrive", r"SYNCS\.ARRIVE\.TRANS64\.A1T0\b"),                # 1 arrival, 0 bytes
@@ -642,6 +661,16 @@ def test_remote_arrive_has_no_gpu_wide_fence():
     assert not matching(built("arrive_on_peer").instructions, r"MEMBAR\.ALL\.GPU\b")
     # ... and the guard would see it: the .release.cluster form does emit the fence.
     assert matching(built("arrive_on_peer_with_release").instructions, r"MEMBAR\.ALL\.GPU\b")
+
+
+def test_first_cluster_barrier_waits_for_no_memory_access():
+    # Regression guard: the releasing arrive after the entry's loads cost a MEMBAR.ALL.GPU and
+    # an ERRBAR (every earlier access complete) before the cluster could start (session 31).
+    relaxed = built("split_cluster_barrier_after_load").instructions
+    assert not matching(relaxed, r"MEMBAR\.ALL\.GPU\b") and not matching(relaxed, r"ERRBAR\b")
+    # ... and the guard would see it: the releasing form does emit them.
+    released = built("cluster_barrier_after_load").instructions
+    assert matching(released, r"MEMBAR\.ALL\.GPU\b") and matching(released, r"ERRBAR\b")
 
 
 def test_expect_tx_arrive_is_not_a_plain_arrival():

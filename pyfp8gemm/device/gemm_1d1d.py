@@ -34,8 +34,9 @@ from .epilogue import make_f32_tma_epilogue
 from .k_loop import fragments, make_math_setup, make_scaling_1d1d, make_tile_k_loop
 from .pipeline import make_ring, make_ring_loader
 from .ptx import (
-    cluster_sync, elect_one, ld_global_nc_s32, mbarrier_arrive_expect_tx, prefetch_tensormap,
-    setmaxnreg_dec, setmaxnreg_inc, smem_base, tma_load_2d, tma_load_2d_multicast,
+    cluster_arrive_relaxed, cluster_sync, cluster_wait, elect_one, ld_global_nc_s32,
+    mbarrier_arrive_expect_tx, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base,
+    tma_load_2d, tma_load_2d_multicast,
 )
 from .scheduler import make_schedule
 from .tile import fragment_store_f32_global
@@ -171,17 +172,19 @@ def make_fp8_gemm_1d1d(cfg):
         smem = cuda.shared.array(0, types.uint8, alignment=1024)
         base = smem_base(smem)
         tid = cuda.threadIdx.x
+        if tid == MATH_THREADS:                   # producer's first thread: the barriers
+            init_ring(base)
+        if CLUSTER > 1:         # arrive now, wait after the schedule's setup (and its loads)
+            cluster_arrive_relaxed()
         work = begin(m, n, k, 1, 0, layout, groups, 0)
-
-        if tid == MATH_THREADS:                   # producer's first thread: set up barriers
+        if tid == MATH_THREADS:
             prefetch_tensormap(tmap_sfa)
             prefetch_tensormap(tmap_sfb)
             if not K_GROUPED:
                 prefetch_tensormap(tmap_a)
                 prefetch_tensormap(tmap_b)
-            init_ring(base)
         if CLUSTER > 1:
-            cluster_sync()
+            cluster_wait()
         else:
             cuda.syncthreads()
 

@@ -47,9 +47,9 @@ from .epilogue import (
 from .k_loop import fragments, make_math_setup, make_scaling_for, make_tile_k_loop
 from .pipeline import make_ring, make_ring_loader, make_ring_skipper
 from .ptx import (
-    cluster_sync, cp_async_4, cp_async_mbarrier_arrive_noinc, elect_one,
-    mbarrier_arrive_expect_tx, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base,
-    tma_load_2d, tma_load_2d_multicast, tma_load_3d,
+    cluster_arrive_relaxed, cluster_sync, cluster_wait, cp_async_4,
+    cp_async_mbarrier_arrive_noinc, elect_one, mbarrier_arrive_expect_tx, prefetch_tensormap,
+    setmaxnreg_dec, setmaxnreg_inc, smem_base, tma_load_2d, tma_load_2d_multicast, tma_load_3d,
 )
 from .scheduler import make_schedule
 
@@ -260,17 +260,19 @@ def make_fp8_gemm_1d2d(cfg):
              split_k, whole_tiles, layout, groups, d):
         base = smem_base(smem)
         tid = cuda.threadIdx.x
+        if tid == MATH_THREADS:                   # producer's first thread: the barriers
+            init_ring(base)
+        if CLUSTER > 1:         # arrive now, wait after the schedule's setup (and its loads)
+            cluster_arrive_relaxed()
         work = begin(m, n, k, split_k, whole_tiles, layout, groups, 0)
-
-        if tid == MATH_THREADS:                   # producer's first thread: set up barriers
+        if tid == MATH_THREADS:
             prefetch_tensormap(tmap_a)
             prefetch_tensormap(tmap_b)
             prefetch_tensormap(tmap_sfa)
             if not SWAP:
                 prefetch_tensormap(tmap_d)
-            init_ring(base)
         if CLUSTER > 1:
-            cluster_sync()
+            cluster_wait()
         else:
             cuda.syncthreads()
 

@@ -128,6 +128,17 @@ cluster_sync = ptx_instruction(
     "barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned;",
     doc="barrier.cluster.arrive + wait: every thread of every CTA of the cluster meets here.")
 
+cluster_arrive_relaxed = ptx_instruction(
+    "cluster_arrive_relaxed", "barrier.cluster.arrive.relaxed.aligned;",
+    doc="barrier.cluster.arrive.relaxed: this thread is here, no memory ordering. The kernel's "
+        "first cluster barrier: fence.mbarrier_init has published the barrier inits, the only "
+        "writes before it; a releasing arrive has ptxas wait for every earlier memory access "
+        "(MEMBAR.GPU + ERRBAR).")
+
+cluster_wait = ptx_instruction(
+    "cluster_wait", "barrier.cluster.wait.acquire.aligned;",
+    doc="barrier.cluster.wait: until every thread of the cluster has arrived.")
+
 fence_proxy_async_smem = ptx_instruction(
     "fence_proxy_async_smem", "fence.proxy.async.shared::cta;",
     doc="fence.proxy.async.shared::cta: make generic-proxy smem writes visible to TMA/wgmma.")
