@@ -34,9 +34,8 @@ from .epilogue import make_f32_tma_epilogue
 from .k_loop import fragments, make_math_setup, make_scaling_1d1d, make_tile_k_loop
 from .pipeline import make_ring, make_ring_loader
 from .ptx import (
-    cluster_arrive_relaxed, cluster_sync, cluster_wait, elect_one, ld_global_nc_s32,
-    mbarrier_arrive_expect_tx, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base,
-    tma_load_2d, tma_load_2d_multicast,
+    cluster_sync, elect_one, ld_global_nc_s32, mbarrier_arrive_expect_tx, prefetch_tensormap,
+    setmaxnreg_dec, setmaxnreg_inc, smem_base, tma_load_2d, tma_load_2d_multicast,
 )
 from .scheduler import make_schedule
 from .tile import fragment_store_f32_global
@@ -82,7 +81,7 @@ def make_fp8_gemm_1d1d(cfg):
 
     ring = make_ring(cfg.stages, FULL_BARS, off["empty"], full_arrivals=1,
                      empty_arrivals=CLUSTER * MATH_THREADS // 32, cluster=CLUSTER)
-    init_ring = ring.init
+    publish_ring, await_ring = ring.publish, ring.await_published
     schedule = make_schedule(cfg.schedule, BM, BN, CLUSTER_M, CLUSTER_N, cfg.group_m, False)
     begin, count, start, tile, _, next_unit = schedule
     tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_1d1d)
@@ -172,10 +171,9 @@ def make_fp8_gemm_1d1d(cfg):
         smem = cuda.shared.array(0, types.uint8, alignment=1024)
         base = smem_base(smem)
         tid = cuda.threadIdx.x
-        if tid == MATH_THREADS:                   # producer's first thread: the barriers
-            init_ring(base)
-        if CLUSTER > 1:         # arrive now, wait after the schedule's setup (and its loads)
-            cluster_arrive_relaxed()
+        # The producer's first thread sets up the ring's barriers; the cluster barrier's wait
+        # comes after the schedule's setup (and its loads), which needs no barrier.
+        publish_ring(base, tid == MATH_THREADS)
         work = begin(m, n, k, 1, 0, layout, groups, 0)
         if tid == MATH_THREADS:
             prefetch_tensormap(tmap_sfa)
@@ -183,10 +181,7 @@ def make_fp8_gemm_1d1d(cfg):
             if not K_GROUPED:
                 prefetch_tensormap(tmap_a)
                 prefetch_tensormap(tmap_b)
-        if CLUSTER > 1:
-            cluster_wait()
-        else:
-            cuda.syncthreads()
+        await_ring()
 
         if tid >= MATH_THREADS:
             producer_registers()

@@ -47,9 +47,9 @@ from .epilogue import (
 from .k_loop import fragments, make_math_setup, make_scaling_for, make_tile_k_loop
 from .pipeline import make_ring, make_ring_loader, make_ring_skipper
 from .ptx import (
-    cluster_arrive_relaxed, cluster_sync, cluster_wait, cp_async_4,
-    cp_async_mbarrier_arrive_noinc, elect_one, mbarrier_arrive_expect_tx, prefetch_tensormap,
-    setmaxnreg_dec, setmaxnreg_inc, smem_base, tma_load_2d, tma_load_2d_multicast, tma_load_3d,
+    cluster_sync, cp_async_4, cp_async_mbarrier_arrive_noinc, elect_one,
+    mbarrier_arrive_expect_tx, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base,
+    tma_load_2d, tma_load_2d_multicast, tma_load_3d,
 )
 from .scheduler import make_schedule
 
@@ -114,7 +114,7 @@ def make_fp8_gemm_1d2d(cfg):
     schedule = make_schedule(cfg.schedule, ROWS, COLUMNS, CLUSTER_M, CLUSTER_N, cfg.group_m,
                              SPLIT_K)
     # (numba inlines only functions it finds under plain names: parts are unpacked here)
-    init_ring = ring.init
+    publish_ring, await_ring = ring.publish, ring.await_published
     begin, count, start, tile, group_rows, next_unit = schedule
     tile_k_loop = make_tile_k_loop(cfg, ring, make_scaling_for(cfg))
     skip_k_blocks = (make_ring_skipper(ring) if (MASKED and not SWAP) or PAIRED_GROUPS
@@ -260,10 +260,9 @@ def make_fp8_gemm_1d2d(cfg):
              split_k, whole_tiles, layout, groups, d):
         base = smem_base(smem)
         tid = cuda.threadIdx.x
-        if tid == MATH_THREADS:                   # producer's first thread: the barriers
-            init_ring(base)
-        if CLUSTER > 1:         # arrive now, wait after the schedule's setup (and its loads)
-            cluster_arrive_relaxed()
+        # The producer's first thread sets up the ring's barriers; the cluster barrier's wait
+        # comes after the schedule's setup (and its loads), which needs no barrier.
+        publish_ring(base, tid == MATH_THREADS)
         work = begin(m, n, k, split_k, whole_tiles, layout, groups, 0)
         if tid == MATH_THREADS:
             prefetch_tensormap(tmap_a)
@@ -271,10 +270,7 @@ def make_fp8_gemm_1d2d(cfg):
             prefetch_tensormap(tmap_sfa)
             if not SWAP:
                 prefetch_tensormap(tmap_d)
-        if CLUSTER > 1:
-            cluster_wait()
-        else:
-            cuda.syncthreads()
+        await_ring()
 
         if tid >= MATH_THREADS:
             producer_registers()

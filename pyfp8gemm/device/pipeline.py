@@ -7,6 +7,7 @@ order; a slot's barrier phase flips each time the walk wraps around, so a waiter
 parity of the round it expects.
 
     ring = make_ring(stages, full_offset, empty_offset, full_arrivals, empty_arrivals, cluster)
+    kernel entry: ring.publish(base, one_thread); (work that needs no slot); ring.await_published()
     producer:  ring.wait_empty(base, stage, phase); fill slot; stage, phase = ring.next_slot(...)
     consumer:  ring.wait_full(...) (or ring.test_full); read; ring.release(base, stage, lane)
 """
@@ -17,13 +18,15 @@ from numba import cuda
 from numba.cuda import types
 
 from .ptx import (
-    fence_mbarrier_init, mbarrier_arrive, mbarrier_arrive_cluster, mbarrier_init,
-    mbarrier_test_wait, mbarrier_wait,
+    cluster_arrive_relaxed, cluster_wait, fence_mbarrier_init, mbarrier_arrive,
+    mbarrier_arrive_cluster, mbarrier_init, mbarrier_test_wait, mbarrier_wait,
 )
 
 
 class Ring(NamedTuple):
-    init: Callable           # init(base): one thread sets up every barrier
+    publish: Callable        # publish(base, initializer): the initializer thread sets up every
+                             #   barrier; every thread of the CTA calls it (the cluster arrive)
+    await_published: Callable   # await_published(): every CTA of the cluster has published
     next_slot: Callable      # next_slot(stage, phase) -> (stage, phase)
     wait_full: Callable      # wait_full(base, stage, phase): the slot holds its K block
     test_full: Callable      # test_full(base, stage, phase) -> 1 if it does already
@@ -39,11 +42,22 @@ def make_ring(stages, full_offset, empty_offset, full_arrivals, empty_arrivals, 
     inline = cuda.jit(device=True, inline="always")
 
     @inline
-    def init(base):
-        for s in range(stages):
-            mbarrier_init(base + full_offset + 8 * s, full_arrivals)
-            mbarrier_init(base + empty_offset + 8 * s, empty_arrivals)
-        fence_mbarrier_init()
+    def publish(base, initializer):
+        if initializer:
+            for s in range(stages):
+                mbarrier_init(base + full_offset + 8 * s, full_arrivals)
+                mbarrier_init(base + empty_offset + 8 * s, empty_arrivals)
+            fence_mbarrier_init()
+        if cluster > 1:     # relaxed: fence.mbarrier_init published the inits, the only writes
+            cluster_arrive_relaxed()    # before it (a releasing arrive would wait for the
+                                        # caller's earlier loads: MEMBAR.GPU + ERRBAR)
+
+    @inline
+    def await_published():
+        if cluster > 1:
+            cluster_wait()
+        else:
+            cuda.syncthreads()
 
     @inline
     def next_slot(stage, phase):
@@ -73,7 +87,8 @@ def make_ring(stages, full_offset, empty_offset, full_arrivals, empty_arrivals, 
         elif lane == 0:
             mbarrier_arrive(empty)
 
-    return Ring(init, next_slot, wait_full, test_full, wait_empty, release)
+    return Ring(publish, await_published, next_slot, wait_full, test_full, wait_empty,
+                release)
 
 
 def make_ring_loader(ring, schedule, load_slot):
