@@ -8,6 +8,9 @@
   set before collection and shared by pytest-xdist workers), never into the user's real
   ~/.cache/pyfp8gemm. PYFP8GEMM_TEST_CACHE_DIR=DIR makes them use DIR instead (e.g. a GPU run
   whose kernels `python -m pyfp8gemm warmup` compiled beforehand).
+* One m-grouped kernel per tile for every shape: PYFP8GEMM_SPECIALIZE_SHAPES=0 unless the
+  environment sets it (the suite's dozens of (N, groups) would each compile a kernel of their
+  own); test_grouped_gpu checks the shape-compiled kernels against these bit for bit.
 """
 
 from __future__ import annotations
@@ -33,8 +36,10 @@ def pytest_configure(config):
         chosen = os.path.join(config._pyfp8gemm_temp_cache, "kernels")
         os.environ[TEST_CACHE_ENV] = chosen
     config._pyfp8gemm_saved_env = {name: os.environ.get(name)
-                                   for name in ("PYFP8GEMM_CACHE_DIR", TEST_CACHE_ENV)}
+                                   for name in ("PYFP8GEMM_CACHE_DIR", TEST_CACHE_ENV,
+                                                "PYFP8GEMM_SPECIALIZE_SHAPES")}
     os.environ["PYFP8GEMM_CACHE_DIR"] = chosen
+    os.environ.setdefault("PYFP8GEMM_SPECIALIZE_SHAPES", "0")
 
 
 def pytest_unconfigure(config):

@@ -484,3 +484,94 @@ def test_masked_swap_ab(monkeypatch, block_n):
     m_grouped_fp8_gemm_nt_masked(a, b, d, masked_m, 16)
     torch.cuda.synchronize()
     check_masked(d, a, b, masked_m, x, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels compiled for their shape (the default outside the tests: GemmConfig.compiled_shape)
+# ---------------------------------------------------------------------------------------------
+
+
+def _shape_compiled_and_generic(kind, a_data, b_data, expected_m, alignment=128):
+    """The heuristic's pick for a launch, compiled for its shape and not."""
+    from pyfp8gemm.host import heuristics, launch
+    from pyfp8gemm.host.problem import GemmProblem
+
+    m = a_data.shape[1] if kind == "m_grouped_masked" else a_data.shape[0]
+    problem = GemmProblem(m, b_data.shape[1], a_data.shape[-1], kind, b_data.shape[0],
+                          expected_m, m_alignment=alignment)
+    num_sms = launch.get_num_sms(a_data.get_device())
+    generic = heuristics.choose_m_grouped(problem, num_sms)
+    return heuristics.for_shape(generic, problem, num_sms), generic
+
+
+@pytest.mark.parametrize("groups, expected_m, n, k", [
+    (6, 1024, 4096, 2048), (32, 192, 4096, 2048), (6, 1024, 6144, 7168), (32, 20, 7168, 3072),
+    (5, 150, 392, 1040)])
+def test_masked_shape_compiled_kernel_matches_the_generic_one(monkeypatch, groups, expected_m,
+                                                              n, k):
+    """The masked GEMM compiled for its (N, groups, grid) gives the generic kernel's bits, on
+    DeepGEMM's shapes and an odd one, with empty groups, a count past M_max and one row."""
+    from pyfp8gemm.host import launch, launchers
+
+    rng = random.Random(n * 7 + groups)
+    m_max = _align(int(expected_m * 1.3) + 1, 64)
+    a, b, x, w = make_masked(rng.randrange(2**31), groups, m_max, n, k)
+    counts = [int(expected_m * rng.uniform(0.7, 1.3)) for _ in range(groups)]
+    counts[1], counts[2], counts[-1] = 0, 1, 5 * m_max
+    masked_m = torch.tensor(counts, dtype=torch.int32, device="cuda")
+    outs, picked = [], []
+    for which in (0, 1):
+        def forced(a_data, a_scale, b_data, b_scale, d, masked_m, expected_m, which=which):
+            choice = _shape_compiled_and_generic("m_grouped_masked", a_data, b_data,
+                                                 expected_m)[which]
+            picked.append(choice.config)
+            launch.launch_grouped("m_grouped_masked", a_data, a_scale, b_data, b_scale, d,
+                                  masked_m, b_data.shape[0], expected_m, config=choice)
+
+        monkeypatch.setattr(launchers, "m_grouped_masked", forced)
+        outs.append(_nan(groups, m_max, n))
+        m_grouped_fp8_gemm_nt_masked(a, b, outs[-1], masked_m, int(expected_m * 1.2))
+    torch.cuda.synchronize()
+    assert picked[0].compiled_shape[:2] == (n, groups) and picked[0].compiled_shape[2] > 0
+    assert picked[1].compiled_shape == ()
+    d, generic = outs
+    check_masked(d, a, b, masked_m, x, w)
+    assert torch.equal(d.isnan(), generic.isnan())
+    assert torch.equal(d.nan_to_num(), generic.nan_to_num())
+
+
+@pytest.mark.parametrize("groups, expected_m, n, k", [
+    (8, 4096, 4096, 2048), (4, 8192, 6144, 7168), (7, 150, 392, 1040)])
+def test_contiguous_shape_compiled_kernel_matches_the_generic_one(monkeypatch, groups,
+                                                                  expected_m, n, k):
+    """The contiguous GEMM compiled for its (N, groups) gives the generic kernel's bits, with
+    an empty group and padding blocks (zeros)."""
+    from pyfp8gemm.host import launch, launchers
+
+    rng = random.Random(n * 5 + groups)
+    group_rows = [int(expected_m * rng.uniform(0.7, 1.3)) for _ in range(groups)]
+    group_rows[1] = 0
+    a, b, m_indices, _, x, w = make_contiguous(rng.randrange(2**31), group_rows, n, k, 128)
+    outs, picked = [], []
+    for which in (0, 1):
+        def forced(a_data, a_scale, b_data, b_scale, d, m_indices, expected_m, alignment,
+                   which=which):
+            choice = _shape_compiled_and_generic("m_grouped_contiguous", a_data, b_data,
+                                                 expected_m, alignment)[which]
+            picked.append(choice.config)
+            launch.launch_grouped("m_grouped_contiguous", a_data, a_scale, b_data, b_scale, d,
+                                  m_indices, b_data.shape[0], expected_m, alignment,
+                                  config=choice)
+
+        monkeypatch.setattr(launchers, "m_grouped_contiguous", forced)
+        outs.append(_nan(m_indices.numel(), n))
+        m_grouped_fp8_gemm_nt_contiguous(a, b, outs[-1], m_indices, expected_m=expected_m)
+    torch.cuda.synchronize()
+    assert picked[0].compiled_shape == (n, groups, 0) and picked[1].compiled_shape == ()
+    d, generic = outs
+    assert not d.isnan().any()
+    assert torch.equal(d, generic)
+    assert torch.equal(d[m_indices < 0], torch.zeros_like(d[m_indices < 0]))
+    assert calc_diff(d.float(), reference_m_grouped_contiguous(a, b, m_indices)) < EXACT
+    real = m_indices >= 0
+    assert calc_diff(d[real].float(), fp32_contiguous(x, w, m_indices)[real]) < FP8_ERROR

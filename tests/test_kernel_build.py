@@ -297,6 +297,37 @@ def test_masked_kernel_stores_full_slabs_by_tma_and_the_last_rows_by_row(block_n
     assert counts["STG"] == 0
 
 
+def test_shape_compiled_masked_kernel_folds_its_divisions():
+    """A masked kernel compiled for its (N, groups, grid): the divisions by N's tile count and
+    by the grid's clusters (each role's schedule has them) become multiplications, leaving
+    only the division by a group's run-time M blocks (one reciprocal per role instead of
+    three); same wgmmas, no spills."""
+    import dataclasses
+
+    from pyfp8gemm.host.heuristics import make_config
+
+    generic = make_config(128, 192, "b", schedule="m_grouped_masked")
+    compiled = dataclasses.replace(generic, compiled_shape=(4096, 6, 132))
+    counts = {}
+    for cfg in (generic, compiled):
+        kernel = compiler.compile_kernel(kernel_spec(cfg))
+        assert kernel.meta["spill_store_bytes"] == 0 and kernel.meta["spill_load_bytes"] == 0
+        counts[cfg] = toolchain.count_opcodes(toolchain.sass(kernel.cubin), ("MUFU", "QGMMA"))
+    assert counts[compiled]["QGMMA"] == counts[generic]["QGMMA"] == 16
+    assert counts[compiled]["MUFU"] * 3 == counts[generic]["MUFU"]
+
+
+@pytest.mark.parametrize("shape, words", [((4096, 6), "compiled_shape"),
+                                          ((4096, -1, 132), "compiled_shape"),
+                                          ((4096, 6, 131), "multiple of the cluster")])
+def test_compiled_shape_is_checked(shape, words):
+    with pytest.raises(ValueError, match=words):
+        GemmConfig(128, 192, 4, "b", schedule="m_grouped_masked", compiled_shape=shape)
+    with pytest.raises(ValueError, match="1D2D"):
+        GemmConfig(128, 128, 4, schedule="k_grouped", scaling="1d1d", epilogue="tma",
+                   compiled_shape=(4096, 6, 132))
+
+
 def test_masked_kernel_with_the_dead_warpgroup_branch_is_not_serialized():
     """The masked kernel's branch around the K loop (a warpgroup past masked_m only takes its
     turn on the ring) must not make ptxas serialize the overlapped wgmmas (C7514)."""

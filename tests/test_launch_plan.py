@@ -396,6 +396,57 @@ def test_masked_choice_shares_b_past_128_rows():
     assert choice(32, 192, 6144, 7168, num_sms=131).multicast == "none"
 
 
+def test_grouped_kernels_are_compiled_for_their_shape(monkeypatch):
+    """choose_config gives m-grouped problems the heuristic's kernel compiled for their N and
+    group count, masked also for its grid (always the SMs', in whole clusters); K stays a
+    run-time value, dense and 1D1D kernels are not specialized; PYFP8GEMM_SPECIALIZE_SHAPES=0
+    gives the kernel that serves every shape."""
+    import dataclasses
+
+    from pyfp8gemm.host import heuristics
+
+    masked = GemmProblem(1408, 4096, 2048, "m_grouped_masked", 6, 1228)
+    contiguous = GemmProblem(8 * 4096, 6144, 7168, "m_grouped_contiguous", 8, 4096)
+    monkeypatch.setenv("PYFP8GEMM_SPECIALIZE_SHAPES", "1")
+    for problem, num_sms, grid in ((masked, 132, 132), (masked, 131, 131),
+                                   (contiguous, 132, 0)):
+        generic = heuristics.choose_m_grouped(problem, num_sms)
+        choice = heuristics.choose_config(problem, num_sms)
+        shape = (problem.n, problem.groups, grid)
+        assert choice == dataclasses.replace(
+            generic, config=dataclasses.replace(generic.config, compiled_shape=shape))
+        assert choice.config.name == generic.config.name + "_shape{}x{}x{}".format(*shape)
+        assert generic.config.compiled_shape == ()
+    assert heuristics.choose_config(masked, 132).config.multicast == "b"
+    assert heuristics.choose_config(GemmProblem(4096, 4096, 2048), 132).config.compiled_shape == ()
+    wgrad = GemmProblem(4096, 4096, 2048, out_dtype="f32", accumulate=True)
+    assert heuristics.choose_config(wgrad, 132).config.compiled_shape == ()
+    monkeypatch.setenv("PYFP8GEMM_SPECIALIZE_SHAPES", "0")
+    assert heuristics.choose_config(masked, 132) == heuristics.choose_m_grouped(masked, 132)
+
+
+def test_a_shape_compiled_kernel_refuses_another_shape():
+    """A kernel compiled for (N, groups, grid) is planned only for that shape: another N, group
+    count or grid (a different SM count) raises, naming what differs, before anything
+    compiles."""
+    import dataclasses
+
+    from pyfp8gemm.host.heuristics import make_config
+
+    cfg = dataclasses.replace(make_config(128, 192, "b", schedule="m_grouped_masked"),
+                              compiled_shape=(4096, 6, 132))
+    fits = GemmProblem(1408, 4096, 2048, "m_grouped_masked", 6, 1228)
+    launch.check_compiled_shape(cfg, fits, 132)
+    launch.check_compiled_shape(cfg, dataclasses.replace(fits, k=7168, m=64), 132)   # K, M free
+    for problem, num_sms, words in ((dataclasses.replace(fits, n=4224), 132, "N = 4096"),
+                                    (dataclasses.replace(fits, groups=5), 132, "groups = 6"),
+                                    (fits, 128, "grid CTAs = 132")):
+        with pytest.raises(ValueError, match=words):
+            launch._plan(problem, 0, num_sms, KernelChoice(cfg))
+    runtime_groups = dataclasses.replace(cfg, compiled_shape=(4096, 0, 0))
+    launch.check_compiled_shape(runtime_groups, dataclasses.replace(fits, groups=9), 64)
+
+
 def test_1d1d_row_major_widths_need_a_full_last_tile():
     """136 / 152 only where their last N tile is nearly full (24576x1536: 152 pads 8.9% of the
     columns and ran x0.93 against 128 where the cost model ties)."""

@@ -344,3 +344,22 @@ def test_inspect_compiles_in_parallel_first(monkeypatch):
     assert inspect_module.inspect_all(jobs=3) == []
     assert calls == [dict(all_kernels=True, jobs=3, progress=False)]
     assert inspect_module.inspect_all(jobs=1) == [] and len(calls) == 1
+
+
+def test_grouped_warmup_compiles_the_kernels_of_each_shape(monkeypatch):
+    """With shape-compiled grouped kernels (the default), warm-up names the kernel of each
+    (N, groups), the very kernel a launch of that shape plans; with them off, one per tile."""
+    from pyfp8gemm.warmup import grouped_spec_provider, kernel_specs
+
+    shapes, ms = [(4096, 7168), (2048, 7168)], (1024,)
+    monkeypatch.setenv("PYFP8GEMM_SPECIALIZE_SHAPES", "1")
+    named = {s.name for s in kernel_specs(shapes, ms, providers=[grouped_spec_provider([8, 6])])}
+    for n in (4096, 2048):
+        for groups in (8, 6):
+            assert any(name.endswith(f"_shape{n}x{groups}x132") for name in named
+                       if "masked" in name)
+            assert any(name.endswith(f"_shape{n}x{groups}x0") for name in named
+                       if "contiguous" in name)
+    monkeypatch.setenv("PYFP8GEMM_SPECIALIZE_SHAPES", "0")
+    generic = {s.name for s in kernel_specs(shapes, ms, providers=[grouped_spec_provider([8, 6])])}
+    assert not any("_shape" in name for name in generic) and len(generic) < len(named)

@@ -86,6 +86,10 @@ class GemmConfig:
                                 # wgmma's M side) x block_n rows of A (tokens, its N side);
                                 # A's 1x128 scales per column, B's 128x128 scale per tile; D
                                 # stored transposed from registers (`d_tile` is D's view)
+    compiled_shape: tuple = ()  # (N, groups, grid CTAs) compiled in as constants, 0 where
+                                # read at run time; () serves any shape. DeepGEMM compiles
+                                # its shapes in too: divisions by them become multiplies, the
+                                # masked count loop unrolls (bench/JOURNAL.md, session 32)
 
     def __post_init__(self):
         if self.block_m not in (16, 32, 64, 128, 256):
@@ -143,6 +147,13 @@ class GemmConfig:
         if self.schedule == "m_grouped_masked" and self.multicast == "a":
             raise ValueError("schedule 'm_grouped_masked': multicast 'b' (a group's M blocks "
                              "share its weights) or none")
+        if self.compiled_shape and (
+                self.scaling != "1d2d" or len(self.compiled_shape) != 3
+                or not all(isinstance(x, int) and x >= 0 for x in self.compiled_shape)
+                or self.compiled_shape[2] % self.cluster_size):
+            raise ValueError("compiled_shape is (N, groups, grid CTAs), integers >= 0 (0: read at "
+                             "run time), the grid a multiple of the cluster size, for the 1D2D "
+                             f"kernel; got {self.compiled_shape!r} ({self.scaling})")
         if self.stages < 1 or self.smem_bytes > SMEM_LIMIT:
             raise ValueError(f"{self}: {self.smem_bytes} B of shared memory > {SMEM_LIMIT}")
 
@@ -327,8 +338,11 @@ class GemmConfig:
         acc = "_acc" if self.accumulate else ""
         tma_d = "_tmad" if self.epilogue == "tma" else ""
         swap = "_swapab" if self.swap_ab else ""
+        shape = ("_shape" + "x".join(map(str, self.compiled_shape))
+                 if self.compiled_shape else "")
         return (f"fp8_gemm_{self.scaling}{kind}_m{self.block_m}_n{self.block_n}_k{BLOCK_K}"
-                f"_s{self.stages}{mc}_g{self.group_m}{overlap}{split}{acc}{tma_d}{swap}")
+                f"_s{self.stages}{mc}_g{self.group_m}{overlap}{split}{acc}{tma_d}{swap}"
+                f"{shape}")
 
     @staticmethod
     def max_stages(block_m, block_n, scaling="1d2d", epilogue="direct", swap_ab=False,

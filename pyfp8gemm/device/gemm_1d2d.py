@@ -111,8 +111,9 @@ def make_fp8_gemm_1d2d(cfg):
                      full_arrivals=2,                      # the TMA and B-scale threads
                      empty_arrivals=CLUSTER * MATH_THREADS // 32,   # each math warp of each CTA
                      cluster=CLUSTER)
+    FIXED_N, FIXED_GROUPS, FIXED_GRID = cfg.compiled_shape or (0, 0, 0)
     schedule = make_schedule(cfg.schedule, ROWS, COLUMNS, CLUSTER_M, CLUSTER_N, cfg.group_m,
-                             SPLIT_K)
+                             SPLIT_K, grid_ctas=FIXED_GRID)
     # (numba inlines only functions it finds under plain names: parts are unpacked here)
     publish_ring, await_ring = ring.publish, ring.await_published
     begin, count, start, tile, group_rows, next_unit = schedule
@@ -260,6 +261,9 @@ def make_fp8_gemm_1d2d(cfg):
              split_k, whole_tiles, layout, groups, d):
         base = smem_base(smem)
         tid = cuda.threadIdx.x
+        # A shape compiled in (cfg.compiled_shape): what is derived from it folds away
+        n = types.int32(FIXED_N) if FIXED_N else n
+        groups = types.int32(FIXED_GROUPS) if FIXED_GROUPS else groups
         # The producer's first thread sets up the ring's barriers; the cluster barrier's wait
         # comes after the schedule's setup (and its loads), which needs no barrier.
         publish_ring(base, tid == MATH_THREADS)

@@ -91,12 +91,13 @@ def _device_ops():
 
 
 def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, split_k,
-                  device=True):
+                  device=True, grid_ctas=0):
     """The schedule's functions for one kernel configuration (all arguments compile-time).
 
     cluster_m == 2: the cluster's two CTAs take vertically adjacent tiles (they share B).
     cluster_n == 2: horizontally adjacent tiles (they share A). `split_k`: whether the kernel
-    has split-K (else the split arithmetic folds away).
+    has split-K (else the split arithmetic folds away). `grid_ctas`: the grid the kernel is
+    compiled for (0: gridDim, read at run time).
     """
     assert cluster_m * cluster_n <= 2
     ops = _device_ops() if device else _HOST_OPS
@@ -164,6 +165,8 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
             for g in range(groups):
                 units += masked_units(masked_blocks(layout, g, m_max), num_n_units)
         rank, first, step = position(where, cluster)
+        if grid_ctas:           # the grid compiled in (masked: the snake divides by the step)
+            step = i32(grid_ctas // cluster)
         return (num_kb, (split_k, whole_tiles), rank, first, step, num_m_units, num_n_units,
                 (layout, groups, i32(units), m_max))
 

@@ -36,9 +36,12 @@ to the larger tile. The constants come from side-by-side sweeps on the H200
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 
 from ..device.config import BLOCK_K, MAX_SPLIT_K, SWAP_AB_BLOCK_N, GemmConfig
+from ..device.scheduler import grid_size
 from .problem import GemmProblem, KernelChoice
 
 MAX_STAGES = 32                 # i.e. no cap below what shared memory holds
@@ -198,7 +201,8 @@ def choose_config(problem: GemmProblem, num_sms: int) -> KernelChoice:
     if problem.kind == "dense":
         return choose_dense(problem.m, problem.n, problem.k, num_sms)
     if problem.kind in ("m_grouped_contiguous", "m_grouped_masked"):
-        return choose_m_grouped(problem, num_sms)
+        choice = choose_m_grouped(problem, num_sms)
+        return for_shape(choice, problem, num_sms) if specializes_shapes() else choice
     raise ValueError(f"{problem.kind!r} problems have FP32 output (out_dtype='f32')")
 
 
@@ -343,6 +347,33 @@ GROUPED_WIDE_MIN_ROWS = 129
 MASKED_SHARED_B_MIN_K = 3072
 MASKED_SHARED_B_SHORT_K_MIN_ROWS = 512
 GROUPED_WIDE_NO_OVERLAP_PENALTY = 1.04
+
+
+#: `0` turns shape-compiled grouped kernels off: one kernel a tile shape serves every N and
+#: group count (fewer compiles, 0.2-2.6% slower; bench/JOURNAL.md, session 32). Read when a
+#: problem is first planned (plans are cached).
+SPECIALIZE_SHAPES_ENV = "PYFP8GEMM_SPECIALIZE_SHAPES"
+
+
+def specializes_shapes() -> bool:
+    """Whether choose_config compiles m-grouped kernels for their shape (for_shape)."""
+    return os.environ.get(SPECIALIZE_SHAPES_ENV, "1").strip().lower() not in ("0", "false",
+                                                                               "no", "off")
+
+
+def for_shape(choice: KernelChoice, problem: GemmProblem, num_sms: int) -> KernelChoice:
+    """An m-grouped kernel compiled for the problem's N and group count (and, masked, for its
+    grid: the snake divides by it), as DeepGEMM compiles its kernels per shape: MoE layers
+    have a few fixed (N, groups), so a few more kernels, each 0.2-2.6% faster (session 32).
+    K stays a run-time value: compiled in, it made the K = 7168 kernel 4% slower."""
+    cfg = choice.config
+    if cfg.swap_ab or cfg.compiled_shape:
+        return choice
+    grid = 0
+    if problem.kind == "m_grouped_masked":      # always the SMs' (units known on the GPU only)
+        grid = grid_size(cfg, num_sms, num_sms)
+    cfg = dataclasses.replace(cfg, compiled_shape=(problem.n, problem.groups, grid))
+    return dataclasses.replace(choice, config=cfg)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -289,7 +289,6 @@ def _plan(problem: GemmProblem, device_index: int, num_sms: int,
     if problem.kind == "m_grouped_contiguous" and problem.m_alignment % cfg.block_m:
         raise ValueError(f"{cfg.name}: BLOCK_M {cfg.block_m} does not divide the contiguous "
                          f"layout's alignment {problem.m_alignment}")
-    kernel = loaded_kernel(cfg, device_index)
     if problem.kind == "m_grouped_masked":
         grid = scheduler.grid_size(cfg, num_sms, num_sms)       # units known on the GPU only
     elif problem.kind == "k_grouped":
@@ -301,7 +300,20 @@ def _plan(problem: GemmProblem, device_index: int, num_sms: int,
         units = scheduler.unit_count(cfg, problem.m, problem.n, problem.k, choice.split_k,
                                      whole)
         grid = scheduler.grid_size(cfg, units, num_sms)
-    return Plan(choice, kernel, grid, problem, device_index)
+    check_compiled_shape(cfg, problem, grid)
+    return Plan(choice, loaded_kernel(cfg, device_index), grid, problem, device_index)
+
+
+def check_compiled_shape(cfg, problem: GemmProblem, grid: int) -> None:
+    """Raise unless a kernel compiled for one shape (cfg.compiled_shape) runs that shape."""
+    if not cfg.compiled_shape:
+        return
+    launched = (problem.n, problem.groups, grid)
+    for name, compiled, actual in zip(("N", "groups", "grid CTAs"), cfg.compiled_shape,
+                                      launched):
+        if compiled and compiled != actual:
+            raise ValueError(f"{cfg.name} is compiled for {name} = {compiled}, this launch has "
+                             f"{name} = {actual}")
 
 
 def dense_key(a_data, a_scale, b_data, b_scale, out, config=None) -> LaunchKey:
