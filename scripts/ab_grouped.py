@@ -5,7 +5,8 @@ the heuristic's pick and DeepGEMM, launches interleaved in rounds (ab_time.py's 
 
 KIND: m-grouped-contiguous or m-grouped-masked; INDEX: the case's position in
 `bench.grouped.make_cases(KIND)` (printed with --list); SPEC: scripts/config_spec.py's (e.g.
-128x192:b, a 2-CTA cluster sharing B; 128x192:b::3, three stages; s64x8, swap-AB). Each config
+128x192:b, a 2-CTA cluster sharing B; 128x192:b::3, three stages; s64x8, swap-AB; "generic": the
+heuristic's pick without its compiled shape, GemmConfig.compiled_shape). Each config
 goes through the public function (the same layout preparation), with the launcher told to use
 it. Printed: median microseconds, TFLOPS of the
 valid rows, DeepGEMM's time over each contender's, and each output's check (NaN-poisoned,
@@ -19,21 +20,38 @@ import statistics
 from bench import grouped
 from bench.timing import interleaved_times
 from config_spec import parse
-from pyfp8gemm.host import launch, launchers
+from pyfp8gemm.host import heuristics, launch, launchers
+from pyfp8gemm.host.problem import GemmProblem
 
 FORCED = {"config": None}
 
 
+def generic_choice(kind, a_data, b_data, expected_m, alignment=128):
+    """The heuristic's pick for this launch, compiled for any shape."""
+    m = a_data.shape[1] if kind == "m_grouped_masked" else a_data.shape[0]
+    problem = GemmProblem(m, b_data.shape[1], a_data.shape[-1], kind, b_data.shape[0],
+                          expected_m, m_alignment=alignment)
+    return heuristics.choose_m_grouped(problem, launch.get_num_sms(a_data.get_device()))
+
+
 def force_configs():
     """The launchers, with the forced config (None: the heuristic's) passed to the launch."""
+    def forced(kind, a_data, b_data, expected_m, alignment=128):
+        if FORCED["config"] == "generic":
+            return generic_choice(kind, a_data, b_data, expected_m, alignment)
+        return FORCED["config"]
+
     def contiguous(a_data, a_scale, b_data, b_scale, d, m_indices, expected_m, alignment):
-        launch.launch_grouped("m_grouped_contiguous", a_data, a_scale, b_data, b_scale, d,
-                              m_indices, b_data.shape[0], expected_m, alignment,
-                              config=FORCED["config"])
+        kind = "m_grouped_contiguous"
+        launch.launch_grouped(kind, a_data, a_scale, b_data, b_scale, d, m_indices,
+                              b_data.shape[0], expected_m, alignment,
+                              config=forced(kind, a_data, b_data, expected_m, alignment))
 
     def masked(a_data, a_scale, b_data, b_scale, d, masked_m, expected_m):
-        launch.launch_grouped("m_grouped_masked", a_data, a_scale, b_data, b_scale, d,
-                              masked_m, b_data.shape[0], expected_m, config=FORCED["config"])
+        kind = "m_grouped_masked"
+        launch.launch_grouped(kind, a_data, a_scale, b_data, b_scale, d, masked_m,
+                              b_data.shape[0], expected_m,
+                              config=forced(kind, a_data, b_data, expected_m))
 
     launchers.m_grouped_contiguous, launchers.m_grouped_masked = contiguous, masked
 
@@ -72,7 +90,8 @@ def main():
         return call
 
     configs = {"heuristic": None}
-    configs.update({spec: parse(spec, schedule).config for spec in args.specs})
+    configs.update({spec: spec if spec == "generic" else parse(spec, schedule).config
+                    for spec in args.specs})
     copies = ("", "#2") if args.twins else ("",)
     for copy in copies:           # each copy prepares its own output tensor
         for name, config in configs.items():

@@ -2,7 +2,8 @@
 # GPU work for one device call (on the device machine, from the repository root):
 #   bash scripts/device_run.sh STEP [STEP ...]
 # STEPs:
-#   precompile  every kernel, in parallel, into the cache the tests share (and the configs
+#   precompile  every kernel, in parallel, into the cache the tests share, the grouped
+#               benchmark's shape-compiled kernels (and the configs
 #               $PRECOMPILE_SPECS of schedule $PRECOMPILE_SCHEDULE: the A/B steps' variants)
 #   warm        only the kernels of the benchmark shapes (`python -m pyfp8gemm warmup`)
 #   tests       the GPU suite but the heavy files (14 workers)
@@ -59,7 +60,7 @@ for step in "$@"; do
   fi
   case $step in
     precompile)
-      tl 240 python3 scripts/precompile.py --all ${PRECOMPILE_SCHEDULE:+--schedule \
+      tl 240 python3 scripts/precompile.py --all --grouped-bench ${PRECOMPILE_SCHEDULE:+--schedule \
           $PRECOMPILE_SCHEDULE} ${PRECOMPILE_SPECS:-} 2>&1 | grep -v Warn | tail -2 ;;
     warm)     # only what the benchmarks and the heavy tests pick (ANCHORS and DeepGEMM shapes)
       tl 240 python3 -m pyfp8gemm warmup --jobs 16 --m-range 1:8192 --groups 4 6 8 32 \

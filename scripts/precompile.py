@@ -5,6 +5,8 @@
                                                       the device A/B steps (`forced_configs`)
     python scripts/precompile.py SPEC ... [--jobs N]  the given configs (scripts/config_spec.py)
         [--schedule S]                                of schedule S (default dense)
+    python scripts/precompile.py --grouped-bench      the grouped benchmark's kernels: compiled
+                                                      for each case's shape, and not
 
 The device scripts run it first: the GPU suite then finds every kernel compiled (one process per
 kernel here, instead of ptxas runs queued behind each other in the test workers).
@@ -48,10 +50,36 @@ def forced_configs():
     return wgrad + masked + contiguous + swap_ab_configs()
 
 
+def grouped_bench_configs():
+    """The grouped benchmark's picks (bench/grouped.py, as its launches make the problem), each
+    compiled for its shape (GemmConfig.compiled_shape) and not: not in --all, which has no
+    shapes."""
+    import dataclasses
+
+    from bench import grouped
+    from pyfp8gemm.host.heuristics import choose_config
+    from pyfp8gemm.host.problem import GemmProblem
+    configs = []
+    for bench_kind in grouped.KINDS:
+        kind = bench_kind.replace("-", "_")
+        for case in grouped.make_cases(bench_kind):
+            if kind == "m_grouped_contiguous":
+                problem = GemmProblem(case.m_sum, case.n, case.k, kind, case.groups,
+                                      case.expected_m)
+            else:
+                problem = GemmProblem(case.m_max, case.n, case.k, kind, case.groups,
+                                      int(case.expected_m * 1.2))
+            cfg = choose_config(problem, 132).config
+            configs += [cfg, dataclasses.replace(cfg, compiled_shape=())]
+    return configs
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("specs", nargs="*")
     parser.add_argument("--all", action="store_true", help="heuristics.all_configs()")
+    parser.add_argument("--grouped-bench", action="store_true",
+                        help="the grouped benchmark's kernels, shape-compiled and not")
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
     parser.add_argument("--schedule", default="dense", help="the SPECs' schedule")
     args = parser.parse_args()
@@ -60,6 +88,8 @@ def main():
     configs = [parse(s, args.schedule).config for s in args.specs]
     if args.all:
         configs += all_configs() + forced_configs()
+    if args.grouped_bench:
+        configs += grouped_bench_configs()
     kernels = sorted(set(configs), key=lambda c: c.name)
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
