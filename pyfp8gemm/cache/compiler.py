@@ -261,8 +261,10 @@ def _not_cached_message(spec: KernelSpec) -> str:
         f"pyfp8gemm: kernel {spec.name} is not in the kernel cache ({store.cache_dir()}: {disk})"
         f" and ${JIT_ENV}=error forbids compiling it on the hot path. Build it ahead of time "
         f"with `python -m pyfp8gemm warmup --shapes N,K [N,K ...] --m-range 1:MAX_M` (your "
-        f"weights' shapes and token counts; `python -m pyfp8gemm warmup --all` builds every "
-        f"kernel) with this pyfp8gemm and toolchain, or import a cache built elsewhere "
+        f"weights' shapes and token counts; add `--groups G` for the MoE grouped GEMMs, "
+        f"whose kernels are compiled for each (N, G); `python -m pyfp8gemm warmup --all` "
+        f"builds every kernel that serves any shape) with this pyfp8gemm and toolchain, or "
+        f"import a cache built elsewhere "
         f"(`python -m pyfp8gemm cache import FILE`), or unset {JIT_ENV}.")
 
 
