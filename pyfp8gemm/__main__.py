@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     warm.add_argument("--jobs", "-j", type=int, default=None,
                       help="parallel compile processes (default: the CPU count)")
     warm.add_argument("--all", action="store_true",
-                      help="every kernel the library can launch (with or without --shapes)")
+                      help="every kernel that serves any shape (with or without --shapes; the "
+                           "grouped GEMMs' kernels for each (N, G) need --shapes and --groups)")
     warm.add_argument("--groups", nargs="+", type=int, default=(), metavar="G",
                       help="also the MoE grouped GEMMs for G experts per GPU (M = rows per "
                            "expert)")

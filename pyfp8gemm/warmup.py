@@ -54,7 +54,8 @@ def _kernel_specs_for(shapes: list[tuple[int, int]], ms: Sequence[int], num_sms:
 
 
 def _every_kernel_spec() -> list:
-    """Every kernel the library can launch (``--all``)."""
+    """Every kernel that serves any shape (``--all``; not the grouped GEMMs' kernels compiled
+    for one (N, G): those come from shapes and groups)."""
     from .host.kernels import all_kernel_specs
 
     return all_kernel_specs()
@@ -262,11 +263,12 @@ def warmup(shapes=None, m_range=DEFAULT_M_RANGE, *, num_sms: int = DEFAULT_NUM_S
     """Compile into the disk cache every kernel the heuristic can pick for `shapes`.
 
     shapes: weight (N, K) pairs (or "N,K" strings), or a torch.nn.Module (its nn.Linear
-        layers); None with all_kernels=True: every kernel the library can launch.
+        layers); None with all_kernels=True: every kernel that serves any shape.
     m_range: token counts M: an int (1..M), an inclusive (lo, hi) pair, or an iterable of M.
     num_sms: SMs the heuristic plans for (the target GPU's; 132 for H100/H200 SXM).
     jobs: parallel compile processes (default: the CPU count); 1 compiles in this process.
-    all_kernels: also every kernel the library can launch (`inspect`'s set).
+    all_kernels: also every kernel that serves any shape (`inspect`'s set; the grouped GEMMs'
+        shape-compiled kernels need `shapes` and `groups`).
     progress: a progress line on stderr.
     providers: spec providers to use instead of SPEC_PROVIDERS.
     groups: also the MoE grouped GEMMs for these experts-per-GPU counts (M: rows per expert).
