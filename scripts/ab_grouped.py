@@ -21,37 +21,30 @@ from bench import grouped
 from bench.timing import interleaved_times
 from config_spec import parse
 from pyfp8gemm.host import heuristics, launch, launchers
-from pyfp8gemm.host.problem import GemmProblem
 
 FORCED = {"config": None}
 
 
-def generic_choice(kind, a_data, b_data, expected_m, alignment=128):
-    """The heuristic's pick for this launch, compiled for any shape."""
-    m = a_data.shape[1] if kind == "m_grouped_masked" else a_data.shape[0]
-    problem = GemmProblem(m, b_data.shape[1], a_data.shape[-1], kind, b_data.shape[0],
-                          expected_m, m_alignment=alignment)
-    return heuristics.choose_m_grouped(problem, launch.get_num_sms(a_data.get_device()))
+def generic_choice(key):
+    """The heuristic's pick for a launch (its launch.grouped_key), compiled for any shape."""
+    return heuristics.choose_m_grouped(key.problem, launch.get_num_sms(key.device))
 
 
 def force_configs():
     """The launchers, with the forced config (None: the heuristic's) passed to the launch."""
-    def forced(kind, a_data, b_data, expected_m, alignment=128):
-        if FORCED["config"] == "generic":
-            return generic_choice(kind, a_data, b_data, expected_m, alignment)
-        return FORCED["config"]
+    def launch_forced(*args):
+        config = FORCED["config"]
+        if config == "generic":
+            config = generic_choice(launch.grouped_key(*args))
+        launch.launch_grouped(*args, config=config)
 
     def contiguous(a_data, a_scale, b_data, b_scale, d, m_indices, expected_m, alignment):
-        kind = "m_grouped_contiguous"
-        launch.launch_grouped(kind, a_data, a_scale, b_data, b_scale, d, m_indices,
-                              b_data.shape[0], expected_m, alignment,
-                              config=forced(kind, a_data, b_data, expected_m, alignment))
+        launch_forced("m_grouped_contiguous", a_data, a_scale, b_data, b_scale, d, m_indices,
+                      b_data.shape[0], expected_m, alignment)
 
     def masked(a_data, a_scale, b_data, b_scale, d, masked_m, expected_m):
-        kind = "m_grouped_masked"
-        launch.launch_grouped(kind, a_data, a_scale, b_data, b_scale, d, masked_m,
-                              b_data.shape[0], expected_m,
-                              config=forced(kind, a_data, b_data, expected_m))
+        launch_forced("m_grouped_masked", a_data, a_scale, b_data, b_scale, d, masked_m,
+                      b_data.shape[0], expected_m)
 
     launchers.m_grouped_contiguous, launchers.m_grouped_masked = contiguous, masked
 

@@ -491,17 +491,14 @@ def test_masked_swap_ab(monkeypatch, block_n):
 # ---------------------------------------------------------------------------------------------
 
 
-def _shape_compiled_and_generic(kind, a_data, b_data, expected_m, alignment=128):
-    """The heuristic's pick for a launch, compiled for its shape and not."""
+def _shape_compiled_and_generic(key):
+    """The heuristic's pick for a launch (its launch.grouped_key), compiled for its shape and
+    not."""
     from pyfp8gemm.host import heuristics, launch
-    from pyfp8gemm.host.problem import GemmProblem
 
-    m = a_data.shape[1] if kind == "m_grouped_masked" else a_data.shape[0]
-    problem = GemmProblem(m, b_data.shape[1], a_data.shape[-1], kind, b_data.shape[0],
-                          expected_m, m_alignment=alignment)
-    num_sms = launch.get_num_sms(a_data.get_device())
-    generic = heuristics.choose_m_grouped(problem, num_sms)
-    return heuristics.for_shape(generic, problem, num_sms), generic
+    num_sms = launch.get_num_sms(key.device)
+    generic = heuristics.choose_m_grouped(key.problem, num_sms)
+    return heuristics.for_shape(generic, key.problem, num_sms), generic
 
 
 @pytest.mark.parametrize("groups, expected_m, n, k", [
@@ -522,11 +519,11 @@ def test_masked_shape_compiled_kernel_matches_the_generic_one(monkeypatch, group
     outs, picked = [], []
     for which in (0, 1):
         def forced(a_data, a_scale, b_data, b_scale, d, masked_m, expected_m, which=which):
-            choice = _shape_compiled_and_generic("m_grouped_masked", a_data, b_data,
-                                                 expected_m)[which]
+            args = ("m_grouped_masked", a_data, a_scale, b_data, b_scale, d, masked_m,
+                    b_data.shape[0], expected_m)
+            choice = _shape_compiled_and_generic(launch.grouped_key(*args))[which]
             picked.append(choice.config)
-            launch.launch_grouped("m_grouped_masked", a_data, a_scale, b_data, b_scale, d,
-                                  masked_m, b_data.shape[0], expected_m, config=choice)
+            launch.launch_grouped(*args, config=choice)
 
         monkeypatch.setattr(launchers, "m_grouped_masked", forced)
         outs.append(_nan(groups, m_max, n))
@@ -556,12 +553,11 @@ def test_contiguous_shape_compiled_kernel_matches_the_generic_one(monkeypatch, g
     for which in (0, 1):
         def forced(a_data, a_scale, b_data, b_scale, d, m_indices, expected_m, alignment,
                    which=which):
-            choice = _shape_compiled_and_generic("m_grouped_contiguous", a_data, b_data,
-                                                 expected_m, alignment)[which]
+            args = ("m_grouped_contiguous", a_data, a_scale, b_data, b_scale, d, m_indices,
+                    b_data.shape[0], expected_m, alignment)
+            choice = _shape_compiled_and_generic(launch.grouped_key(*args))[which]
             picked.append(choice.config)
-            launch.launch_grouped("m_grouped_contiguous", a_data, a_scale, b_data, b_scale, d,
-                                  m_indices, b_data.shape[0], expected_m, alignment,
-                                  config=choice)
+            launch.launch_grouped(*args, config=choice)
 
         monkeypatch.setattr(launchers, "m_grouped_contiguous", forced)
         outs.append(_nan(m_indices.numel(), n))

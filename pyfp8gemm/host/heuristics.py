@@ -367,7 +367,7 @@ def for_shape(choice: KernelChoice, problem: GemmProblem, num_sms: int) -> Kerne
     have a few fixed (N, groups), so a few more kernels, each 0.2-2.6% faster (session 32).
     K stays a run-time value: compiled in, it made the K = 7168 kernel 4% slower."""
     cfg = choice.config
-    if cfg.swap_ab or cfg.compiled_shape:
+    if cfg.swap_ab:
         return choice
     grid = 0
     if problem.kind == "m_grouped_masked":      # always the SMs' (units known on the GPU only)

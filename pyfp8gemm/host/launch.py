@@ -347,18 +347,25 @@ def fp8_gemm_nt_launch(a_data: torch.Tensor, a_scale: torch.Tensor, b_data: torc
     return out
 
 
+def grouped_key(kind: str, a_data, a_scale, b_data, b_scale, out, layout: torch.Tensor,
+                groups: int, expected_m: int | None, m_alignment: int = 128,
+                config: KernelChoice | GemmConfig | None = None) -> LaunchKey:
+    """An m-grouped launch's key (`.problem`: what the heuristic sees)."""
+    m = a_data.shape[1] if kind == "m_grouped_masked" else a_data.shape[0]
+    return LaunchKey(a_data.data_ptr(), a_scale.data_ptr(), b_data.data_ptr(),
+                     b_scale.data_ptr(), out.data_ptr(), m, b_data.shape[1], a_data.shape[-1],
+                     a_scale.stride(-1), a_data.get_device(), as_choice(config),
+                     device_info._num_sms_limit, kind, layout.data_ptr(), groups,
+                     expected_m, m_alignment)
+
+
 def launch_grouped(kind: str, a_data, a_scale, b_data, b_scale, out, layout: torch.Tensor,
                    groups: int, expected_m: int | None, m_alignment: int = 128,
                    config: KernelChoice | GemmConfig | None = None) -> None:
     """Launch an m-grouped GEMM (`kind` m_grouped_contiguous / m_grouped_masked) on
     kernel-ready tensors (host/launchers.py states the layouts)."""
-    masked = kind == "m_grouped_masked"
-    m = a_data.shape[1] if masked else a_data.shape[0]
-    key = LaunchKey(a_data.data_ptr(), a_scale.data_ptr(), b_data.data_ptr(),
-                    b_scale.data_ptr(), out.data_ptr(), m, b_data.shape[1], a_data.shape[-1],
-                    a_scale.stride(-1), a_data.get_device(), as_choice(config),
-                    device_info._num_sms_limit, kind, layout.data_ptr(), groups,
-                    expected_m, m_alignment)
+    key = grouped_key(kind, a_data, a_scale, b_data, b_scale, out, layout, groups, expected_m,
+                      m_alignment, config)
     bound = _bound.get(key)
     (bound if bound is not None else _bind(key))()
 
