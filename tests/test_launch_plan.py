@@ -51,6 +51,9 @@ class RecordingKernel:
         return self.parts[grid]
 
 
+UNCACHED_PLAN = launch._plan.__wrapped__       # the real plan, before fake_gpu replaces it
+
+
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """A plan with a recording kernel; tensor maps recorded instead of encoded."""
@@ -445,6 +448,47 @@ def test_a_shape_compiled_kernel_refuses_another_shape():
             launch._plan(problem, 0, num_sms, KernelChoice(cfg))
     runtime_groups = dataclasses.replace(cfg, compiled_shape=(4096, 0, 0))
     launch.check_compiled_shape(runtime_groups, dataclasses.replace(fits, groups=9), 64)
+
+
+@pytest.mark.parametrize("kind", ["m_grouped_masked", "m_grouped_contiguous"])
+def test_grouped_launch_runs_the_kernel_of_its_shape(fake_gpu, monkeypatch, kind):
+    """Through the real plan (heuristic, shape check, grid) with the kernel load stubbed: a
+    grouped launch loads the kernel compiled for its (N, groups) (masked: and the grid) and
+    passes N and the group count as parameters all the same."""
+    from pyfp8gemm.host.grouped import quantize_grouped, to_grouped_mn_major_tma_aligned
+    from pyfp8gemm.host.fp8tensor import to_mn_major_tma_aligned
+
+    kernel, encoded, plans = fake_gpu
+    loaded = []
+    monkeypatch.setattr(launch, "_plan", UNCACHED_PLAN)
+    monkeypatch.setattr(launch, "loaded_kernel",
+                        lambda cfg, device_index: loaded.append(cfg) or kernel)
+    monkeypatch.setattr(driver, "tensormap_3d", lambda *args: encoded.append(args)
+                        or cu.CUtensorMap())
+    monkeypatch.setenv("PYFP8GEMM_SPECIALIZE_SHAPES", "1")
+    groups, n, k = 6, 576, 1024
+    b_data, b_scale = quantize_grouped(torch.randn(groups, n, k), "128x128")
+    if kind == "m_grouped_masked":
+        m_max = 256
+        a_data, a_scale = quantize_grouped(torch.randn(groups, m_max, k), "1x128")
+        layout = torch.full((groups,), 200, dtype=torch.int32)
+        d = torch.empty(groups, m_max, n, dtype=torch.bfloat16)
+        args, grid = (kind, a_data, to_grouped_mn_major_tma_aligned(a_scale), b_data, b_scale,
+                      d, layout, groups, 200), 132
+    else:
+        m = 4 * 128
+        a = pyfp8gemm.quantize(torch.randn(m, k), "1x128")
+        layout = torch.arange(m, dtype=torch.int32) // 128
+        d = torch.empty(m, n, dtype=torch.bfloat16)
+        args, grid = (kind, a.data, to_mn_major_tma_aligned(a.scale), b_data, b_scale, d,
+                      layout, groups, 128), 0
+    launch.launch_grouped(*args)
+    (cfg,) = loaded
+    assert cfg.schedule == kind and cfg.compiled_shape == (n, groups, grid)
+    pointers = (ctypes.c_void_p * 14).from_address(kernel.launches[-1][2])
+    assert ctypes.c_int32.from_address(pointers[8]).value == n
+    assert ctypes.c_int64.from_address(pointers[12]).value == layout.data_ptr()
+    assert ctypes.c_int32.from_address(pointers[13]).value == groups
 
 
 def test_1d1d_row_major_widths_need_a_full_last_tile():
