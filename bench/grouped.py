@@ -72,6 +72,10 @@ class GroupedCase:
         return f"G={self.groups}{half} m~{self.expected_m} N={self.n} K={self.k}"
 
     @property
+    def masked_hint(self) -> int:       # masked: the expected_m both kernels are told
+        return int(self.expected_m * 1.2)
+
+    @property
     def valid_rows(self) -> int:
         return sum(self.group_m)
 
@@ -231,7 +235,7 @@ def prepare_pyfp8gemm(case, inputs) -> Callable:
             return d
         return run
     d = torch.empty(case.groups, case.m_max, case.n, dtype=torch.bfloat16, device="cuda")
-    hint = int(case.expected_m * 1.2)
+    hint = case.masked_hint
 
     def run():
         pyfp8gemm.m_grouped_fp8_gemm_nt_masked(inputs["a"], inputs["b"], d, inputs["masked_m"],
@@ -264,7 +268,7 @@ def prepare_deepgemm(case, inputs) -> Callable:
     if gemm is None:
         raise NotAvailable("deep_gemm has no m-grouped masked GEMM")
     d = torch.empty(case.groups, case.m_max, case.n, dtype=torch.bfloat16, device="cuda")
-    hint = int(case.expected_m * 1.2)
+    hint = case.masked_hint
 
     def run():
         gemm(inputs["a"], inputs["b"], d, inputs["masked_m"], hint)

@@ -68,7 +68,7 @@ def grouped_bench_configs():
                                       case.expected_m)
             else:
                 problem = GemmProblem(case.m_max, case.n, case.k, kind, case.groups,
-                                      int(case.expected_m * 1.2))
+                                      case.masked_hint)
             cfg = choose_config(problem, 132).config
             configs += [cfg, dataclasses.replace(cfg, compiled_shape=())]
     return configs
