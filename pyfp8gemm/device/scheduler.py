@@ -356,6 +356,12 @@ def grid_size(cfg, units, num_sms):
     return min(units, num_sms // cfg.cluster_size) * cfg.cluster_size
 
 
+def masked_grid_size(cfg, num_sms):
+    """A masked launch's grid: every SM's cluster (its units are counted on the GPU only, from
+    masked_m); what a kernel compiled for its grid (GemmConfig.compiled_shape) is built for."""
+    return grid_size(cfg, num_sms, num_sms)
+
+
 def walk(cfg, m, n, k, grid, split_k=1, whole=None, layout=(), groups=1):
     """Every CTA's work in the order it runs it: {cta: [(group, m_block, n_block, split,
     kb_begin, kb_end, b_share), ...]} (the host twin, step by step as the kernel's loops go)."""

@@ -41,7 +41,7 @@ import functools
 import os
 
 from ..device.config import BLOCK_K, MAX_SPLIT_K, SWAP_AB_BLOCK_N, GemmConfig
-from ..device.scheduler import grid_size
+from ..device.scheduler import masked_grid_size
 from .problem import GemmProblem, KernelChoice
 
 MAX_STAGES = 32                 # i.e. no cap below what shared memory holds
@@ -369,9 +369,7 @@ def for_shape(choice: KernelChoice, problem: GemmProblem, num_sms: int) -> Kerne
     cfg = choice.config
     if cfg.swap_ab:
         return choice
-    grid = 0
-    if problem.kind == "m_grouped_masked":      # always the SMs' (units known on the GPU only)
-        grid = grid_size(cfg, num_sms, num_sms)
+    grid = masked_grid_size(cfg, num_sms) if problem.kind == "m_grouped_masked" else 0
     cfg = dataclasses.replace(cfg, compiled_shape=(problem.n, problem.groups, grid))
     return dataclasses.replace(choice, config=cfg)
 

@@ -290,7 +290,7 @@ def _plan(problem: GemmProblem, device_index: int, num_sms: int,
         raise ValueError(f"{cfg.name}: BLOCK_M {cfg.block_m} does not divide the contiguous "
                          f"layout's alignment {problem.m_alignment}")
     if problem.kind == "m_grouped_masked":
-        grid = scheduler.grid_size(cfg, num_sms, num_sms)       # units known on the GPU only
+        grid = scheduler.masked_grid_size(cfg, num_sms)
     elif problem.kind == "k_grouped":
         units = problem.groups * scheduler.tiles(cfg, problem.m, problem.n)
         grid = scheduler.grid_size(cfg, units, num_sms)
