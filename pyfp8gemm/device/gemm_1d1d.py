@@ -34,7 +34,7 @@ from .epilogue import make_f32_tma_epilogue
 from .k_loop import fragments, make_math_setup, make_scaling_1d1d, make_tile_k_loop
 from .pipeline import make_ring, make_ring_loader
 from .ptx import (
-    cluster_sync, elect_one, ld_global_nc_s32, mbarrier_arrive_expect_tx, prefetch_tensormap,
+    elect_one, ld_global_nc_s32, mbarrier_arrive_expect_tx, prefetch_tensormap,
     setmaxnreg_dec, setmaxnreg_inc, smem_base, tma_load_2d, tma_load_2d_multicast,
 )
 from .scheduler import make_schedule
@@ -129,7 +129,8 @@ def make_fp8_gemm_1d1d(cfg):
         load_operand(base + SMEM_B + B_BYTES * stage, base + SMEM_SFB + SFB_BYTES * stage,
                      tmap_b, tmap_sfb, full, local_kb, n_block * BN, kb, MULTICAST_B, rank)
 
-    loader_loop = make_ring_loader(ring, schedule, load_k_block)
+    # (the TMA thread drains the ring at the end: its CTA outlives the peer's last signals)
+    loader_loop = make_ring_loader(ring, schedule, load_k_block, drain=CLUSTER > 1)
 
     # ---- math warpgroups: tiles -> K loop -> D = C + tile ------------------------------------
 
@@ -193,8 +194,6 @@ def make_fp8_gemm_1d1d(cfg):
         else:
             math_registers()
             math_loop(base, d, c, m, n, work, tid, tmap_d)
-        if CLUSTER > 1:           # no CTA may leave while its peer can still signal its smem
-            cluster_sync()
 
     if TMA_D:
         def fp8_gemm_1d1d(tmap_a, tmap_b, tmap_sfa, tmap_sfb, d, c, m, n, k, layout, groups,

@@ -47,7 +47,7 @@ from .epilogue import (
 from .k_loop import fragments, make_math_setup, make_scaling_for, make_tile_k_loop
 from .pipeline import make_ring, make_ring_loader, make_ring_skipper
 from .ptx import (
-    cluster_sync, cp_async_4, cp_async_mbarrier_arrive_noinc, elect_one,
+    cp_async_4, cp_async_mbarrier_arrive_noinc, elect_one,
     mbarrier_arrive_expect_tx, prefetch_tensormap, setmaxnreg_dec, setmaxnreg_inc, smem_base,
     tma_load_2d, tma_load_2d_multicast, tma_load_3d,
 )
@@ -184,7 +184,8 @@ def make_fp8_gemm_1d2d(cfg):
             cp_async_4(dst + 4, first + 4 * num_kb * (second_row - n0 // 128))
         cp_async_mbarrier_arrive_noinc(base + FULL_BARS + 8 * stage)
 
-    tma_loader_loop = make_ring_loader(ring, schedule, load_tiles)
+    # (the TMA thread drains the ring at the end: its CTA outlives the peer's last signals)
+    tma_loader_loop = make_ring_loader(ring, schedule, load_tiles, drain=CLUSTER > 1)
     b_scale_loader_loop = make_ring_loader(ring, schedule, load_b_scales_into_slot)
 
     # ---- math warpgroups: tiles -> K loop -> epilogue ------------------------------------
@@ -290,8 +291,6 @@ def make_fp8_gemm_1d2d(cfg):
             math_registers()
             math_loop(base, tmap_d, workspace, counters, work, m, n, d, tid)
 
-        if CLUSTER > 1:           # no CTA may leave while its peer can still signal its smem
-            cluster_sync()
 
     if MASKED or SWAP:
         def fp8_gemm_1d2d(tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, workspace, counters, m, n, k,

@@ -10,6 +10,7 @@ parity of the round it expects.
     kernel entry: ring.publish(base, one_thread); (work that needs no slot); ring.await_published()
     producer:  ring.wait_empty(base, stage, phase); fill slot; stage, phase = ring.next_slot(...)
     consumer:  ring.wait_full(...) (or ring.test_full); read; ring.release(base, stage, lane)
+    kernel exit (cluster): one producer thread ring.drain(base, stage, phase); the others leave
 """
 
 from typing import Callable, NamedTuple
@@ -32,6 +33,8 @@ class Ring(NamedTuple):
     test_full: Callable      # test_full(base, stage, phase) -> 1 if it does already
     wait_empty: Callable     # wait_empty(base, stage, phase): the slot may be refilled
     release: Callable        # release(base, stage, lane): this warp is done with the slot
+    drain: Callable          # drain(base, stage, phase): every fill so far released by every
+                             #   consumer of the cluster (none of them signals this CTA again)
 
 
 def make_ring(stages, full_offset, empty_offset, full_arrivals, empty_arrivals, cluster):
@@ -87,19 +90,31 @@ def make_ring(stages, full_offset, empty_offset, full_arrivals, empty_arrivals, 
         elif lane == 0:
             mbarrier_arrive(empty)
 
+    @inline
+    def drain(base, stage, phase):
+        """From the producer's next slot on, wait once on each slot's empty barrier as if to
+        refill it: its last fill has then been released by every math warp of every CTA that
+        read it, so no peer arrives on (or multicasts into) this CTA's shared memory any more
+        and the CTA may leave. DeepGEMM's exit; a cluster barrier there had every thread wait
+        for both CTAs' last stores (and, releasing, for all of their memory accesses)."""
+        for _ in range(stages):
+            wait_empty(base, stage, phase)
+            stage, phase = next_slot(stage, phase)
+
     return Ring(publish, await_published, next_slot, wait_full, test_full, wait_empty,
-                release)
+                release, drain)
 
 
-def make_ring_loader(ring, schedule, load_slot):
+def make_ring_loader(ring, schedule, load_slot, drain=False):
     """A loader thread's loop: walk this CTA's work in the order the math warpgroups consume
     it; for each K block, wait until ring slot `stage` is free and call
     `load_slot(base, operands, rank, stage, group, b_share, m_block, n_block, kb)` to fill it
-    (b_share: the schedule's, see scheduler.Schedule.tile)."""
+    (b_share: the schedule's, see scheduler.Schedule.tile). `drain`: then `ring.drain` (the
+    one loader of a cluster kernel that keeps its CTA alive until the peers are done with it)."""
     inline = cuda.jit(device=True, inline="always")
     count, start, tile, next_unit = (schedule.count, schedule.start, schedule.tile,
                                      schedule.next)
-    next_slot, wait_empty = ring.next_slot, ring.wait_empty
+    next_slot, wait_empty, drain_ring = ring.next_slot, ring.wait_empty, ring.drain
 
     @inline
     def loader_loop(base, operands, work):
@@ -116,6 +131,8 @@ def make_ring_loader(ring, schedule, load_slot):
                 load_slot(base, operands, rank, stage, group, b_share, m_block, n_block, kb)
                 stage, phase = next_slot(stage, phase)
             unit = next_unit(unit, work)
+        if drain:
+            drain_ring(base, stage, phase)
     return loader_loop
 
 
