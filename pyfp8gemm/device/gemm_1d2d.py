@@ -291,7 +291,6 @@ def make_fp8_gemm_1d2d(cfg):
             math_registers()
             math_loop(base, tmap_d, workspace, counters, work, m, n, d, tid)
 
-
     if MASKED or SWAP:
         def fp8_gemm_1d2d(tmap_a, tmap_b, tmap_sfa, tmap_d, sfb, workspace, counters, m, n, k,
                           split_k, whole_tiles, layout, groups, d):

@@ -95,8 +95,8 @@ def make_ring(stages, full_offset, empty_offset, full_arrivals, empty_arrivals, 
         """From the producer's next slot on, wait once on each slot's empty barrier as if to
         refill it: its last fill has then been released by every math warp of every CTA that
         read it, so no peer arrives on (or multicasts into) this CTA's shared memory any more
-        and the CTA may leave. DeepGEMM's exit; a cluster barrier there had every thread wait
-        for both CTAs' last stores (and, releasing, for all of their memory accesses)."""
+        and the CTA may leave (DeepGEMM's exit: a cluster barrier would have every thread
+        wait for both CTAs' last stores)."""
         for _ in range(stages):
             wait_empty(base, stage, phase)
             stage, phase = next_slot(stage, phase)

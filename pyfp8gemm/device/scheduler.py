@@ -129,8 +129,8 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
     def masked_rows(layout, g, m_max):
         """Rows of group g of a masked layout (read on the GPU), clamped to [0, M_max]: a
         negative or too large count never reaches an address."""
-        return i32(min(max(load(layout, g), i32(0)), m_max))   # (32-bit compares: an int
-        # literal made numba's clamp 64-bit, ~6 more instructions a group in `begin`'s count)
+        return i32(min(max(load(layout, g), i32(0)), m_max))   # (a bare 0 is int64 to
+        # numba: the clamp, in `begin`'s count for every group, went 64-bit)
 
     @jit
     def masked_blocks(layout, g, m_max):
