@@ -129,8 +129,7 @@ def make_fp8_gemm_1d1d(cfg):
         load_operand(base + SMEM_B + B_BYTES * stage, base + SMEM_SFB + SFB_BYTES * stage,
                      tmap_b, tmap_sfb, full, local_kb, n_block * BN, kb, MULTICAST_B, rank)
 
-    # (the TMA thread drains the ring at the end: its CTA outlives the peer's last signals)
-    loader_loop = make_ring_loader(ring, schedule, load_k_block, drain=CLUSTER > 1)
+    loader_loop = make_ring_loader(ring, schedule, load_k_block, drain=True)
 
     # ---- math warpgroups: tiles -> K loop -> D = C + tile ------------------------------------
 

@@ -184,8 +184,7 @@ def make_fp8_gemm_1d2d(cfg):
             cp_async_4(dst + 4, first + 4 * num_kb * (second_row - n0 // 128))
         cp_async_mbarrier_arrive_noinc(base + FULL_BARS + 8 * stage)
 
-    # (the TMA thread drains the ring at the end: its CTA outlives the peer's last signals)
-    tma_loader_loop = make_ring_loader(ring, schedule, load_tiles, drain=CLUSTER > 1)
+    tma_loader_loop = make_ring_loader(ring, schedule, load_tiles, drain=True)
     b_scale_loader_loop = make_ring_loader(ring, schedule, load_b_scales_into_slot)
 
     # ---- math warpgroups: tiles -> K loop -> epilogue ------------------------------------

@@ -96,10 +96,11 @@ def make_ring(stages, full_offset, empty_offset, full_arrivals, empty_arrivals, 
         refill it: its last fill has then been released by every math warp of every CTA that
         read it, so no peer arrives on (or multicasts into) this CTA's shared memory any more
         and the CTA may leave (DeepGEMM's exit: a cluster barrier would have every thread
-        wait for both CTAs' last stores)."""
-        for _ in range(stages):
-            wait_empty(base, stage, phase)
-            stage, phase = next_slot(stage, phase)
+        wait for both CTAs' last stores). Without a cluster nothing else signals: a no-op."""
+        if cluster > 1:
+            for _ in range(stages):
+                wait_empty(base, stage, phase)
+                stage, phase = next_slot(stage, phase)
 
     return Ring(publish, await_published, next_slot, wait_full, test_full, wait_empty,
                 release, drain)
@@ -110,7 +111,7 @@ def make_ring_loader(ring, schedule, load_slot, drain=False):
     it; for each K block, wait until ring slot `stage` is free and call
     `load_slot(base, operands, rank, stage, group, b_share, m_block, n_block, kb)` to fill it
     (b_share: the schedule's, see scheduler.Schedule.tile). `drain`: then `ring.drain` (the
-    one loader of a cluster kernel that keeps its CTA alive until the peers are done with it)."""
+    one loader that keeps its CTA alive until its cluster's peers are done with it)."""
     inline = cuda.jit(device=True, inline="always")
     count, start, tile, next_unit = (schedule.count, schedule.start, schedule.tile,
                                      schedule.next)
