@@ -111,14 +111,16 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
 
     @jit
     def tile_of(unit, rank, num_m_units, num_n_units):
-        """(m_block, n_block) of a tile unit, in grouped order."""
-        units_per_group = group_m * num_n_units
-        group = div(unit, units_per_group)
-        first_m = group * group_m
-        rows_in_group = min(num_m_units - first_m, group_m)
-        in_group = unit - group * units_per_group
-        n_unit = div(in_group, rows_in_group)
-        m_unit = first_m + (in_group - n_unit * rows_in_group)
+        """(m_block, n_block) of a tile unit, in grouped order. (The i32 casts here and in
+        the per-tile functions below keep numba's int64 widening out of every tile's
+        arithmetic: 64-bit compares and clamps were ~100-200 SASS instructions of the kernel.)"""
+        units_per_group = i32(group_m * num_n_units)
+        group = i32(div(unit, units_per_group))
+        first_m = i32(group * group_m)
+        rows_in_group = i32(min(i32(num_m_units - first_m), i32(group_m)))
+        in_group = i32(unit - group * units_per_group)
+        n_unit = i32(div(in_group, rows_in_group))
+        m_unit = i32(first_m + (in_group - n_unit * rows_in_group))
         if cluster_m == 2:
             return m_unit * 2 + rank, n_unit
         if cluster_n == 2:
@@ -144,8 +146,9 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
         last block's tiles two by two (the pair's CTAs take neighbouring weight tiles, each
         loading its own, instead of one of them idling beside a block past the rows)."""
         if cluster_m == 2:
-            return (blocks // 2) * num_n_units + (blocks & 1) * ((num_n_units + 1) // 2)
-        return blocks * num_n_units
+            odd_block_units = i32((num_n_units + 1) >> 1)
+            return i32(i32(blocks >> 1) * num_n_units + (blocks & 1) * odd_block_units)
+        return i32(blocks * num_n_units)
 
     @jit
     def begin(m, n, k, split_k, whole_tiles, layout, groups, where):
@@ -222,21 +225,23 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
         dependent load of masked_m per group passed: from group 0 on every tile, that walk
         held up the math warps of every tile of a late group)."""
         group, before, blocks = cursor
-        while unit - before >= masked_units(blocks, num_n_units) and group + 1 < groups:
-            before += masked_units(blocks, num_n_units)
-            group += 1
-            blocks = masked_blocks(layout, group, m_max)
-        in_group = unit - before
+        while i32(unit - before) >= masked_units(blocks, num_n_units) and group + 1 < groups:
+            before = i32(before + masked_units(blocks, num_n_units))
+            group = i32(group + 1)
+            blocks = i32(masked_blocks(layout, group, m_max))
+        in_group = i32(unit - before)
         b_share = own_b_share(group)
         if cluster_m == 2:
-            pairs = blocks // 2
-            if in_group < pairs * num_n_units:
+            pairs = i32(blocks >> 1)
+            paired_units = i32(pairs * num_n_units)
+            if in_group < paired_units:
                 m_block, n_block = tile_of(in_group, rank, pairs, num_n_units)
             else:         # an odd count's last block: two of its tiles, each CTA its own B
-                m_block = 2 * pairs
+                m_block = i32(2 * pairs)
                 # (the second of an odd tile count's last two repeats the first: the same
                 # values stored twice, where a tile past N would read past B's scales)
-                n_block = min(2 * (in_group - pairs * num_n_units) + rank, num_n_units - 1)
+                n_block = i32(min(i32(2 * (in_group - paired_units) + rank),
+                                  i32(num_n_units - 1)))
                 b_share = -1
         else:
             m_block, n_block = tile_of(in_group, rank, blocks, num_n_units)
@@ -308,11 +313,11 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
         together), dealt out so each CTA alternates."""
         first, step = work[3], work[4]
         if not MASKED:
-            return unit + step
-        round_next = div(unit, step) + 1
+            return i32(unit + step)
+        round_next = i32(div(unit, step) + 1)
         position = first
         if round_next & 1:
-            position = step - 1 - first
+            position = i32(step - 1 - first)
         return i32(round_next * step + position)
 
     return Schedule(begin, count, start, tile, rows, next_unit)
