@@ -117,7 +117,7 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
         units_per_group = i32(group_m * num_n_units)
         group = i32(div(unit, units_per_group))
         first_m = i32(group * group_m)
-        rows_in_group = i32(min(i32(num_m_units - first_m), i32(group_m)))
+        rows_in_group = min(i32(num_m_units - first_m), i32(group_m))
         in_group = i32(unit - group * units_per_group)
         n_unit = i32(div(in_group, rows_in_group))
         m_unit = i32(first_m + (in_group - n_unit * rows_in_group))
@@ -240,8 +240,7 @@ def make_schedule(schedule, block_m, block_n, cluster_m, cluster_n, group_m, spl
                 m_block = i32(2 * pairs)
                 # (the second of an odd tile count's last two repeats the first: the same
                 # values stored twice, where a tile past N would read past B's scales)
-                n_block = i32(min(i32(2 * (in_group - paired_units) + rank),
-                                  i32(num_n_units - 1)))
+                n_block = min(i32(2 * (in_group - paired_units) + rank), i32(num_n_units - 1))
                 b_share = -1
         else:
             m_block, n_block = tile_of(in_group, rank, blocks, num_n_units)
